@@ -1,0 +1,3 @@
+from semcache_cli.cli import main
+
+main()

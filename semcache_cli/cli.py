@@ -1,0 +1,250 @@
+"""The command line: parse, call one function, render. No SQL and no HTTP here.
+
+Data goes to stdout (the raw answer, or one JSON object); status, warnings and errors go
+to stderr, one line each. Every SemcacheError becomes its exit code in `_errors_to_exit`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from semcache_cli import __version__, config, render
+from semcache_cli.engine import run_ask
+from semcache_cli.errors import EXIT_CODES_HELP, EXIT_RUNTIME, SemcacheError, UsageError
+
+OPTION_FLAGS = ("-o", "--option")
+
+
+def join_option_pairs(args: list[str]) -> list[str]:
+    """`-o KEY VALUE` (two words, as in llm and ollama run) becomes `-o KEY=VALUE`:
+    Typer has no two-word repeatable option, so the pair is joined before parsing."""
+    joined: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            joined.extend(args[i:])
+            break
+        if token in OPTION_FLAGS and i + 2 < len(args) and "=" not in args[i + 1]:
+            joined.extend([token, f"{args[i + 1]}={args[i + 2]}"])
+            i += 3
+            continue
+        joined.append(token)
+        i += 1
+    return joined
+
+
+class _SemcacheGroup(TyperGroup):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, join_option_pairs(list(args)))
+
+
+app = typer.Typer(
+    name="semcache",
+    cls=_SemcacheGroup,
+    help="A semantic cache for LLM calls: answers repeat questions from a local SQLite file, asks Ollama otherwise.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+@contextmanager
+def _errors_to_exit() -> Iterator[None]:
+    """The one place errors become a line on stderr and an exit code."""
+    try:
+        yield
+    except SemcacheError as exc:
+        _stderr(render.error_line(str(exc)))
+        raise typer.Exit(exc.exit_code) from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if os.environ.get("SEMCACHE_DEBUG") == "1":
+            raise
+        _stderr(render.error_line(f"unexpected {type(exc).__name__}: {exc} (SEMCACHE_DEBUG=1 shows a traceback)"))
+        raise typer.Exit(EXIT_RUNTIME) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"semcache {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """A semantic cache for LLM calls."""
+
+
+def _stdin_has_data(stream: Any) -> bool:
+    """True for a pipe or a file; False for a terminal, /dev/null or a socket, where
+    reading could hang or means nothing. In-memory streams (tests) count as data."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (OSError, ValueError, io.UnsupportedOperation, AttributeError):
+        return stream is not None
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def read_question(argument: str | None) -> str:
+    if argument is not None and argument != "-":
+        return argument
+    if not _stdin_has_data(sys.stdin):
+        raise UsageError('no question given: semcache ask "your question" (or pipe one in with -)')
+    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("the question on stdin is not valid UTF-8") from None
+
+
+class _AnswerWriter:
+    """Writes the answer raw to stdout as it streams. A reader that goes away (`| head`)
+    stops the writing, not the generation: the full answer is still stored."""
+
+    def __init__(self) -> None:
+        self.wrote = False
+        self.ends_with_newline = False
+        self.closed = False
+
+    def __call__(self, text: str) -> None:
+        if self.closed or not text:
+            return
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.closed = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return
+        self.wrote = True
+        self.ends_with_newline = text.endswith("\n")
+
+    def finish(self) -> None:
+        if self.wrote and not self.ends_with_newline:
+            self("\n")
+
+
+def _option_pair(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UsageError(f"-o takes KEY VALUE (e.g. -o temperature 0), got {item!r}")
+    return key.strip(), value
+
+
+def _help(text: str, key: str | None = None, default: str | None = None) -> str:
+    bits = []
+    if default is not None or key is not None:
+        default = default if default is not None else str(config.DEFAULTS[key])
+        bits.append(f"default: {default}")
+    if key is not None:
+        bits.append(f"env {config.env_name(key)}")
+    return f"{text} [{'; '.join(bits)}]" if bits else text
+
+
+@app.command(epilog=EXIT_CODES_HELP, no_args_is_help=False)
+def ask(
+    question: Annotated[
+        Optional[str],
+        typer.Argument(help="The question. '-' or absent: read it from stdin when stdin is a pipe or file."),
+    ] = None,
+    model: Annotated[Optional[str], typer.Option("-m", "--model", help=_help("Generation model.", "model"))] = None,
+    embed_model: Annotated[
+        Optional[str], typer.Option("--embed-model", help=_help("Embedding model for the semantic layer.", "embed_model"))
+    ] = None,
+    system: Annotated[
+        Optional[str], typer.Option("-s", "--system", help=_help("System prompt (part of the scope).", "system", "none"))
+    ] = None,
+    option: Annotated[
+        Optional[list[str]],
+        typer.Option("-o", "--option", metavar="KEY VALUE", help="Generation option, typed as Ollama expects (e.g. -o temperature 0; KEY=VALUE also works). Repeatable; part of the scope."),
+    ] = None,
+    format: Annotated[
+        Optional[str], typer.Option("--format", help="Ask for 'json' output or give a JSON schema (part of the scope).")
+    ] = None,
+    namespace: Annotated[
+        Optional[str], typer.Option("-n", "--namespace", help=_help("Namespace: answers never cross namespaces.", "namespace"))
+    ] = None,
+    ttl: Annotated[
+        Optional[str], typer.Option("--ttl", help=_help("How long a new answer may be reused: 90s, 10m, 2h, 7d or never.", "ttl", "7d"))
+    ] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option("--threshold", help=_help("Least cosine similarity for a semantic hit.", "threshold"))
+    ] = None,
+    min_confidence: Annotated[
+        Optional[float],
+        typer.Option("--min-confidence", help=_help("Least confidence (0.7*similarity + 0.3*freshness) to reuse.", "min_confidence")),
+    ] = None,
+    timeout: Annotated[
+        Optional[str], typer.Option("--timeout", help=_help("How long to wait for Ollama to reply.", "timeout", "300s"))
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Skip the lookup, ask the model, still store.")] = False,
+    no_store: Annotated[bool, typer.Option("--no-store", help="Do not store a new answer.")] = False,
+    cache_only: Annotated[bool, typer.Option("--cache-only", help="Never call the model; exit 3 on a miss.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the raw answer.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No status line on stderr.")] = False,
+    db: Annotated[Optional[Path], typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
+) -> None:
+    """Answer from the cache when the same question, or one that means the same, was
+    answered recently enough to trust; otherwise ask the model and store its answer."""
+    with _errors_to_exit():
+        if cache_only and no_cache:
+            raise UsageError("--cache-only and --no-cache contradict each other")
+        settings = config.load_settings(
+            {
+                "model": model, "embed_model": embed_model, "system": system, "namespace": namespace,
+                "ttl": ttl, "threshold": threshold, "min_confidence": min_confidence,
+                "timeout": timeout, "db": db,
+            },
+            [_option_pair(item) for item in option or []],
+        )
+        text = read_question(question)
+        writer = _AnswerWriter()
+        try:
+            outcome = run_ask(
+                settings, text, config.parse_format(format),
+                lookup=not no_cache, store=not no_store, cache_only=cache_only,
+                on_token=None if json_output else writer,
+                warn=lambda message: _stderr(render.warning_line(message)),
+            )
+        except BaseException:
+            if sys.stdout.isatty():
+                writer.finish()  # keep the error line off the partial answer's line
+            raise
+        if json_output:
+            sys.stdout.write(render.outcome_json(outcome) + "\n")
+        else:
+            if outcome.hit:
+                writer(outcome.response)
+            writer.finish()
+        sys.stdout.flush()
+        if not quiet:
+            _stderr(render.status_line(outcome))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,354 @@
+"""Settings and where they come from: defaults < config.toml < SEMCACHE_* environment
+variables < command-line flags. Also paths, duration parsing, Ollama option typing and
+OLLAMA_HOST parsing.
+
+Every value from a file or the environment is validated here, with a message naming
+where it came from, so a bad setting is a one-line usage error (exit 2), never a
+traceback deep in the pipeline. platformdirs and tomllib are imported only when they
+are needed, because every `semcache ask` is a fresh process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from semcache_cli.errors import UsageError
+
+APP_NAME = "semcache"
+DEFAULT_OLLAMA_PORT = 11434
+
+DEFAULTS: dict[str, Any] = {
+    "model": "llama3.2",
+    "embed_model": "nomic-embed-text",
+    "threshold": 0.85,
+    "min_confidence": 0.7,
+    "ttl": 7 * 86400.0,
+    "namespace": "default",
+    "system": None,
+    "timeout": 300.0,
+    "max_query_chars": 32_000,
+}
+
+# Generation options that change the answer, typed as Ollama expects them. Runtime
+# knobs that do not change the text (num_thread, num_gpu, keep_alive) are not here.
+OPTION_TYPES: dict[str, type] = {
+    "temperature": float,
+    "seed": int,
+    "num_predict": int,
+    "top_k": int,
+    "top_p": float,
+    "min_p": float,
+    "typical_p": float,
+    "tfs_z": float,
+    "repeat_penalty": float,
+    "repeat_last_n": int,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "penalize_newline": bool,
+    "mirostat": int,
+    "mirostat_tau": float,
+    "mirostat_eta": float,
+    "num_ctx": int,
+    "num_keep": int,
+    "stop": list,
+}
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.IGNORECASE)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """'90s', '10m', '2h', '7d', '1w', '1h30m' or a plain number of seconds."""
+    cleaned = text.strip().lower()
+    pos, total = 0, 0.0
+    while pos < len(cleaned):
+        match = _DURATION_PART.match(cleaned, pos)
+        if not match:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+        pos = match.end()
+        while pos < len(cleaned) and cleaned[pos] == " ":
+            pos += 1
+    if not cleaned or pos != len(cleaned) or not math.isfinite(total):
+        raise UsageError(f"{what}: {text!r} is not a duration (use e.g. 90s, 10m, 2h, 7d)")
+    return total
+
+
+def parse_ttl(value: Any, what: str = "ttl") -> float | None:
+    """A TTL in seconds, or None for 'never'."""
+    if isinstance(value, str) and value.strip().lower() in {"never", "none", "forever"}:
+        return None
+    seconds = _to_seconds(value, what)
+    if seconds <= 0:
+        raise UsageError(f"{what}: must be positive, or 'never'")
+    return seconds
+
+
+def _to_seconds(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise UsageError(f"{what}: expected a duration, got {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise UsageError(f"{what}: expected a duration, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        return parse_duration(value, what)
+    raise UsageError(f"{what}: expected a duration, got {value!r}")
+
+
+def _unit_interval(value: Any, what: str) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (0.0 <= number <= 1.0):
+        raise UsageError(f"{what}: {value!r} is not a number between 0 and 1")
+    return number
+
+
+def _positive_seconds(value: Any, what: str) -> float:
+    seconds = _to_seconds(value, what)
+    if seconds <= 0:
+        raise UsageError(f"{what}: must be a positive duration")
+    return seconds
+
+
+def _positive_int(value: Any, what: str) -> int:
+    try:
+        number = int(value) if not isinstance(value, bool) else 0
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0:
+        raise UsageError(f"{what}: {value!r} is not a positive whole number")
+    return number
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"{what}: expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _optional_text(value: Any, what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{what}: expected a string, got {value!r}")
+    return value
+
+
+_PARSERS: dict[str, Callable[[Any, str], Any]] = {
+    "model": _text,
+    "embed_model": _text,
+    "threshold": _unit_interval,
+    "min_confidence": _unit_interval,
+    "ttl": parse_ttl,
+    "namespace": _text,
+    "system": _optional_text,
+    "timeout": _positive_seconds,
+    "max_query_chars": _positive_int,
+}
+
+
+def env_name(key: str) -> str:
+    return f"SEMCACHE_{key.upper()}"
+
+
+def parse_option(key: str, raw: Any, what: str = "-o") -> Any:
+    """Type one Ollama option; raw is a command-line string or a TOML value."""
+    kind = OPTION_TYPES.get(key)
+    if kind is None:
+        known = ", ".join(sorted(OPTION_TYPES))
+        raise UsageError(f"{what}: unknown option {key!r} (known: {known})")
+    if kind is list:
+        return list(raw) if isinstance(raw, list) else [str(raw)]
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        lowered = str(raw).strip().lower()
+        if lowered in {"true", "1", "yes", "on"}:
+            return True
+        if lowered in {"false", "0", "no", "off"}:
+            return False
+        raise UsageError(f"{what}: {key} takes true or false, got {raw!r}")
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = kind(raw)
+        if kind is int and isinstance(raw, float) and raw != value:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UsageError(f"{what}: {key} takes {'a whole number' if kind is int else 'a number'}, got {raw!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise UsageError(f"{what}: {key} takes a finite number, got {raw!r}")
+    return value
+
+
+def parse_options(pairs: list[tuple[str, str]], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Merge `-o KEY VALUE` pairs over base options; repeated `-o stop X` accumulate."""
+    options = dict(base or {})
+    seen_stop = False
+    for key, raw in pairs:
+        value = parse_option(key, raw)
+        if key == "stop":
+            options["stop"] = (options["stop"] if seen_stop else []) + value
+            seen_stop = True
+        else:
+            options[key] = value
+    return options
+
+
+def parse_ollama_host(raw: str | None) -> str:
+    """Base URL from OLLAMA_HOST, read as ollama-python's _parse_host does, plus the two
+    things the Go CLI adds: surrounding whitespace is trimmed, and 0.0.0.0 / :: (server
+    bind addresses) mean this machine."""
+    text = (raw or "").strip()
+    port = DEFAULT_OLLAMA_PORT
+    scheme, _, hostport = text.partition("://")
+    if not hostport:
+        scheme, hostport = "http", text
+    elif scheme == "http":
+        port = 80
+    elif scheme == "https":
+        port = 443
+    else:
+        raise UsageError(f"OLLAMA_HOST: unsupported scheme {scheme!r} in {raw!r} (use http or https)")
+    try:
+        split = urllib.parse.urlsplit(f"{scheme}://{hostport}")
+        host = split.hostname or "127.0.0.1"
+        port = split.port or port
+    except ValueError:
+        raise UsageError(
+            f"OLLAMA_HOST: cannot parse {raw!r} (IPv6 addresses need brackets, e.g. [::1]:11434)"
+        ) from None
+    if host in {"0.0.0.0", "::"}:
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    try:
+        if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address):
+            host = f"[{host}]"
+    except ValueError:
+        pass
+    path = split.path.strip("/")
+    return f"{scheme}://{host}:{port}/{path}" if path else f"{scheme}://{host}:{port}"
+
+
+def parse_format(raw: str | None) -> Any:
+    """--format: 'json', or a JSON schema object for structured output."""
+    if raw is None:
+        return None
+    if raw.strip() == "json":
+        return "json"
+    import json
+
+    try:
+        schema = json.loads(raw)
+    except ValueError:
+        schema = None
+    if not isinstance(schema, dict):
+        raise UsageError("--format: use 'json' or a JSON schema object")
+    return schema
+
+
+def default_db_path() -> Path:
+    import platformdirs
+
+    return platformdirs.user_cache_path(APP_NAME, appauthor=False) / "cache.db"
+
+
+def config_file_path(env: Mapping[str, str]) -> Path:
+    if env.get("SEMCACHE_CONFIG"):
+        return Path(env["SEMCACHE_CONFIG"]).expanduser()
+    import platformdirs
+
+    return platformdirs.user_config_path(APP_NAME, appauthor=False) / "config.toml"
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    import tomllib
+
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"config file {path}: {exc}") from None
+    known = set(_PARSERS) | {"db", "options"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return data
+
+
+@dataclass
+class Settings:
+    db: Path
+    ollama_url: str
+    model: str = DEFAULTS["model"]
+    embed_model: str = DEFAULTS["embed_model"]
+    threshold: float = DEFAULTS["threshold"]
+    min_confidence: float = DEFAULTS["min_confidence"]
+    ttl: float | None = DEFAULTS["ttl"]
+    namespace: str = DEFAULTS["namespace"]
+    system: str | None = DEFAULTS["system"]
+    timeout: float = DEFAULTS["timeout"]
+    max_query_chars: int = DEFAULTS["max_query_chars"]
+    options: dict[str, Any] = field(default_factory=dict)
+    db_is_default: bool = False  # only the default location is created on demand
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    option_pairs: list[tuple[str, str]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every setting by precedence. `flags` holds only what was given on the
+    command line (None = not given); values there are already typed by Typer except
+    durations, which arrive as text."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    path = config_file_path(env)
+    file_values = load_config_file(path)
+
+    resolved: dict[str, Any] = {}
+    for key, parse in _PARSERS.items():
+        value = DEFAULTS[key]
+        if key in file_values:
+            value = parse(file_values[key], f"{path}: {key}")
+        if env.get(env_name(key)):
+            value = parse(env[env_name(key)], env_name(key))
+        if key in flags:
+            value = parse(flags[key], f"--{key.replace('_', '-')}")
+        resolved[key] = value
+
+    if "db" in flags:
+        db = Path(flags["db"]).expanduser()
+    elif env.get("SEMCACHE_DB"):
+        db = Path(env["SEMCACHE_DB"]).expanduser()
+    elif "db" in file_values:
+        db = Path(_text(file_values["db"], f"{path}: db")).expanduser()
+    else:
+        db = default_db_path()
+    db_is_default = not ("db" in flags or env.get("SEMCACHE_DB") or "db" in file_values)
+
+    file_options = file_values.get("options", {})
+    if not isinstance(file_options, dict):
+        raise UsageError(f"{path}: options must be a table, e.g. [options]")
+    base = {k: parse_option(k, v, f"{path}: options") for k, v in file_options.items()}
+    options = parse_options(option_pairs or [], base)
+
+    return Settings(
+        db=db,
+        ollama_url=parse_ollama_host(env.get("OLLAMA_HOST")),
+        options=options,
+        db_is_default=db_is_default,
+        **resolved,
+    )

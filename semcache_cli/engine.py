@@ -1,0 +1,338 @@
+"""The ask pipeline: validate, scope, exact layer, embed, semantic layer, reuse gate,
+model call, store, request log. Returns an Outcome used by `ask` (and by replay).
+
+Cheap first: an exact hit touches only SQLite, so numpy and httpx are imported lazily,
+on the first path that needs them. Embedding failures degrade the cache instead of
+breaking the user's script: the exact layer and the model call still work, and the
+answer is stored without a vector.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from semcache_cli import policy
+from semcache_cli.errors import (
+    CacheOnlyMiss,
+    GenerationFailed,
+    ModelNotFound,
+    OllamaError,
+    OllamaUnreachable,
+    SemcacheError,
+    UsageError,
+)
+from semcache_cli.store import Entry, NewEntry, Store
+
+if TYPE_CHECKING:
+    from semcache_cli.config import Settings
+    from semcache_cli.ollama import OllamaClient
+
+# How many nearest neighbours the semantic layer considers before giving up: enough
+# to step past an expired best match to a live one just below it.
+SEMANTIC_CANDIDATES = 5
+
+
+@dataclass
+class AskRequest:
+    query: str
+    scope: policy.Scope
+    embed_model: str
+    threshold: float
+    min_confidence: float
+    ttl: float | None
+    max_query_chars: int = 32_000
+    lookup: bool = True  # False: --no-cache, the bypass path
+    store: bool = True  # False: --no-store
+    cache_only: bool = False
+
+
+@dataclass
+class Outcome:
+    response: str
+    source: str  # exact | semantic | model
+    entry_id: int | None
+    similarity: float | None  # of the served entry, or of the best candidate on a miss
+    confidence: float | None
+    miss_reason: str | None
+    model: str
+    embed_model: str
+    namespace: str
+    created_at: float | None
+    expires_at: float | None
+    stored: bool = False
+    warnings: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def hit(self) -> bool:
+        return self.source in ("exact", "semantic")
+
+
+def validate_query(query: str, max_chars: int) -> str:
+    if "\x00" in query:
+        raise UsageError("the question contains a NUL byte")
+    text = query.strip()
+    if not text:
+        raise UsageError('the question is empty: semcache ask "your question"')
+    if len(text) > max_chars:
+        raise UsageError(f"the question is {len(text):,} characters, over the limit of {max_chars:,} (max_query_chars)")
+    return text
+
+
+def embedding_text(embed_model: str, query: str) -> str:
+    """nomic-embed-text was trained with task prefixes; Ollama does not add them."""
+    if policy.canonical_model(embed_model).startswith("nomic-embed-text"):
+        return f"search_query: {query}"
+    return query
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.start = self.mark = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round((now - self.mark) * 1000, 3)
+        self.mark = now
+
+    def total(self) -> dict[str, float]:
+        return {**self.laps, "total": round((time.perf_counter() - self.start) * 1000, 3)}
+
+
+@dataclass
+class _Rejection:
+    reason: str | None = None
+    similarity: float | None = None
+    confidence: float | None = None
+
+    def note(self, reason: str, similarity: float, confidence: float) -> None:
+        if self.reason is None:  # the first (best) rejected candidate explains the miss
+            self.reason, self.similarity, self.confidence = reason, similarity, confidence
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        client_factory: Callable[[], OllamaClient],
+        clock: Callable[[], float] = time.time,
+        warn: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.store = store
+        self._client_factory = client_factory
+        self._client: OllamaClient | None = None
+        self.clock = clock
+        self.warn = warn
+
+    @property
+    def client(self) -> OllamaClient:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def ask(self, req: AskRequest, on_token: Callable[[str], None] = lambda _: None) -> Outcome:
+        query = validate_query(req.query, req.max_query_chars)
+        timer = _Timer()
+        scope_hash = req.scope.hash
+        key = policy.exact_key(query)
+        now = self.clock()
+        rejected = _Rejection()
+        warnings: list[str] = []
+        log = {
+            "at": now, "namespace": req.scope.namespace, "model": req.scope.model,
+            "embed_model": req.embed_model, "scope": scope_hash, "exact_key": key,
+        }
+
+        def served(source: str, entry: Entry, similarity: float, confidence: float) -> Outcome:
+            outcome = self._outcome(req, entry.response, source, entry, similarity, confidence, None, warnings, timer)
+            self.store.record_hit(entry.id, now, {
+                **log, "path": source, "entry_id": entry.id, "similarity": similarity,
+                "confidence": confidence, "latency_ms": outcome.timings_ms["total"],
+                "saved_s": entry.generation_s, "saved_tokens": entry.saved_tokens,
+            })
+            return outcome
+
+        if req.lookup:
+            entry = self.store.find_exact(scope_hash, key)
+            if entry is not None:
+                verdict = policy.judge(self._candidate(entry, 1.0), now, req.min_confidence)
+                if verdict.serve:
+                    timer.lap("exact")
+                    return served("exact", entry, 1.0, verdict.confidence)
+                rejected.note(verdict.reason or policy.NO_MATCH, 1.0, verdict.confidence)
+        timer.lap("exact")
+
+        vector = None
+        if req.lookup or req.store:
+            vector = self._embed(query, req, warnings)
+            timer.lap("embed")
+
+        best_similarity = None
+        if req.lookup and vector is not None:
+            from semcache_cli import vectors
+
+            ids, blob = self.store.vectors(scope_hash, policy.canonical_model(req.embed_model), vector.size)
+            for entry_id, similarity in vectors.top_matches(vector, ids, blob, SEMANTIC_CANDIDATES):
+                best_similarity = similarity if best_similarity is None else best_similarity
+                if similarity < req.threshold:
+                    break
+                entry = self.store.get(entry_id)
+                if entry is None:  # purged since the vectors were read
+                    continue
+                verdict = policy.judge(self._candidate(entry, similarity), now, req.min_confidence)
+                if verdict.serve:
+                    timer.lap("semantic")
+                    return served("semantic", entry, similarity, verdict.confidence)
+                rejected.note(verdict.reason or policy.NO_MATCH, similarity, verdict.confidence)
+            timer.lap("semantic")
+
+        miss_reason = policy.BYPASS if not req.lookup else rejected.reason or policy.NO_MATCH
+        similarity = rejected.similarity if rejected.reason else best_similarity
+        miss_log = {**log, "miss_reason": miss_reason, "similarity": similarity, "confidence": rejected.confidence}
+
+        if req.cache_only:
+            self.store.log_request({**miss_log, "path": "miss", "latency_ms": timer.total()["total"]})
+            raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set")
+
+        try:
+            generation = self._generate(query, req, on_token)
+        except SemcacheError as exc:
+            self.store.log_request({**miss_log, "path": "error", "error": str(exc), "latency_ms": timer.total()["total"]})
+            raise
+        timer.lap("generate")
+
+        created = self.clock()
+        outcome = self._outcome(req, generation.text, "model", None, similarity, rejected.confidence, miss_reason, warnings, timer)
+        outcome.created_at = created
+        outcome.expires_at = policy.expires_at(created, req.ttl)
+        request_row = {**miss_log, "path": "model", "latency_ms": outcome.timings_ms["total"]}
+        if req.store:
+            from semcache_cli import vectors
+
+            outcome.entry_id = self.store.store_answer(
+                NewEntry(
+                    scope=scope_hash, exact_key=key, namespace=req.scope.namespace,
+                    model=req.scope.model, system=req.scope.system, options=req.scope.options,
+                    format=req.scope.format, query=query, response=generation.text,
+                    created_at=created, ttl=req.ttl, prompt_tokens=generation.prompt_tokens,
+                    completion_tokens=generation.completion_tokens,
+                    generation_s=generation.total_s, done_reason=generation.done_reason,
+                    embed_model=policy.canonical_model(req.embed_model) if vector is not None else None,
+                    vector=vectors.encode(vector) if vector is not None else None,
+                    dims=int(vector.size) if vector is not None else None,
+                ),
+                request_row,
+            )
+            outcome.stored = True
+            timer.lap("store")
+        else:
+            self.store.log_request(request_row)
+        outcome.timings_ms = timer.total()
+        return outcome
+
+    # -- steps -------------------------------------------------------------------------
+
+    @staticmethod
+    def _candidate(entry: Entry, similarity: float) -> policy.Candidate:
+        return policy.Candidate(entry.id, similarity, entry.created_at, entry.ttl, entry.response, entry.done_reason)
+
+    def _outcome(self, req: AskRequest, response: str, source: str, entry: Entry | None,
+                 similarity: float | None, confidence: float | None, miss_reason: str | None,
+                 warnings: list[str], timer: _Timer) -> Outcome:
+        return Outcome(
+            response=response, source=source, entry_id=entry.id if entry else None,
+            similarity=similarity, confidence=confidence, miss_reason=miss_reason,
+            model=req.scope.model, embed_model=req.embed_model, namespace=req.scope.namespace,
+            created_at=entry.created_at if entry else None,
+            expires_at=entry.expires_at if entry else None,
+            warnings=warnings, timings_ms=timer.total(),
+        )
+
+    def _embed(self, query: str, req: AskRequest, warnings: list[str]) -> Any:
+        """The query's unit vector, or None (with a warning) when embedding fails."""
+        from semcache_cli import vectors
+
+        try:
+            values = self.client.embed(req.embed_model, [embedding_text(req.embed_model, query)])[0]
+            return vectors.unit_vector(values)
+        except OllamaUnreachable:
+            if not req.cache_only:
+                raise  # the model call would fail the same way: report it once
+            message = "cannot reach Ollama to embed the question; semantic layer skipped"
+        except ModelNotFound as exc:
+            message = f"embedding model '{exc.model}' not found: run `ollama pull {exc.model}`; semantic layer skipped"
+        except OllamaError as exc:
+            message = f"embedding failed ({exc}); semantic layer skipped"
+        except ValueError as exc:
+            message = f"embedding failed ({exc}); semantic layer skipped"
+        warnings.append(message)
+        self.warn(message)
+        return None
+
+    def _generate(self, query: str, req: AskRequest, on_token: Callable[[str], None]) -> Any:
+        messages = []
+        if req.scope.system:
+            messages.append({"role": "system", "content": req.scope.system})
+        messages.append({"role": "user", "content": query})
+        generation = self.client.chat(req.scope.model, messages, req.scope.options, req.scope.format, on_token)
+        if generation.done_reason == "length":
+            raise GenerationFailed("the answer was cut off at the length limit (done_reason=length); nothing was stored")
+        problem = policy.poison_reason(generation.text, generation.done_reason)
+        if problem:
+            raise GenerationFailed(f"the model gave an unusable answer ({problem}); nothing was stored")
+        return generation
+
+
+def open_engine(settings: Settings, warn: Callable[[str], None] = lambda _: None) -> Engine:
+    """Store and (lazily) the Ollama client, wired from settings."""
+    store = Store.open(settings.db, create_parent=settings.db_is_default)
+
+    def client() -> OllamaClient:
+        from semcache_cli.ollama import OllamaClient
+
+        return OllamaClient(settings.ollama_url, settings.timeout)
+
+    return Engine(store, client, warn=warn)
+
+
+def request_from(settings: Settings, query: str, format: Any = None, **flags: bool) -> AskRequest:
+    return AskRequest(
+        query=query,
+        scope=policy.Scope(settings.namespace, settings.model, settings.system, settings.options, format),
+        embed_model=settings.embed_model,
+        threshold=settings.threshold,
+        min_confidence=settings.min_confidence,
+        ttl=settings.ttl,
+        max_query_chars=settings.max_query_chars,
+        **flags,
+    )
+
+
+def run_ask(
+    settings: Settings,
+    query: str,
+    format: Any = None,
+    *,
+    lookup: bool = True,
+    store: bool = True,
+    cache_only: bool = False,
+    on_token: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] = lambda _: None,
+) -> Outcome:
+    """One `semcache ask`: open, ask, close."""
+    request = request_from(settings, query, format, lookup=lookup, store=store, cache_only=cache_only)
+    validate_query(request.query, request.max_query_chars)  # before touching the database
+    engine = open_engine(settings, warn)
+    try:
+        return engine.ask(request, on_token or (lambda _: None))
+    finally:
+        engine.close()
+        engine.store.close()

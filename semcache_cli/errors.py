@@ -1,0 +1,67 @@
+"""One exception tree for everything semcache reports to a user.
+
+Each class carries its exit code, so the CLI maps errors to codes in one place
+(`SemcacheError.exit_code`) and every message is a single line that says what to do.
+httpx and sqlite3 errors are translated into these at the edge (ollama.py, store.py).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_CACHE_MISS = 3
+EXIT_UNREACHABLE = 4
+EXIT_MODEL_MISSING = 5
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 runtime failure; 2 usage or bad input; "
+    "3 miss under --cache-only; 4 Ollama unreachable or timed out; 5 model not found."
+)
+
+
+class SemcacheError(Exception):
+    """Base of every error semcache reports; the message is one line for the user."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class UsageError(SemcacheError):
+    """Bad input or a bad setting: the user can fix the command line or config."""
+
+    exit_code = EXIT_USAGE
+
+
+class StoreError(SemcacheError):
+    """The cache database cannot be opened, read or written."""
+
+
+class CacheOnlyMiss(SemcacheError):
+    """--cache-only and nothing in the cache may answer."""
+
+    exit_code = EXIT_CACHE_MISS
+
+
+class OllamaError(SemcacheError):
+    """Ollama answered, but with an error (500, bad reply, refused request)."""
+
+
+class OllamaUnreachable(OllamaError):
+    """No answer at all: connection refused, DNS failure, or a timeout."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class ModelNotFound(OllamaError):
+    """The requested model is not pulled on the Ollama server."""
+
+    exit_code = EXIT_MODEL_MISSING
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(message)
+        self.model = model
+
+
+class GenerationFailed(OllamaError):
+    """The answer stream broke off: mid-stream error, dropped connection, bad JSON,
+    or a truncated (done_reason "length") answer. Nothing is stored."""

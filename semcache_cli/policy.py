@@ -1,0 +1,147 @@
+"""Pure decisions of the cache: normalisation, keys, scope, TTL, freshness,
+confidence, poisoning and the reuse gate.
+
+Nothing here does I/O or imports numpy, so the exact-hit path stays cheap and every
+rule can be tested directly (and property-tested) without a database or a server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+# Miss reasons, as they appear in --json, the status line and the request log.
+NO_MATCH = "no_match"
+EXPIRED = "expired"
+POISONED = "poisoned"
+LOW_CONFIDENCE = "low_confidence"
+BYPASS = "bypass"
+
+# Default weights of the confidence score: similarity matters most, freshness decays
+# linearly over the entry's TTL.
+SIMILARITY_WEIGHT = 0.7
+FRESHNESS_WEIGHT = 0.3
+
+_WHITESPACE = re.compile(r"\s+")
+
+# done_reason values that mean the answer is not a finished reply.
+_UNFINISHED_REASONS = {"length", "load", "unload"}
+
+
+def normalise(query: str) -> str:
+    """The text the exact layer compares: NFKC, casefolded, whitespace collapsed,
+    trailing punctuation dropped ("What is X?" == "what is   x")."""
+    text = unicodedata.normalize("NFKC", query).casefold()
+    text = _WHITESPACE.sub(" ", text).strip()
+    end = len(text)
+    while end and (unicodedata.category(text[end - 1]).startswith("P") or text[end - 1] == " "):
+        end -= 1
+    return text[:end]
+
+
+def exact_key(query: str) -> str:
+    """sha256 of the normalised query; paired with the scope hash in the store."""
+    return hashlib.sha256(normalise(query).encode("utf-8")).hexdigest()
+
+
+def canonical_model(name: str) -> str:
+    """Ollama model names are case-insensitive and default to the tag `latest`, so
+    `llama3.2` and `Llama3.2:latest` name one model and must share one scope."""
+    name = name.strip().lower()
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else f"{name}:latest"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Everything that changes the answer. Answers never cross scopes."""
+
+    namespace: str
+    model: str
+    system: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    format: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "model": canonical_model(self.model),
+            "system": self.system,
+            "options": self.options,
+            "format": self.format,
+        }
+
+    @property
+    def hash(self) -> str:
+        canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def expires_at(created_at: float, ttl: float | None) -> float | None:
+    return None if ttl is None else created_at + ttl
+
+
+def freshness(created_at: float, ttl: float | None, now: float) -> float:
+    """1.0 when just stored, falling linearly to 0.0 at expiry; 1.0 forever without TTL."""
+    if ttl is None:
+        return 1.0
+    if ttl <= 0:
+        return 0.0
+    return min(1.0, max(0.0, 1.0 - (now - created_at) / ttl))
+
+
+def confidence(similarity: float, fresh: float) -> float:
+    return SIMILARITY_WEIGHT * similarity + FRESHNESS_WEIGHT * fresh
+
+
+def poison_reason(response: str | None, done_reason: str | None) -> str | None:
+    """Why an answer must never be served or stored, or None when it is clean."""
+    if response is None or not response.strip():
+        return "empty answer"
+    if done_reason in _UNFINISHED_REASONS:
+        return f"unfinished generation (done_reason={done_reason})"
+    stripped = response.strip()
+    if stripped.startswith('{"error"'):
+        try:
+            if "error" in json.loads(stripped):
+                return "error text instead of an answer"
+        except ValueError:
+            pass
+    return None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A stored entry offered by the exact or semantic layer."""
+
+    entry_id: int
+    similarity: float
+    created_at: float
+    ttl: float | None
+    response: str
+    done_reason: str | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    serve: bool
+    reason: str | None  # miss reason when not served
+    confidence: float
+
+
+def judge(candidate: Candidate, now: float, min_confidence: float) -> Verdict:
+    """The reuse gate, the same for both layers: expiry, poisoning, then confidence."""
+    fresh = freshness(candidate.created_at, candidate.ttl, now)
+    score = confidence(candidate.similarity, fresh)
+    exp = expires_at(candidate.created_at, candidate.ttl)
+    if exp is not None and now >= exp:
+        return Verdict(False, EXPIRED, score)
+    if poison_reason(candidate.response, candidate.done_reason):
+        return Verdict(False, POISONED, score)
+    if score < min_confidence:
+        return Verdict(False, LOW_CONFIDENCE, score)
+    return Verdict(True, None, score)

@@ -1,0 +1,346 @@
+"""The single-file SQLite store: schema, migrations, reads and writes.
+
+Design choices:
+- Hot paths use the stdlib sqlite3 connection directly with parameterised SQL.
+  sqlite-utils (which imports click and numpy, ~0.2 s) is imported only to create or
+  migrate the schema, which happens once per database file.
+- The schema version lives in `PRAGMA user_version`, one cheap read per process; the
+  migrations themselves are a sqlite-utils `Migrations` set. A file from a newer
+  semcache is refused, never rewritten.
+- Vectors live in their own narrow table (`entry_vectors`) so a semantic scan reads
+  only vector pages, never the answers' text. A trigger removes a vector with its entry.
+- WAL, a busy timeout and short explicit `BEGIN IMMEDIATE` transactions let many
+  processes ask at once beside a cron purge.
+- The file is created 0600 in a 0700 directory: it holds people's prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from semcache_cli.errors import StoreError, UsageError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0
+
+REQUEST_COLUMNS = (
+    "at", "namespace", "model", "embed_model", "scope", "exact_key", "path", "entry_id",
+    "similarity", "confidence", "miss_reason", "latency_ms", "saved_s", "saved_tokens", "error",
+)
+
+
+def _migrations() -> Any:
+    from sqlite_utils import Migrations
+
+    migrations = Migrations("semcache")
+
+    @migrations()
+    def m001_initial(db: Any) -> None:
+        db.table("entries").create(
+            {
+                "id": int, "scope": str, "exact_key": str, "namespace": str, "model": str,
+                "system": str, "options": str, "format": str, "query": str, "response": str,
+                "embed_model": str, "dims": int, "created_at": float, "ttl": float,
+                "expires_at": float, "hits": int, "last_hit_at": float,
+                "prompt_tokens": int, "completion_tokens": int, "generation_s": float,
+                "done_reason": str, "metadata": str,
+            },
+            pk="id",
+            not_null={"scope", "exact_key", "namespace", "model", "options", "query",
+                      "response", "created_at", "hits"},
+            defaults={"hits": 0, "options": "{}"},
+        )
+        entries = db.table("entries")
+        entries.create_index(["scope", "exact_key"], unique=True)
+        entries.create_index(["expires_at"])
+        entries.create_index(["created_at"])
+        db.table("entry_vectors").create(
+            {"entry_id": int, "scope": str, "embed_model": str, "dims": int, "vector": bytes},
+            pk="entry_id",
+            not_null={"scope", "embed_model", "dims", "vector"},
+        )
+        db.table("entry_vectors").create_index(["scope", "embed_model", "dims"])
+        db.execute(
+            "CREATE TRIGGER entries_drop_vector AFTER DELETE ON entries BEGIN "
+            "DELETE FROM entry_vectors WHERE entry_id = old.id; END"
+        )
+        db.table("requests").create(
+            {
+                "id": int, "at": float, "namespace": str, "model": str, "embed_model": str,
+                "scope": str, "exact_key": str, "path": str, "entry_id": int,
+                "similarity": float, "confidence": float, "miss_reason": str,
+                "latency_ms": float, "saved_s": float, "saved_tokens": int, "error": str,
+            },
+            pk="id",
+            not_null={"at", "path"},
+        )
+        db.table("requests").create_index(["at"])
+
+    return migrations
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    scope: str
+    exact_key: str
+    namespace: str
+    model: str
+    system: str | None
+    options: dict[str, Any]
+    format: Any
+    query: str
+    response: str
+    embed_model: str | None
+    dims: int | None
+    created_at: float
+    ttl: float | None
+    expires_at: float | None
+    hits: int
+    last_hit_at: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    generation_s: float | None
+    done_reason: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Entry:
+        data = dict(row)
+        data["options"] = json.loads(data["options"] or "{}")
+        data["format"] = json.loads(data["format"]) if data["format"] else None
+        data["metadata"] = json.loads(data["metadata"] or "{}")
+        return cls(**data)
+
+    @property
+    def saved_tokens(self) -> int:
+        return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
+
+
+@dataclass
+class NewEntry:
+    """An answer to store, with what Ollama's final chunk said about it."""
+
+    scope: str
+    exact_key: str
+    namespace: str
+    model: str
+    system: str | None
+    options: dict[str, Any]
+    format: Any
+    query: str
+    response: str
+    created_at: float
+    ttl: float | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    generation_s: float | None = None
+    done_reason: str | None = None
+    metadata: dict[str, Any] | None = None
+    embed_model: str | None = None
+    vector: bytes | None = None
+    dims: int | None = None
+
+
+def _create_private_file(path: Path, create_parent: bool) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        if not create_parent:
+            raise UsageError(f"database directory {parent} does not exist (create it, or pick another --db)")
+        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+        except FileExistsError:
+            pass  # another process created it first
+        except OSError as exc:
+            raise StoreError(f"cannot create database {path}: {exc.strerror}") from None
+
+
+class Store:
+    """One connection per process to the cache file."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, create_parent: bool = False) -> Store:
+        path = Path(path)
+        if path.is_dir():
+            raise UsageError(f"database path {path} is a directory")
+        _create_private_file(path, create_parent)
+        try:
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path} is not a usable SQLite database ({exc}); pick another --db") from None
+        store = cls(conn, path)
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(
+                f"{path} was written by a newer semcache (schema {version}, this one knows "
+                f"{SCHEMA_VERSION}); upgrade semcache or use another --db"
+            )
+        try:
+            if version < SCHEMA_VERSION:
+                store._migrate()
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot prepare database {path}: {exc}") from None
+        return store
+
+    def _migrate(self) -> None:
+        import sqlite_utils
+
+        # WAL is a property of the file, set once here; it cannot change inside a
+        # transaction. Then one writer at a time applies whatever is pending.
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self.conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                db = sqlite_utils.Database(self.conn, execute_plugins=False)
+                _migrations().apply(db)
+                self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION:d}")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def is_world_readable(self) -> bool:
+        return bool(self.path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
+
+    # -- reads -------------------------------------------------------------------------
+
+    def find_exact(self, scope: str, key: str) -> Entry | None:
+        row = self.conn.execute(
+            "SELECT * FROM entries WHERE scope = ? AND exact_key = ?", (scope, key)
+        ).fetchone()
+        return Entry.from_row(row) if row else None
+
+    def get(self, entry_id: int) -> Entry | None:
+        row = self.conn.execute("SELECT * FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        return Entry.from_row(row) if row else None
+
+    def vectors(self, scope: str, embed_model: str, dims: int) -> tuple[list[int], bytes]:
+        """Ids and concatenated float32 vectors comparable with a query vector: same
+        scope, same embedding model, same dimension."""
+        rows = self.conn.execute(
+            "SELECT entry_id, vector FROM entry_vectors WHERE scope = ? AND embed_model = ? AND dims = ?",
+            (scope, embed_model, dims),
+        ).fetchall()
+        return [r[0] for r in rows], b"".join(r[1] for r in rows)
+
+    # -- writes ------------------------------------------------------------------------
+
+    def _write(self) -> _WriteTransaction:
+        return _WriteTransaction(self.conn)
+
+    def record_hit(self, entry_id: int, now: float, request: dict[str, Any]) -> None:
+        with self._write():
+            self.conn.execute(
+                "UPDATE entries SET hits = hits + 1, last_hit_at = ? WHERE id = ?", (now, entry_id)
+            )
+            self._insert_request(request)
+
+    def log_request(self, request: dict[str, Any]) -> None:
+        with self._write():
+            self._insert_request(request)
+
+    def store_answer(self, new: NewEntry, request: dict[str, Any] | None = None) -> int:
+        """Upsert on (scope, exact key): a fresh answer replaces the old one, same id."""
+        with self._write():
+            entry_id = self.conn.execute(
+                """
+                INSERT INTO entries (scope, exact_key, namespace, model, system, options, format,
+                    query, response, embed_model, dims, created_at, ttl, expires_at, hits,
+                    last_hit_at, prompt_tokens, completion_tokens, generation_s, done_reason, metadata)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?, ?)
+                ON CONFLICT (scope, exact_key) DO UPDATE SET
+                    namespace = excluded.namespace, model = excluded.model,
+                    system = excluded.system, options = excluded.options,
+                    format = excluded.format, query = excluded.query,
+                    response = excluded.response, embed_model = excluded.embed_model,
+                    dims = excluded.dims, created_at = excluded.created_at, ttl = excluded.ttl,
+                    expires_at = excluded.expires_at, hits = 0, last_hit_at = NULL,
+                    prompt_tokens = excluded.prompt_tokens,
+                    completion_tokens = excluded.completion_tokens,
+                    generation_s = excluded.generation_s, done_reason = excluded.done_reason,
+                    metadata = excluded.metadata
+                RETURNING id
+                """,
+                (
+                    new.scope, new.exact_key, new.namespace, new.model, new.system,
+                    json.dumps(new.options, sort_keys=True),
+                    json.dumps(new.format) if new.format is not None else None,
+                    new.query, new.response,
+                    new.embed_model if new.vector is not None else None,
+                    new.dims if new.vector is not None else None,
+                    new.created_at, new.ttl,
+                    None if new.ttl is None else new.created_at + new.ttl,
+                    new.prompt_tokens, new.completion_tokens, new.generation_s, new.done_reason,
+                    json.dumps(new.metadata or {}, sort_keys=True),
+                ),
+            ).fetchone()[0]
+            if new.vector is not None:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO entry_vectors (entry_id, scope, embed_model, dims, vector) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (entry_id, new.scope, new.embed_model, new.dims, new.vector),
+                )
+            else:
+                # The old answer's vector belongs to the old row state; drop it.
+                self.conn.execute("DELETE FROM entry_vectors WHERE entry_id = ?", (entry_id,))
+            if request is not None:
+                self._insert_request({**request, "entry_id": entry_id})
+        return int(entry_id)
+
+    def _insert_request(self, request: dict[str, Any]) -> None:
+        row = {column: request.get(column) for column in REQUEST_COLUMNS}
+        if row["at"] is None:
+            row["at"] = time.time()
+        placeholders = ", ".join("?" for _ in REQUEST_COLUMNS)
+        self.conn.execute(
+            f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({placeholders})",
+            tuple(row.values()),
+        )
+
+
+class _WriteTransaction:
+    """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front (waiting out the busy
+    timeout) so a transaction never fails half-way on a lock upgrade."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot write to the cache database: {exc}") from None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except sqlite3.Error as commit_exc:
+                self.conn.execute("ROLLBACK")
+                raise StoreError(f"cannot write to the cache database: {commit_exc}") from None
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"cannot write to the cache database: {exc}") from None

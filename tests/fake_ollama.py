@@ -1,0 +1,402 @@
+"""An Ollama-compatible HTTP server for tests (and benchmarks), on a loopback port.
+
+It follows ../shared/OLLAMA_API.md: the same endpoints, NDJSON streaming with chunked
+transfer and no blank lines, metrics only on the done chunk, the exact error bodies, a
+plain-text 404 for unknown routes. The official `ollama` client parses its replies
+(tests/test_fake_ollama.py checks that).
+
+Embeddings are deterministic: a bag of hashed word vectors, so texts sharing most of
+their words are close and the same text always gets the same vector. In table mode it
+serves real precomputed vectors (../shared/data/clinc150.*) for known texts.
+
+Fault switches, set on `server.faults` (see `Faults`), cover what a real Ollama does
+when it is down, cold, busy, or dies mid-answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+BUSY_TEXT = "server busy, please try again.  maximum pending requests exceeded"
+TASK_PREFIXES = ("search_query: ", "search_document: ", "clustering: ", "classification: ")
+
+
+def canonical(name: str) -> str:
+    name = name.strip().lower()
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def hashed_embedding(text: str, dims: int) -> np.ndarray:
+    """Sum of one pseudo-random unit direction per word: shared words => similar."""
+    for prefix in TASK_PREFIXES:
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    words = re.findall(r"\w+", text.lower()) or [""]
+    total = np.zeros(dims)
+    for word in words:
+        seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+        total += np.random.default_rng(seed).standard_normal(dims)
+    return total / np.linalg.norm(total)
+
+
+@dataclass
+class Faults:
+    chat_status: tuple[int, str] | None = None  # error before any output
+    embed_status: tuple[int, str] | None = None
+    busy: int = 0  # the next N model requests get 503 server busy
+    delay: float = 0.0  # seconds before the first chat chunk (cold load)
+    hang: bool = False  # chat never answers
+    error_after: int | None = None  # {"error"} line after N chunks
+    drop_after: int | None = None  # connection closed after N chunks
+    malformed_after: int | None = None  # a line that is not JSON after N chunks
+    done_reason: str = "stop"
+    chunk_delay: float = 0.0  # seconds between chunks
+    legacy: bool = False  # a server before v0.2.6: no /api/embed
+
+
+@dataclass
+class FakeOllama:
+    chat_models: set[str] = field(default_factory=lambda: {"llama3.2:latest", "qwen2.5:latest"})
+    embed_models: dict[str, int] = field(
+        default_factory=lambda: {"nomic-embed-text:latest": 768, "all-minilm:latest": 384}
+    )
+    replies: dict[str, str] = field(default_factory=dict)
+    table: dict[str, np.ndarray] = field(default_factory=dict)
+    faults: Faults = field(default_factory=Faults)
+    version: str = "0.12.3"
+
+    def __post_init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.chat_started = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, port: int = 0) -> FakeOllama:
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def port(self) -> int:
+        assert self._server
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def generations(self) -> int:
+        return self.counts["/api/chat"] + self.counts["/api/generate"]
+
+    def reset(self) -> None:
+        with self.lock:
+            self.counts.clear()
+            self.requests.clear()
+        self.faults = Faults()
+
+    # -- behaviour ---------------------------------------------------------------------
+
+    def embed(self, model: str, text: str) -> np.ndarray:
+        dims = self.embed_models[canonical(model)]
+        vector = self.table.get(text)
+        if vector is not None and vector.size == dims:
+            return vector.astype(np.float64)
+        return hashed_embedding(text, dims)
+
+    def reply_to(self, prompt: str) -> str:
+        return self.replies.get(prompt, f"This is the answer to: {prompt}")
+
+    def take_busy(self) -> bool:
+        with self.lock:
+            if self.faults.busy > 0:
+                self.faults.busy -= 1
+                return True
+        return False
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeOllama
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+        pass
+
+    # -- framing -----------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json; charset=utf-8")
+
+    def _error(self, status: int, message: str) -> None:
+        self._json(status, {"error": message})
+
+    def _text(self, status: int, text: str) -> None:
+        self._send(status, text.encode(), "text/plain; charset=utf-8")
+
+    def _start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _line(self, obj: Any) -> None:
+        self._chunk(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+    def _end_stream(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _drop(self) -> None:
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+
+    def _body(self) -> dict[str, Any] | None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            self._error(400, "missing request body")
+            return None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._error(400, f"invalid character '{raw[:1].decode(errors='replace')}' looking for beginning of value")
+            return None
+        if not isinstance(body, dict):
+            self._error(400, "json: cannot unmarshal array into Go value of type api.Request")
+            return None
+        return body
+
+    # -- routing -----------------------------------------------------------------------
+
+    ROUTES = {
+        "/": {"GET", "HEAD"},
+        "/api/version": {"GET"},
+        "/api/tags": {"GET", "HEAD"},
+        "/api/show": {"POST"},
+        "/api/embed": {"POST"},
+        "/api/embeddings": {"POST"},
+        "/api/chat": {"POST"},
+        "/api/generate": {"POST"},
+    }
+
+    def do_GET(self) -> None:
+        self._route()
+
+    def do_HEAD(self) -> None:
+        self._route()
+
+    def do_POST(self) -> None:
+        self._route()
+
+    def _route(self) -> None:
+        fake = self.fake
+        path = self.path.split("?", 1)[0]
+        if path == "/api/embed" and fake.faults.legacy:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            return self._text(404, "404 page not found")
+        if path not in self.ROUTES:
+            return self._text(404, "404 page not found")
+        if self.command not in self.ROUTES[path]:
+            return self._text(405, "405 method not allowed")
+        body: dict[str, Any] = {}
+        if self.command == "POST":
+            parsed = self._body()
+            if parsed is None:
+                return
+            body = parsed
+        with fake.lock:
+            fake.counts[path] += 1
+            fake.requests.append((path, body))
+        if path == "/":
+            return self._text(200, "Ollama is running")
+        if path == "/api/version":
+            return self._json(200, {"version": fake.version})
+        if path == "/api/tags":
+            return self._json(200, {"models": [self._model_info(m) for m in sorted(fake.chat_models | set(fake.embed_models))]})
+        if path == "/api/show":
+            return self._show(body)
+        if path in ("/api/embed", "/api/embeddings"):
+            return self._embed(path, body)
+        return self._generate(path, body)
+
+    def _model_info(self, name: str) -> dict[str, Any]:
+        embedding = name in self.fake.embed_models
+        family = "nomic-bert" if embedding else "llama"
+        return {
+            "name": name, "model": name, "modified_at": "2025-10-26T17:21:21.196249Z",
+            "size": 274302450, "digest": hashlib.sha256(name.encode()).hexdigest(),
+            "details": {"parent_model": "", "format": "gguf", "family": family, "families": [family],
+                        "parameter_size": "137M" if embedding else "3.2B", "quantization_level": "F16"},
+        }
+
+    def _show(self, body: dict[str, Any]) -> None:
+        name = canonical(str(body.get("model") or body.get("name") or ""))
+        fake = self.fake
+        if name in fake.embed_models:
+            info = {"general.architecture": "nomic-bert", "nomic-bert.embedding_length": fake.embed_models[name]}
+            caps = ["embedding"]
+        elif name in fake.chat_models:
+            info, caps = {"general.architecture": "llama"}, ["completion"]
+        else:
+            return self._error(404, f"model '{body.get('model') or body.get('name')}' not found")
+        self._json(200, {"modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+                         "details": self._model_info(name)["details"], "model_info": info,
+                         "capabilities": caps, "modified_at": "2025-10-26T17:21:21.196249Z"})
+
+    # -- embeddings --------------------------------------------------------------------
+
+    def _embed(self, path: str, body: dict[str, Any]) -> None:
+        fake = self.fake
+        model = str(body.get("model", ""))
+        if fake.take_busy():
+            return self._error(503, BUSY_TEXT)
+        if fake.faults.embed_status:
+            return self._error(*fake.faults.embed_status)
+        if canonical(model) not in fake.embed_models:
+            return self._error(404, f'model "{model}" not found, try pulling it first')
+        if path == "/api/embeddings":
+            prompt = body.get("prompt", "")
+            if not prompt:
+                return self._json(200, {"embedding": []})
+            # The legacy endpoint returns raw runner output, not unit length.
+            return self._json(200, {"embedding": (fake.embed(model, prompt) * 3.5).tolist()})
+        texts = body.get("input", [])
+        if isinstance(texts, str):
+            texts = [texts] if texts else []
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return self._error(400, "invalid input type")
+        if not texts:
+            return self._json(200, {"model": model, "embeddings": []})
+        vectors = []
+        for text in texts:
+            vector = fake.embed(model, text)
+            dims = body.get("dimensions")
+            if isinstance(dims, int) and 0 < dims < vector.size:
+                vector = vector[:dims] / np.linalg.norm(vector[:dims])
+            vectors.append([round(float(x), 7) for x in vector])
+        tokens = sum(len(t.split()) for t in texts)
+        self._json(200, {"model": model, "embeddings": vectors, "total_duration": 14143917,
+                         "load_duration": 1019500, "prompt_eval_count": tokens})
+
+    # -- generation --------------------------------------------------------------------
+
+    def _generate(self, path: str, body: dict[str, Any]) -> None:
+        fake, faults = self.fake, self.fake.faults
+        model = str(body.get("model", ""))
+        is_chat = path == "/api/chat"
+        if fake.take_busy():
+            return self._error(503, BUSY_TEXT)
+        if faults.chat_status:
+            return self._error(*faults.chat_status)
+        if canonical(model) in fake.embed_models:
+            return self._error(400, f'"{model}" does not support {"chat" if is_chat else "generate"}')
+        if canonical(model) not in fake.chat_models:
+            return self._error(404, f"model '{model}' not found")
+        if is_chat:
+            messages = body.get("messages") or []
+            prompt = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+            prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        else:
+            prompt = str(body.get("prompt", ""))
+            prompt_tokens = len(prompt.split())
+        fake.chat_started.set()
+        if faults.hang:
+            fake.stopping.wait(60)
+            return self._drop()
+        if faults.delay:
+            time.sleep(faults.delay)
+        words = re.findall(r"\S+\s*", fake.reply_to(prompt))
+        final = {"done": True, "done_reason": faults.done_reason, "total_duration": 4935886791,
+                 "load_duration": 534986708, "prompt_eval_count": prompt_tokens,
+                 "prompt_eval_duration": 107345000, "eval_count": len(words), "eval_duration": 4289432000}
+
+        def piece(text: str, done: bool = False) -> dict[str, Any]:
+            chunk: dict[str, Any] = {"model": model, "created_at": _now()}
+            if is_chat:
+                chunk["message"] = {"role": "assistant", "content": text}
+            else:
+                chunk["response"] = text
+            chunk["done"] = done
+            return chunk
+
+        if body.get("stream") is False:
+            return self._json(200, {**piece("".join(words)), **final})
+        self._start_stream()
+        for index, word in enumerate(words):
+            if index == faults.error_after:
+                self._line({"error": "an error was encountered while running the model: unexpected EOF"})
+                return self._end_stream()
+            if index == faults.drop_after:
+                return self._drop()
+            if index == faults.malformed_after:
+                self._chunk(b'{"model": "broken\n')
+                return self._end_stream()
+            self._line(piece(word))
+            if faults.chunk_delay:
+                time.sleep(faults.chunk_delay)
+        self._line({**piece(""), **final})
+        self._end_stream()
+
+
+def load_clinc_table(data_dir: str) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """CLINC150 rows and a text -> real all-MiniLM vector table (first row wins)."""
+    rows = [json.loads(line) for line in open(f"{data_dir}/clinc150.jsonl", encoding="utf-8")]
+    matrix = np.load(f"{data_dir}/clinc150.minilm.f16.npy")
+    table: dict[str, np.ndarray] = {}
+    for row, vector in zip(rows, matrix):
+        table.setdefault(row["text"], vector.astype(np.float32))
+    return rows, table
+
+
+if __name__ == "__main__":  # a standalone server for manual runs and benchmarks
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Ollama-compatible test server")
+    parser.add_argument("--port", type=int, default=0)
+    server = FakeOllama().start(parser.parse_args().port)
+    print(server.url, flush=True)
+    try:
+        server.stopping.wait()
+    except KeyboardInterrupt:
+        server.stop()
