@@ -89,7 +89,7 @@ class FakeOllama:
 
     def start(self, port: int = 0) -> FakeOllama:
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self._server = _Server(("127.0.0.1", port), handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -137,6 +137,15 @@ class FakeOllama:
                 self.faults.busy -= 1
                 return True
         return False
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-reply (a timeout test, a killed process) is normal here."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _now() -> str:
@@ -234,6 +243,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/api/embed" and fake.faults.legacy:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with fake.lock:
+                fake.counts[path] += 1
             return self._text(404, "404 page not found")
         if path not in self.ROUTES:
             return self._text(404, "404 page not found")

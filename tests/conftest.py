@@ -1,0 +1,93 @@
+"""Shared fixtures: every test gets its own database, config and cache directories,
+and (when it asks for one) a real Ollama-compatible server on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fake_ollama import FakeOllama
+from semcache_cli.cli import app
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test touches the user's real cache, config or Ollama."""
+    for name in list(os.environ):
+        if name.startswith("SEMCACHE_") or name.startswith("OLLAMA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SEMCACHE_DB", str(tmp_path / "cache.db"))
+    monkeypatch.setenv("SEMCACHE_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:9")  # nothing listens: no stray real server
+    return tmp_path / "cache.db"
+
+
+@pytest.fixture(scope="session")
+def _server() -> Iterator[FakeOllama]:
+    server = FakeOllama().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ollama(_server: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOllama]:
+    """The test server, reset, with OLLAMA_HOST pointing at it."""
+    _server.reset()
+    _server.replies.clear()
+    _server.table.clear()
+    monkeypatch.setenv("OLLAMA_HOST", _server.url)
+    yield _server
+    _server.reset()
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, input: str | bytes | None = None) -> Result:
+    """semcache in-process (Typer's CliRunner), stdout and stderr kept apart."""
+    result = CliRunner().invoke(app, list(args), input=input)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def run_proc(*args: str, input: str | bytes | None = None, env: dict[str, str] | None = None,
+             timeout: float = 60) -> Result:
+    """semcache as a real subprocess with pipes."""
+    data = input.encode() if isinstance(input, str) else input
+    proc = subprocess.run(
+        [sys.executable, "-m", "semcache_cli", *args],
+        input=data,
+        stdin=None if data is not None else subprocess.DEVNULL,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd=REPO,
+    )
+    return Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+def db_rows(db: Path, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()

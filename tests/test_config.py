@@ -1,0 +1,139 @@
+"""Settings precedence, durations, options typing and OLLAMA_HOST parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from semcache_cli import config
+from semcache_cli.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("10m", 600), ("2h", 7200), ("7d", 604800), ("1w", 604800), ("1h30m", 5400),
+     ("45", 45), ("1.5h", 5400), ("250ms", 0.25), (" 2H ", 7200)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "10x", "-5m", "5 m m", "1e400", "h"])
+def test_bad_durations_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError, match="not a duration"):
+        config.parse_duration(text)
+
+
+@given(st.integers(0, 10**6), st.sampled_from(["s", "m", "h", "d", "w"]))
+def test_duration_units_multiply(count: int, unit: str) -> None:
+    assert config.parse_duration(f"{count}{unit}") == count * config._UNIT_SECONDS[unit]
+
+
+def test_ttl_never_and_positive() -> None:
+    assert config.parse_ttl("never") is None
+    assert config.parse_ttl("7d") == 604800
+    with pytest.raises(UsageError, match="positive"):
+        config.parse_ttl("0s")
+
+
+@pytest.mark.parametrize(
+    ("raw", "url"),
+    [
+        (None, "http://127.0.0.1:11434"),
+        ("", "http://127.0.0.1:11434"),
+        ("1.2.3.4", "http://1.2.3.4:11434"),
+        (":56789", "http://127.0.0.1:56789"),
+        ("https://example.com", "https://example.com:443"),
+        ("http://example.com", "http://example.com:80"),
+        ("example.com:56789/path/", "http://example.com:56789/path"),
+        ("Example.COM", "http://example.com:11434"),
+        ("[::1]", "http://[::1]:11434"),
+        ("[::1]:8080", "http://[::1]:8080"),
+        (" 1.2.3.4 ", "http://1.2.3.4:11434"),  # trimmed, as the Go side does
+        ("0.0.0.0", "http://127.0.0.1:11434"),  # a bind address means this machine
+        ("0.0.0.0:9999", "http://127.0.0.1:9999"),
+        ("user:secret@example.com:1234", "http://example.com:1234"),  # credentials dropped
+    ],
+)
+def test_ollama_host(raw: str | None, url: str) -> None:
+    assert config.parse_ollama_host(raw) == url
+
+
+@pytest.mark.parametrize("raw", ["::1", "ftp://example.com"])
+def test_bad_ollama_host(raw: str) -> None:
+    with pytest.raises(UsageError, match="OLLAMA_HOST"):
+        config.parse_ollama_host(raw)
+
+
+def test_options_are_typed_like_ollama() -> None:
+    options = config.parse_options(
+        [("temperature", "0"), ("seed", "42"), ("stop", "\n\n"), ("stop", "END"), ("penalize_newline", "false")]
+    )
+    assert options == {"temperature": 0.0, "seed": 42, "stop": ["\n\n", "END"], "penalize_newline": False}
+    assert isinstance(options["temperature"], float)
+
+
+@pytest.mark.parametrize(("pair", "message"), [
+    (("warp", "9"), "unknown option 'warp'"),
+    (("seed", "abc"), "whole number"),
+    (("temperature", "hot"), "a number"),
+    (("temperature", "nan"), "finite"),
+    (("penalize_newline", "maybe"), "true or false"),
+])
+def test_bad_options(pair: tuple[str, str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        config.parse_options([pair])
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = config.load_settings(env={"SEMCACHE_CONFIG": str(tmp_path / "none.toml"), "SEMCACHE_DB": "x.db"})
+    assert (settings.model, settings.embed_model) == ("llama3.2", "nomic-embed-text")
+    assert (settings.threshold, settings.min_confidence, settings.ttl) == (0.85, 0.7, 7 * 86400)
+    assert settings.ollama_url == "http://127.0.0.1:11434"
+
+
+def test_default_db_lives_in_the_platform_cache_dir(tmp_path: Path) -> None:
+    settings = config.load_settings(env={"SEMCACHE_CONFIG": str(tmp_path / "none.toml"), "XDG_CACHE_HOME": str(tmp_path)})
+    assert settings.db.name == "cache.db" and settings.db.parent.name == "semcache"
+    assert settings.db_is_default
+
+
+def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'model = "from-file"\nthreshold = 0.9\nttl = "1h"\nnamespace = "filens"\ndb = "file.db"\n'
+        "[options]\ntemperature = 0.2\nseed = 7\n"
+    )
+    env = {"SEMCACHE_CONFIG": str(path), "SEMCACHE_THRESHOLD": "0.95", "SEMCACHE_TTL": "2h"}
+    settings = config.load_settings({"ttl": "3h", "model": None}, [("seed", "8")], env=env)
+    assert settings.model == "from-file"  # file beats default; an absent flag changes nothing
+    assert settings.threshold == 0.95  # env beats file
+    assert settings.ttl == 3 * 3600  # flag beats env
+    assert settings.namespace == "filens"
+    assert settings.db == Path("file.db") and not settings.db_is_default
+    assert settings.options == {"temperature": 0.2, "seed": 8}  # flags merge over the file's options
+
+
+def test_bad_values_name_their_source(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("threshold = 1.5\n")
+    with pytest.raises(UsageError, match=r"config.toml: threshold: 1.5 is not a number between 0 and 1"):
+        config.load_settings(env={"SEMCACHE_CONFIG": str(path)})
+    with pytest.raises(UsageError, match="SEMCACHE_MIN_CONFIDENCE"):
+        config.load_settings(env={"SEMCACHE_CONFIG": str(tmp_path / "none"), "SEMCACHE_MIN_CONFIDENCE": "high"})
+    path.write_text("thresold = 0.9\n")
+    with pytest.raises(UsageError, match="unknown key 'thresold'"):
+        config.load_settings(env={"SEMCACHE_CONFIG": str(path)})
+    path.write_text("threshold = [\n")
+    with pytest.raises(UsageError, match="config file"):
+        config.load_settings(env={"SEMCACHE_CONFIG": str(path)})
+
+
+def test_format_flag() -> None:
+    assert config.parse_format("json") == "json"
+    assert config.parse_format('{"type": "object"}') == {"type": "object"}
+    with pytest.raises(UsageError):
+        config.parse_format("yaml")

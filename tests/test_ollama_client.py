@@ -1,0 +1,111 @@
+"""semcache's httpx client against the test server: embeddings, streaming, error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from fake_ollama import FakeOllama
+from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable
+from semcache_cli.ollama import EmbedInputTooLong, OllamaClient
+
+USER = [{"role": "user", "content": "one two three four"}]
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def client(ollama: FakeOllama, sleeps: list[float]) -> Iterator[OllamaClient]:
+    c = OllamaClient(ollama.url, timeout=5.0, sleep=sleeps.append)
+    yield c
+    c.close()
+
+
+def test_embed_batches_through_api_embed(client: OllamaClient, ollama: FakeOllama) -> None:
+    vectors = client.embed("nomic-embed-text", ["a", "b", "c"])
+    assert [len(v) for v in vectors] == [768] * 3
+    assert ollama.counts["/api/embed"] == 1
+
+
+def test_legacy_server_falls_back_to_api_embeddings(client: OllamaClient, ollama: FakeOllama) -> None:
+    ollama.faults.legacy = True
+    first = client.embed("all-minilm", ["reset my password"])
+    client.embed("all-minilm", ["again"])
+    assert ollama.counts["/api/embed"] == 1  # probed once; the second call went straight to the old route
+    assert ollama.counts["/api/embeddings"] == 2
+    from semcache_cli.vectors import unit_vector
+
+    modern = FakeOllama().embed("all-minilm", "reset my password")
+    assert np.dot(unit_vector(first[0]), modern) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_busy_is_retried_with_backoff(client: OllamaClient, ollama: FakeOllama, sleeps: list[float]) -> None:
+    ollama.faults.busy = 2
+    generation = client.chat("llama3.2", USER, {})
+    assert generation.text == "This is the answer to: one two three four"
+    assert sleeps == [0.5, 1.0]
+
+
+def test_busy_beyond_the_retries_fails_clearly(client: OllamaClient, ollama: FakeOllama, sleeps: list[float]) -> None:
+    ollama.faults.busy = 100
+    with pytest.raises(OllamaError, match="busy"):
+        client.embed("all-minilm", ["x"])
+    assert len(sleeps) == 3
+
+
+def test_errors_are_mapped(client: OllamaClient, ollama: FakeOllama) -> None:
+    with pytest.raises(ModelNotFound, match="ollama pull llama9"):
+        client.chat("llama9", USER, {})
+    with pytest.raises(ModelNotFound, match="ollama pull mxbai-embed-large"):
+        client.embed("mxbai-embed-large", ["x"])
+    ollama.faults.chat_status = (500, "timed out waiting for llama-server to start")
+    with pytest.raises(OllamaError, match=r"timed out waiting for llama-server to start \(HTTP 500\)"):
+        client.chat("llama3.2", USER, {})
+    ollama.faults.embed_status = (400, "the input length exceeds the context length")
+    with pytest.raises(EmbedInputTooLong):
+        client.embed("all-minilm", ["x"])
+
+
+def test_unreachable_server() -> None:
+    c = OllamaClient("http://127.0.0.1:9", timeout=5.0)
+    with pytest.raises(OllamaUnreachable, match=r"cannot reach Ollama at http://127.0.0.1:9"):
+        c.chat("llama3.2", USER, {})
+    c.close()
+
+
+def test_slow_first_token_within_the_timeout_is_fine(ollama: FakeOllama) -> None:
+    ollama.faults.delay = 0.6
+    c = OllamaClient(ollama.url, timeout=5.0)
+    assert c.chat("llama3.2", USER, {}).done_reason == "stop"
+    c.close()
+
+
+def test_a_reply_slower_than_the_timeout_times_out(ollama: FakeOllama) -> None:
+    ollama.faults.delay = 2.0
+    c = OllamaClient(ollama.url, timeout=0.3)
+    with pytest.raises(OllamaUnreachable, match="timed out after 0.3 s"):
+        c.chat("llama3.2", USER, {})
+    c.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [("error_after", "failed mid-answer"), ("drop_after", "dropped mid-answer"), ("malformed_after", "malformed JSON")],
+)
+def test_broken_streams_raise_after_the_partial_text(client: OllamaClient, ollama: FakeOllama, fault: str, message: str) -> None:
+    setattr(ollama.faults, fault, 2)
+    seen: list[str] = []
+    with pytest.raises(GenerationFailed, match=message):
+        client.chat("llama3.2", USER, {}, on_token=seen.append)
+    assert "".join(seen) == "This is "
+
+
+def test_final_chunk_metrics_are_kept(client: OllamaClient) -> None:
+    generation = client.chat("llama3.2", USER, {"temperature": 0.0})
+    assert (generation.prompt_tokens, generation.completion_tokens) == (4, 9)
+    assert generation.total_s == pytest.approx(4.935886791)

@@ -1,0 +1,132 @@
+"""The SQLite store on a real file: schema, migrations, permissions, upserts."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semcache_cli import vectors
+from semcache_cli.errors import StoreError, UsageError
+from semcache_cli.store import SCHEMA_VERSION, NewEntry, Store
+from conftest import db_rows
+
+
+def new_entry(query: str = "q", response: str = "a", vector: np.ndarray | None = None, **kw: object) -> NewEntry:
+    fields = dict(scope="s1", exact_key=f"k-{query}", namespace="default", model="llama3.2", system=None,
+                  options={}, format=None, query=query, response=response, created_at=1000.0, ttl=3600.0,
+                  done_reason="stop", completion_tokens=12, prompt_tokens=5, generation_s=2.5)
+    fields.update(kw)
+    if vector is not None:
+        fields.update(embed_model="all-minilm:latest", vector=vectors.encode(vector), dims=vector.size)
+    return NewEntry(**fields)  # type: ignore[arg-type]
+
+
+def test_fresh_database_is_private_wal_and_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "cache.db"
+    store = Store.open(path, create_parent=True)
+    store.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    applied = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'semcache'")]
+    assert applied == ["m001_initial"]
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"entries", "entry_vectors", "requests"} <= tables
+
+
+def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    store = Store.open(path)
+    entry_id = store.store_answer(new_entry())
+    store.close()
+    store = Store.open(path)
+    assert store.get(entry_id).response == "a"  # type: ignore[union-attr]
+    assert len(db_rows(path, "SELECT * FROM _sqlite_migrations")) == 1
+
+
+def test_explicit_path_in_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        Store.open(tmp_path / "missing" / "c.db")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE future (x)")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="newer semcache"):
+        Store.open(path)
+    assert path.read_bytes() == before
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("these are my notes, not a database\n" * 100)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not a usable SQLite database"):
+        Store.open(path)
+    assert path.read_bytes() == before
+
+
+def test_upsert_replaces_the_answer_under_the_same_id(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "c.db")
+    first = store.store_answer(new_entry(response="old", vector=vectors.unit_vector([1, 0, 0])))
+    store.record_hit(first, 1500.0, {"path": "exact"})
+    second = store.store_answer(new_entry(response="new", created_at=2000.0))
+    assert second == first
+    entry = store.get(first)
+    assert entry is not None
+    assert (entry.response, entry.created_at, entry.expires_at, entry.hits) == ("new", 2000.0, 5600.0, 0)
+    assert db_rows(store.path, "SELECT count(*) FROM entries")[0][0] == 1
+    # the new state has no vector, so the old one must not linger
+    assert store.vectors("s1", "all-minilm:latest", 3) == ([], b"")
+
+
+def test_deleting_an_entry_deletes_its_vector(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "c.db")
+    entry_id = store.store_answer(new_entry(vector=vectors.unit_vector([0, 1, 0])))
+    assert store.vectors("s1", "all-minilm:latest", 3)[0] == [entry_id]
+    store.conn.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+    assert store.vectors("s1", "all-minilm:latest", 3) == ([], b"")
+
+
+def test_vectors_are_only_compared_within_scope_model_and_dimension(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "c.db")
+    store.store_answer(new_entry("a", vector=vectors.unit_vector([1, 0, 0])))
+    store.store_answer(new_entry("b", scope="s2", vector=vectors.unit_vector([1, 0, 0])))
+    store.store_answer(new_entry("c", vector=vectors.unit_vector([1, 0, 0, 0])))
+    ids, blob = store.vectors("s1", "all-minilm:latest", 3)
+    assert len(ids) == 1 and len(blob) == 12
+    assert store.vectors("s1", "nomic-embed-text:latest", 3) == ([], b"")
+
+
+def test_stored_vectors_are_little_endian_float32_unit_length(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "c.db")
+    store.store_answer(new_entry(vector=vectors.unit_vector([3.0, 4.0])))
+    blob = db_rows(store.path, "SELECT vector FROM entry_vectors")[0][0]
+    assert np.frombuffer(blob, "<f4").tolist() == pytest.approx([0.6, 0.8])
+
+
+def test_top_matches_orders_by_cosine() -> None:
+    rows = [vectors.unit_vector(v) for v in ([1, 0], [0.8, 0.6], [0, 1], [-1, 0])]
+    query = vectors.unit_vector([1, 0.1])
+    found = vectors.top_matches(query, [10, 11, 12, 13], b"".join(vectors.encode(r) for r in rows), k=2)
+    assert [i for i, _ in found] == [10, 11]
+    assert found[0][1] == pytest.approx(float(np.dot(query, rows[0])), abs=1e-6)
+
+
+def test_request_log_rows(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "c.db")
+    store.log_request({"path": "miss", "miss_reason": "no_match", "at": 5.0})
+    row = db_rows(store.path, "SELECT at, path, miss_reason FROM requests")[0]
+    assert tuple(row) == (5.0, "miss", "no_match")
