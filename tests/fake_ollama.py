@@ -140,6 +140,13 @@ class FakeOllama:
 
 
 class _Server(ThreadingHTTPServer):
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # Go's net/http (real Ollama) sets TCP_NODELAY; without it Nagle's algorithm and
+        # delayed ACKs add ~40 ms to every small keep-alive reply.
+        conn, addr = super().get_request()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, addr
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up mid-reply (a timeout test, a killed process) is normal here."""
         import sys
@@ -392,7 +399,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 def load_clinc_table(data_dir: str) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """CLINC150 rows and a text -> real all-MiniLM vector table (first row wins)."""
-    rows = [json.loads(line) for line in open(f"{data_dir}/clinc150.jsonl", encoding="utf-8")]
+    with open(f"{data_dir}/clinc150.jsonl", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
     matrix = np.load(f"{data_dir}/clinc150.minilm.f16.npy")
     table: dict[str, np.ndarray] = {}
     for row, vector in zip(rows, matrix):
