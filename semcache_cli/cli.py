@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -169,45 +169,52 @@ def _help(text: str, key: str | None = None, default: str | None = None) -> str:
 @app.command(epilog=EXIT_CODES_HELP, no_args_is_help=False)
 def ask(
     question: Annotated[
-        Optional[str],
+        str | None,
         typer.Argument(help="The question. '-' or absent: read it from stdin when stdin is a pipe or file."),
     ] = None,
-    model: Annotated[Optional[str], typer.Option("-m", "--model", help=_help("Generation model.", "model"))] = None,
+    model: Annotated[str | None, typer.Option("-m", "--model", help=_help("Generation model.", "model"))] = None,
     embed_model: Annotated[
-        Optional[str], typer.Option("--embed-model", help=_help("Embedding model for the semantic layer.", "embed_model"))
+        str | None, typer.Option("--embed-model", help=_help("Embedding model for the semantic layer.", "embed_model"))
     ] = None,
     system: Annotated[
-        Optional[str], typer.Option("-s", "--system", help=_help("System prompt (part of the scope).", "system", "none"))
+        str | None, typer.Option("-s", "--system", help=_help("System prompt (part of the scope).", "system", "none"))
     ] = None,
     option: Annotated[
-        Optional[list[str]],
-        typer.Option("-o", "--option", metavar="KEY VALUE", help="Generation option, typed as Ollama expects (e.g. -o temperature 0; KEY=VALUE also works). Repeatable; part of the scope."),
+        list[str] | None,
+        typer.Option(
+            "-o", "--option", metavar="KEY VALUE",
+            help="Generation option, typed as Ollama expects (e.g. -o temperature 0; KEY=VALUE also works). "
+            "Repeatable; part of the scope.",
+        ),
     ] = None,
     format: Annotated[
-        Optional[str], typer.Option("--format", help="Ask for 'json' output or give a JSON schema (part of the scope).")
+        str | None, typer.Option("--format", help="Ask for 'json' output or give a JSON schema (part of the scope).")
     ] = None,
     namespace: Annotated[
-        Optional[str], typer.Option("-n", "--namespace", help=_help("Namespace: answers never cross namespaces.", "namespace"))
+        str | None, typer.Option("-n", "--namespace", help=_help("Namespace: answers never cross namespaces.", "namespace"))
     ] = None,
     ttl: Annotated[
-        Optional[str], typer.Option("--ttl", help=_help("How long a new answer may be reused: 90s, 10m, 2h, 7d or never.", "ttl", "7d"))
+        str | None,
+        typer.Option("--ttl", help=_help("How long a new answer may be reused: 90s, 10m, 2h, 7d or never.", "ttl", "7d")),
     ] = None,
     threshold: Annotated[
-        Optional[float], typer.Option("--threshold", help=_help("Least cosine similarity for a semantic hit.", "threshold"))
+        float | None, typer.Option("--threshold", help=_help("Least cosine similarity for a semantic hit.", "threshold"))
     ] = None,
     min_confidence: Annotated[
-        Optional[float],
-        typer.Option("--min-confidence", help=_help("Least confidence (0.7*similarity + 0.3*freshness) to reuse.", "min_confidence")),
+        float | None,
+        typer.Option(
+            "--min-confidence", help=_help("Least confidence (0.7*similarity + 0.3*freshness) to reuse.", "min_confidence")
+        ),
     ] = None,
     timeout: Annotated[
-        Optional[str], typer.Option("--timeout", help=_help("How long to wait for Ollama to reply.", "timeout", "300s"))
+        str | None, typer.Option("--timeout", help=_help("How long to wait for Ollama to reply.", "timeout", "300s"))
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Skip the lookup, ask the model, still store.")] = False,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store a new answer.")] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Never call the model; exit 3 on a miss.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the raw answer.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No status line on stderr.")] = False,
-    db: Annotated[Optional[Path], typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
+    db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
 ) -> None:
     """Answer from the cache when the same question, or one that means the same, was
     answered recently enough to trust; otherwise ask the model and store its answer."""

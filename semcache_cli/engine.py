@@ -210,7 +210,9 @@ class Engine:
         timer.lap("generate")
 
         created = self.clock()
-        outcome = self._outcome(req, generation.text, "model", None, similarity, rejected.confidence, miss_reason, warnings, timer)
+        outcome = self._outcome(
+            req, generation.text, "model", None, similarity, rejected.confidence, miss_reason, warnings, timer
+        )
         outcome.created_at = created
         outcome.expires_at = policy.expires_at(created, req.ttl)
         request_row = {**miss_log, "path": "model", "latency_ms": outcome.timings_ms["total"]}

@@ -91,7 +91,7 @@ class OllamaClient:
             return OllamaError(f"Ollama at {self.base_url} is busy ({text}); try again later")
         return OllamaError(f"Ollama at {self.base_url} failed: {text or 'no reason given'} (HTTP {status})")
 
-    def _post(self, path: str, body: dict[str, Any], model: str) -> httpx.Response:
+    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """POST with bounded retries on 503 "server busy" (safe: nothing was done)."""
         for delay in (*BUSY_RETRY_DELAYS_S, None):
             try:
@@ -108,7 +108,7 @@ class OllamaClient:
     def embed(self, model: str, texts: list[str]) -> list[list[float]]:
         """One vector per text, in order (batched through /api/embed's list input)."""
         if not self._legacy_embed:
-            response = self._post("/api/embed", {"model": model, "input": texts, "truncate": False}, model)
+            response = self._post("/api/embed", {"model": model, "input": texts, "truncate": False})
             text, is_json = _error_text(response)
             if response.status_code == 404 and not is_json:
                 # Servers before v0.2.6 have no /api/embed: plain-text 404 page.
@@ -122,7 +122,7 @@ class OllamaClient:
                 return self._checked_vectors(vectors, len(texts))
         vectors = []
         for text in texts:
-            response = self._post("/api/embeddings", {"model": model, "prompt": text}, model)
+            response = self._post("/api/embeddings", {"model": model, "prompt": text})
             if response.status_code != 200:
                 raise self._status_error(response, model)
             vectors.append(self._json(response).get("embedding"))
@@ -179,7 +179,9 @@ class OllamaClient:
             except httpx.ConnectError as exc:
                 raise self._unreachable(exc) from None
             except httpx.TransportError:
-                raise GenerationFailed(f"the connection to Ollama at {self.base_url} dropped mid-answer; nothing was stored") from None
+                raise GenerationFailed(
+                    f"the connection to Ollama at {self.base_url} dropped mid-answer; nothing was stored"
+                ) from None
         raise AssertionError("unreachable")  # the loop always returns or raises
 
     def _read_stream(self, response: httpx.Response, on_token: Callable[[str], None]) -> Generation:

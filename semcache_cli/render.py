@@ -6,7 +6,7 @@ importing Rich for one line would cost every exact hit.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from semcache_cli.engine import Outcome
@@ -17,7 +17,7 @@ PREFIX = "semcache"
 def iso_time(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def elapsed(ms: float) -> str:

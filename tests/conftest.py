@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fake_ollama import FakeOllama
 from typer.testing import CliRunner
 
-from fake_ollama import FakeOllama
 from semcache_cli.cli import app
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

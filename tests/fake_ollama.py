@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -156,7 +156,7 @@ class _Server(ThreadingHTTPServer):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -403,7 +403,7 @@ def load_clinc_table(data_dir: str) -> tuple[list[dict[str, Any]], dict[str, np.
         rows = [json.loads(line) for line in handle]
     matrix = np.load(f"{data_dir}/clinc150.minilm.f16.npy")
     table: dict[str, np.ndarray] = {}
-    for row, vector in zip(rows, matrix):
+    for row, vector in zip(rows, matrix, strict=True):
         table.setdefault(row["text"], vector.astype(np.float32))
     return rows, table
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import db_rows, run_cli
 from fake_ollama import FakeOllama
 

@@ -8,9 +8,7 @@ import httpx
 import numpy as np
 import ollama as official
 import pytest
-
 from fake_ollama import BUSY_TEXT, FakeOllama
-
 
 _clients: list[official.Client] = []
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-
 from fake_ollama import FakeOllama
+
 from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable
 from semcache_cli.ollama import EmbedInputTooLong, OllamaClient
 

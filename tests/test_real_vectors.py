@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA, run_cli
 from fake_ollama import FakeOllama, load_clinc_table
+
 from semcache_cli import config
 from semcache_cli.engine import open_engine, request_from
 from semcache_cli.errors import CacheOnlyMiss

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import db_rows
 
 from semcache_cli import vectors
 from semcache_cli.errors import StoreError, UsageError
 from semcache_cli.store import SCHEMA_VERSION, NewEntry, Store
-from conftest import db_rows
 
 
 def new_entry(query: str = "q", response: str = "a", vector: np.ndarray | None = None, **kw: object) -> NewEntry:
