@@ -170,9 +170,17 @@ class Engine:
                 rejected.note(verdict.reason or policy.NO_MATCH, 1.0, verdict.confidence)
         timer.lap("exact")
 
+        def failed(exc: SemcacheError, extra: dict[str, Any]) -> None:
+            self.store.log_request({**log, **extra, "path": "error", "error": str(exc),
+                                    "latency_ms": timer.total()["total"]})
+
         vector = None
         if req.lookup or req.store:
-            vector = self._embed(query, req, warnings)
+            try:
+                vector = self._embed(query, req, warnings)
+            except SemcacheError as exc:
+                failed(exc, {"miss_reason": rejected.reason})
+                raise
             timer.lap("embed")
 
         best_similarity = None
@@ -205,7 +213,7 @@ class Engine:
         try:
             generation = self._generate(query, req, on_token)
         except SemcacheError as exc:
-            self.store.log_request({**miss_log, "path": "error", "error": str(exc), "latency_ms": timer.total()["total"]})
+            failed(exc, miss_log)
             raise
         timer.lap("generate")
 

@@ -195,6 +195,8 @@ def test_exit_4_when_ollama_is_unreachable(isolated_env: Path) -> None:
     assert result.stderr == ("semcache: error: cannot reach Ollama at http://127.0.0.1:9: is `ollama serve` running "
                              "there? (set OLLAMA_HOST if it runs elsewhere)\n")
     assert entries(isolated_env) == []
+    (log,) = requests(isolated_env)
+    assert log["path"] == "error" and "cannot reach Ollama" in log["error"]
 
 
 def test_exit_5_when_the_model_is_missing(ollama: FakeOllama, isolated_env: Path) -> None:
