@@ -230,7 +230,7 @@ class Engine:
             outcome.entry_id = self.store.store_answer(
                 NewEntry(
                     scope=scope_hash, exact_key=key, namespace=req.scope.namespace,
-                    model=req.scope.model, system=req.scope.system, options=req.scope.options,
+                    model=policy.canonical_model(req.scope.model), system=req.scope.system, options=req.scope.options,
                     format=req.scope.format, query=query, response=generation.text,
                     created_at=created, ttl=req.ttl, prompt_tokens=generation.prompt_tokens,
                     completion_tokens=generation.completion_tokens,

@@ -36,7 +36,7 @@ def test_miss_streams_the_answer_stores_it_and_logs_it(ollama: FakeOllama, isola
     assert result.stderr.startswith("semcache: miss (no_match) · answered by llama3.2 · stored as entry 1")
     assert ollama.counts["/api/chat"] == 1 and ollama.counts["/api/embed"] == 1
     (row,) = entries(isolated_env)
-    assert (row["query"], row["response"], row["model"], row["done_reason"]) == (Q, ANSWER, "llama3.2", "stop")
+    assert (row["query"], row["response"], row["model"], row["done_reason"]) == (Q, ANSWER, "llama3.2:latest", "stop")
     assert (row["prompt_tokens"], row["completion_tokens"], row["generation_s"]) == (6, 11, pytest.approx(4.935886791))
     assert row["embed_model"] == "nomic-embed-text:latest" and row["dims"] == 768
     assert row["expires_at"] == pytest.approx(row["created_at"] + 7 * 86400)
