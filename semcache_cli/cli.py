@@ -7,6 +7,7 @@ to stderr, one line each. Every SemcacheError becomes its exit code in `_errors_
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import sys
@@ -251,6 +252,72 @@ def ask(
         sys.stdout.flush()
         if not quiet:
             _stderr(render.status_line(outcome))
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def purge(
+    expired: Annotated[bool, typer.Option("--expired", help="Entries past their TTL.")] = False,
+    older_than: Annotated[str | None, typer.Option("--older-than", help="Entries created longer ago than this (30d).")] = None,
+    namespace: Annotated[str | None, typer.Option("-n", "--namespace", help="Entries of this namespace.")] = None,
+    model: Annotated[str | None, typer.Option("-m", "--model", help="Entries answered by this model.")] = None,
+    embed_model: Annotated[str | None, typer.Option("--embed-model", help="Entries embedded with this model.")] = None,
+    ids: Annotated[list[int] | None, typer.Option("--id", help="This entry (repeatable).")] = None,
+    grep: Annotated[str | None, typer.Option("--grep", help="Entries whose question or answer contains TEXT.")] = None,
+    all_entries: Annotated[bool, typer.Option("--all", help="Every entry (asks first; see --yes).")] = False,
+    max_entries: Annotated[
+        int | None, typer.Option("--max-entries", min=0, help="Then evict least recently used entries beyond N.")
+    ] = None,
+    log_older_than: Annotated[
+        str | None, typer.Option("--log-older-than", help="Also delete request-log rows older than this.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would go; change nothing.")] = False,
+    vacuum: Annotated[bool, typer.Option("--vacuum", help="Reclaim the freed space on disk afterwards.")] = False,
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask before deleting every entry.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
+) -> None:
+    """Delete entries by selector (selectors combine with AND), bound the entry count,
+    trim the request log. Cron-safe: never prompts without a terminal."""
+    import time
+
+    from semcache_cli.purge import Selector, count_entries, matching_ids
+    from semcache_cli.purge import purge as run_purge
+    from semcache_cli.store import Store
+
+    with _errors_to_exit():
+        settings = config.load_settings({"db": db})
+        selector = Selector(
+            expired=expired,
+            older_than=config.parse_duration(older_than, "--older-than") if older_than else None,
+            namespace=namespace, model=model, embed_model=embed_model, ids=ids or [], grep=grep, all=all_entries,
+        )
+        log_age = config.parse_duration(log_older_than, "--log-older-than") if log_older_than else None
+        if selector.is_empty() and max_entries is None and log_age is None:
+            raise UsageError(
+                "purge needs a selector (--expired, --older-than, --namespace, --model, --embed-model, --id, "
+                "--grep, --all) or a bound (--max-entries, --log-older-than)"
+            )
+        store = Store.open(settings.db, create_parent=settings.db_is_default)
+        try:
+            now = time.time()
+            total = count_entries(store)
+            everything = total > 0 and (
+                len(matching_ids(store, selector, now)) == total or max_entries == 0
+            )
+            if everything and not (yes or dry_run):
+                if not (sys.stdin.isatty() and sys.stderr.isatty()):
+                    raise UsageError(
+                        f"this would delete all {total:,} entries; pass --yes to confirm (no terminal to ask)"
+                    )
+                if not typer.confirm(f"Delete all {total:,} entries of {settings.db}?", err=True):
+                    raise UsageError("nothing deleted")
+            report = run_purge(store, selector, now, max_entries=max_entries, log_older_than=log_age,
+                               dry_run=dry_run, vacuum=vacuum).as_dict()
+        finally:
+            store.close()
+        if json_output:
+            sys.stdout.write(json.dumps(report) + "\n")
+        _stderr(render.purge_line(report))
 
 
 def main() -> None:

@@ -24,6 +24,27 @@ def elapsed(ms: float) -> str:
     return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
+def human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def purge_line(report: dict[str, Any]) -> str:
+    gone = report["matched"] + report["evicted"] if report["dry_run"] else report["deleted"] + report["evicted"]
+    text = f"{'would purge' if report['dry_run'] else 'purged'} {gone:,} entr{'y' if gone == 1 else 'ies'}"
+    if report["evicted"]:
+        text += f" ({report['evicted']:,} least recently used)"
+    if not report["dry_run"]:
+        text += f", {human_bytes(report['bytes_freed'])} freed"
+    if report["log_rows_deleted"]:
+        text += f", {report['log_rows_deleted']:,} log rows"
+    return f"{PREFIX}: {text}; {report['remaining']:,} left"
+
+
 def status_line(outcome: Outcome) -> str:
     total = elapsed(outcome.timings_ms.get("total", 0.0))
     if outcome.hit:

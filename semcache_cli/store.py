@@ -246,23 +246,23 @@ class Store:
 
     # -- writes ------------------------------------------------------------------------
 
-    def _write(self) -> _WriteTransaction:
+    def transaction(self) -> _WriteTransaction:
         return _WriteTransaction(self.conn)
 
     def record_hit(self, entry_id: int, now: float, request: dict[str, Any]) -> None:
-        with self._write():
+        with self.transaction():
             self.conn.execute(
                 "UPDATE entries SET hits = hits + 1, last_hit_at = ? WHERE id = ?", (now, entry_id)
             )
             self._insert_request(request)
 
     def log_request(self, request: dict[str, Any]) -> None:
-        with self._write():
+        with self.transaction():
             self._insert_request(request)
 
     def store_answer(self, new: NewEntry, request: dict[str, Any] | None = None) -> int:
         """Upsert on (scope, exact key): a fresh answer replaces the old one, same id."""
-        with self._write():
+        with self.transaction():
             entry_id = self.conn.execute(
                 """
                 INSERT INTO entries (scope, exact_key, namespace, model, system, options, format,

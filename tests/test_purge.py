@@ -1,0 +1,176 @@
+"""`semcache purge`: selectors, bounds, dry runs, confirmation, and purging beside askers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, db_rows, run_cli
+from fake_ollama import FakeOllama
+
+from semcache_cli import vectors
+from semcache_cli.store import NewEntry, Store
+
+NOW = time.time()
+DAY = 86400.0
+
+
+def seed(db: Path, query: str, *, namespace: str = "default", model: str = "llama3.2:latest",
+         age: float = 0.0, ttl: float | None = 7 * DAY, response: str | None = None,
+         embed_model: str | None = "nomic-embed-text:latest", last_hit_age: float | None = None) -> int:
+    store = Store.open(db)
+    try:
+        entry_id = store.store_answer(NewEntry(
+            scope=f"{namespace}/{model}", exact_key=query, namespace=namespace, model=model, system=None,
+            options={}, format=None, query=query, response=response or f"answer to {query}",
+            created_at=NOW - age, ttl=ttl, done_reason="stop",
+            embed_model=embed_model, vector=vectors.encode(vectors.unit_vector([1.0, 2.0])) if embed_model else None,
+            dims=2 if embed_model else None,
+        ))
+        if last_hit_age is not None:
+            store.record_hit(entry_id, NOW - last_hit_age, {"path": "exact", "at": NOW - last_hit_age})
+        return entry_id
+    finally:
+        store.close()
+
+
+def queries(db: Path) -> list[str]:
+    return [r[0] for r in db_rows(db, "SELECT query FROM entries ORDER BY id")]
+
+
+@pytest.fixture
+def cache(isolated_env: Path) -> Path:
+    seed(isolated_env, "fresh default")
+    seed(isolated_env, "old default", age=40 * DAY, ttl=None)
+    seed(isolated_env, "expired one", age=8 * DAY)
+    seed(isolated_env, "team thing", namespace="team")
+    seed(isolated_env, "qwen thing", model="qwen2.5:latest", embed_model="all-minilm:latest")
+    seed(isolated_env, "Password RESET help", response="Click 'Forgot password'")
+    return isolated_env
+
+
+def test_no_selector_is_a_usage_error(cache: Path) -> None:
+    result = run_cli("purge")
+    assert result.exit_code == 2 and "purge needs a selector" in result.stderr
+    assert len(queries(cache)) == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "gone"),
+    [
+        (["--expired"], {"expired one"}),
+        (["--older-than", "30d"], {"old default"}),
+        (["--namespace", "team"], {"team thing"}),
+        (["--model", "qwen2.5"], {"qwen thing"}),  # llama3.2 == llama3.2:latest
+        (["--embed-model", "all-minilm"], {"qwen thing"}),
+        (["--grep", "password reset"], {"Password RESET help"}),  # case-insensitive
+        (["--grep", "forgot"], {"Password RESET help"}),  # in the answer too
+        (["--namespace", "default", "--older-than", "1d"], {"old default", "expired one"}),  # AND
+        (["--namespace", "team", "--expired"], set()),
+    ],
+)
+def test_selectors(cache: Path, args: list[str], gone: set[str]) -> None:
+    before = set(queries(cache))
+    result = run_cli("purge", *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert before - set(queries(cache)) == gone
+    report = json.loads(result.stdout)
+    assert report["deleted"] == len(gone) and report["remaining"] == 6 - len(gone)
+    assert result.stderr.startswith(f"semcache: purged {len(gone)} entr")
+
+
+def test_ids_are_repeatable(cache: Path) -> None:
+    assert run_cli("purge", "--id", "1", "--id", "3").exit_code == 0
+    assert "fresh default" not in queries(cache) and "expired one" not in queries(cache)
+    assert db_rows(cache, "SELECT count(*) FROM entry_vectors")[0][0] == 4  # vectors went with their entries
+
+
+def test_dry_run_changes_nothing(cache: Path) -> None:
+    before = db_rows(cache, "SELECT * FROM entries")
+    result = run_cli("purge", "--older-than", "1d", "--dry-run", "--json")
+    assert json.loads(result.stdout)["matched"] == 2
+    assert result.stderr == "semcache: would purge 2 entries; 4 left\n"
+    assert [tuple(r) for r in db_rows(cache, "SELECT * FROM entries")] == [tuple(r) for r in before]
+
+
+def test_deleting_everything_needs_yes_without_a_terminal(cache: Path) -> None:
+    refused = run_cli("purge", "--all")
+    assert refused.exit_code == 2 and "pass --yes" in refused.stderr
+    also_refused = run_cli("purge", "--older-than", "0s")  # matches every entry: same rule
+    assert also_refused.exit_code == 2
+    assert len(queries(cache)) == 6
+    assert run_cli("purge", "--all", "--yes").exit_code == 0
+    assert queries(cache) == []
+
+
+def test_max_entries_evicts_least_recently_used(isolated_env: Path) -> None:
+    seed(isolated_env, "a", age=10 * DAY, ttl=None, last_hit_age=1.0)  # old but just used
+    seed(isolated_env, "b", age=5 * DAY, ttl=None)
+    seed(isolated_env, "c", age=3 * DAY, ttl=None)
+    seed(isolated_env, "d", age=1 * DAY, ttl=None)
+    result = run_cli("purge", "--max-entries", "2", "--json")
+    assert result.exit_code == 0
+    assert queries(isolated_env) == ["a", "d"]
+    assert json.loads(result.stdout)["evicted"] == 2
+
+
+def test_log_retention(isolated_env: Path) -> None:
+    seed(isolated_env, "x", last_hit_age=10 * DAY)
+    seed(isolated_env, "y", last_hit_age=60.0)
+    result = run_cli("purge", "--log-older-than", "7d", "--json")
+    assert json.loads(result.stdout)["log_rows_deleted"] == 1
+    assert len(db_rows(isolated_env, "SELECT * FROM requests")) == 1
+    assert len(queries(isolated_env)) == 2
+
+
+def test_vacuum_gives_space_back_to_the_disk(isolated_env: Path) -> None:
+    for i in range(300):
+        seed(isolated_env, f"question {i}", response="x" * 2000)
+    conn = sqlite3.connect(isolated_env)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    size = isolated_env.stat().st_size
+    result = run_cli("purge", "--grep", "question", "--yes", "--vacuum", "--json")
+    report = json.loads(result.stdout)
+    assert report["deleted"] == 300 and report["bytes_freed"] > 600_000
+    assert isolated_env.stat().st_size < size / 4
+
+
+def test_purge_on_a_brand_new_database(isolated_env: Path) -> None:
+    result = run_cli("purge", "--expired")
+    assert result.exit_code == 0 and result.stderr == "semcache: purged 0 entries, 0 B freed; 0 left\n"
+
+
+def test_purge_in_a_loop_beside_asking_processes(ollama: FakeOllama, isolated_env: Path) -> None:
+    seed(isolated_env, "doomed", namespace="scratch")
+    seed(isolated_env, "keeper")  # so the purge never matches every entry
+    env = {**os.environ, "OLLAMA_HOST": ollama.url}
+    askers = [
+        subprocess.Popen(
+            [sys.executable, "-c",
+             "import subprocess, sys\n"
+             f"for i in range(8):\n"
+             f"    r = subprocess.run([sys.executable, '-m', 'semcache_cli', 'ask', '-q', 'asker question {n}x' + str(i)],"
+             " capture_output=True, stdin=subprocess.DEVNULL)\n"
+             "    if r.returncode: sys.exit(r.stderr.decode())\n"],
+            env=env, cwd=REPO, stderr=subprocess.PIPE)
+        for n in range(3)
+    ]
+    purges = 0
+    while any(p.poll() is None for p in askers):
+        result = run_cli("purge", "--namespace", "scratch", "--log-older-than", "1d")
+        assert result.exit_code == 0, result.stderr
+        purges += 1
+    for p in askers:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+    assert purges >= 1
+    assert len([q for q in queries(isolated_env) if q.startswith("asker")]) == 24  # none lost
+    assert "doomed" not in queries(isolated_env) and "keeper" in queries(isolated_env)
+    assert db_rows(isolated_env, "PRAGMA integrity_check")[0][0] == "ok"
