@@ -280,7 +280,7 @@ def purge(
     trim the request log. Cron-safe: never prompts without a terminal."""
     import time
 
-    from semcache_cli.purge import Selector, count_entries, matching_ids
+    from semcache_cli.purge import Selector, plan
     from semcache_cli.purge import purge as run_purge
     from semcache_cli.store import Store
 
@@ -300,18 +300,15 @@ def purge(
         store = Store.open(settings.db, create_parent=settings.db_is_default)
         try:
             now = time.time()
-            total = count_entries(store)
-            everything = total > 0 and (
-                len(matching_ids(store, selector, now)) == total or max_entries == 0
-            )
-            if everything and not (yes or dry_run):
+            chosen = plan(store, selector, now, max_entries)
+            if chosen.deletes_everything and not (yes or dry_run):
                 if not (sys.stdin.isatty() and sys.stderr.isatty()):
                     raise UsageError(
-                        f"this would delete all {total:,} entries; pass --yes to confirm (no terminal to ask)"
+                        f"this would delete all {chosen.total:,} entries; pass --yes to confirm (no terminal to ask)"
                     )
-                if not typer.confirm(f"Delete all {total:,} entries of {settings.db}?", err=True):
+                if not typer.confirm(f"Delete all {chosen.total:,} entries of {settings.db}?", err=True):
                     raise UsageError("nothing deleted")
-            report = run_purge(store, selector, now, max_entries=max_entries, log_older_than=log_age,
+            report = run_purge(store, selector, now, chosen, log_older_than=log_age,
                                dry_run=dry_run, vacuum=vacuum).as_dict()
         finally:
             store.close()

@@ -101,21 +101,38 @@ def _used_bytes(store: Store) -> int:
     return int((pages - free) * page_size)
 
 
+@dataclass
+class Plan:
+    """What a purge would delete, chosen once and shown to the confirmation step."""
+
+    selected: list[int]
+    evict: list[int]
+    total: int
+
+    @property
+    def deletes_everything(self) -> bool:
+        return self.total > 0 and len(self.selected) + len(self.evict) == self.total
+
+
+def plan(store: Store, selector: Selector, now: float, max_entries: int | None = None) -> Plan:
+    selected = matching_ids(store, selector, now)
+    evict = lru_excess_ids(store, max_entries, set(selected)) if max_entries is not None else []
+    return Plan(selected, evict, count_entries(store))
+
+
 def purge(
     store: Store,
     selector: Selector,
     now: float,
+    chosen: Plan,
     *,
-    max_entries: int | None = None,
     log_older_than: float | None = None,
     dry_run: bool = False,
     vacuum: bool = False,
 ) -> PurgeReport:
-    selected = matching_ids(store, selector, now)
-    evict = lru_excess_ids(store, max_entries, set(selected)) if max_entries is not None else []
-    total = count_entries(store)
+    selected, evict = chosen.selected, chosen.evict
     if dry_run:
-        return PurgeReport(True, len(selected), 0, len(evict), total - len(selected) - len(evict), 0, 0, False)
+        return PurgeReport(True, len(selected), 0, len(evict), chosen.total - len(selected) - len(evict), 0, 0, False)
 
     before = _used_bytes(store)
     where, params = selector.where(now)

@@ -104,6 +104,7 @@ def test_deleting_everything_needs_yes_without_a_terminal(cache: Path) -> None:
     assert refused.exit_code == 2 and "pass --yes" in refused.stderr
     also_refused = run_cli("purge", "--older-than", "0s")  # matches every entry: same rule
     assert also_refused.exit_code == 2
+    assert run_cli("purge", "--max-entries", "0").exit_code == 2  # evicting every entry: same rule
     assert len(queries(cache)) == 6
     assert run_cli("purge", "--all", "--yes").exit_code == 0
     assert queries(cache) == []
