@@ -9,8 +9,9 @@ answer is stored without a vector.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -103,15 +104,51 @@ class _Timer:
         return {**self.laps, "total": round((time.perf_counter() - self.start) * 1000, 3)}
 
 
-@dataclass
-class _Rejection:
-    reason: str | None = None
-    similarity: float | None = None
-    confidence: float | None = None
+@dataclass(frozen=True)
+class Judged:
+    """A stored entry offered by a layer, with the reuse gate's verdict on it."""
 
-    def note(self, reason: str, similarity: float, confidence: float) -> None:
-        if self.reason is None:  # the first (best) rejected candidate explains the miss
-            self.reason, self.similarity, self.confidence = reason, similarity, confidence
+    source: str  # exact | semantic
+    entry: Entry
+    similarity: float
+    verdict: policy.Verdict
+
+
+@dataclass(frozen=True)
+class Decision:
+    served: Judged | None
+    miss_reason: str | None
+    similarity: float | None  # of the served entry, or what explains the miss
+    confidence: float | None
+
+
+def decide(candidates: Iterable[Judged]) -> Decision:
+    """What ask does with its candidates, best first: serve the first one the gate
+    accepts; otherwise the first rejected one explains the miss. A candidate below the
+    threshold ends the search (the rest are lower still)."""
+    rejected: Judged | None = None
+    best_semantic: float | None = None
+    for judged in candidates:
+        if judged.source == "semantic" and best_semantic is None:
+            best_semantic = judged.similarity
+        if judged.verdict.serve:
+            return Decision(judged, None, judged.similarity, judged.verdict.confidence)
+        if judged.verdict.reason == policy.NO_MATCH:
+            break
+        rejected = rejected or judged
+    if rejected is not None:
+        return Decision(None, rejected.verdict.reason, rejected.similarity, rejected.verdict.confidence)
+    return Decision(None, policy.NO_MATCH, best_semantic, None)
+
+
+@dataclass
+class Explanation:
+    """What `ask` would do with a query now, without doing it (inspect --similar)."""
+
+    decision: Decision
+    exact: Judged | None
+    neighbours: list[Judged]
+    considered: int  # how many of the neighbours ask looks at
 
 
 class Engine:
@@ -144,31 +181,27 @@ class Engine:
         scope_hash = req.scope.hash
         key = policy.exact_key(query)
         now = self.clock()
-        rejected = _Rejection()
         warnings: list[str] = []
         log = {
             "at": now, "namespace": req.scope.namespace, "model": req.scope.model,
             "embed_model": req.embed_model, "scope": scope_hash, "exact_key": key,
         }
 
-        def served(source: str, entry: Entry, similarity: float, confidence: float) -> Outcome:
-            outcome = self._outcome(req, entry.response, source, entry, similarity, confidence, None, warnings, timer)
+        def served(judged: Judged) -> Outcome:
+            entry = judged.entry
+            outcome = self._outcome(req, entry.response, judged.source, entry, judged.similarity,
+                                    judged.verdict.confidence, None, warnings, timer)
             self.store.record_hit(entry.id, now, {
-                **log, "path": source, "entry_id": entry.id, "similarity": similarity,
-                "confidence": confidence, "latency_ms": outcome.timings_ms["total"],
+                **log, "path": judged.source, "entry_id": entry.id, "similarity": judged.similarity,
+                "confidence": judged.verdict.confidence, "latency_ms": outcome.timings_ms["total"],
                 "saved_s": entry.generation_s, "saved_tokens": entry.saved_tokens,
             })
             return outcome
 
-        if req.lookup:
-            entry = self.store.find_exact(scope_hash, key)
-            if entry is not None:
-                verdict = policy.judge(self._candidate(entry, 1.0), now, req.min_confidence)
-                if verdict.serve:
-                    timer.lap("exact")
-                    return served("exact", entry, 1.0, verdict.confidence)
-                rejected.note(verdict.reason or policy.NO_MATCH, 1.0, verdict.confidence)
+        exact = self._exact(req, scope_hash, key, now) if req.lookup else None
         timer.lap("exact")
+        if exact is not None and exact.verdict.serve:
+            return served(exact)
 
         def failed(exc: SemcacheError, extra: dict[str, Any]) -> None:
             self.store.log_request({**log, **extra, "path": "error", "error": str(exc),
@@ -179,32 +212,22 @@ class Engine:
             try:
                 vector = self._embed(query, req, warnings)
             except SemcacheError as exc:
-                failed(exc, {"miss_reason": rejected.reason})
+                failed(exc, {"miss_reason": exact.verdict.reason if exact else None})
                 raise
             timer.lap("embed")
 
-        best_similarity = None
+        neighbours: Iterable[Judged] = ()
         if req.lookup and vector is not None:
-            from semcache_cli import vectors
-
-            ids, blob = self.store.vectors(scope_hash, policy.canonical_model(req.embed_model), vector.size)
-            for entry_id, similarity in vectors.top_matches(vector, ids, blob, SEMANTIC_CANDIDATES):
-                best_similarity = similarity if best_similarity is None else best_similarity
-                if similarity < req.threshold:
-                    break
-                entry = self.store.get(entry_id)
-                if entry is None:  # purged since the vectors were read
-                    continue
-                verdict = policy.judge(self._candidate(entry, similarity), now, req.min_confidence)
-                if verdict.serve:
-                    timer.lap("semantic")
-                    return served("semantic", entry, similarity, verdict.confidence)
-                rejected.note(verdict.reason or policy.NO_MATCH, similarity, verdict.confidence)
+            neighbours = self._neighbours(req, scope_hash, vector, now, SEMANTIC_CANDIDATES)
+        decision = decide(itertools.chain([exact] if exact else [], neighbours))
+        if req.lookup:
             timer.lap("semantic")
+        if decision.served is not None:
+            return served(decision.served)
 
-        miss_reason = policy.BYPASS if not req.lookup else rejected.reason or policy.NO_MATCH
-        similarity = rejected.similarity if rejected.reason else best_similarity
-        miss_log = {**log, "miss_reason": miss_reason, "similarity": similarity, "confidence": rejected.confidence}
+        miss_reason = decision.miss_reason if req.lookup else policy.BYPASS
+        similarity, confidence = decision.similarity, decision.confidence
+        miss_log = {**log, "miss_reason": miss_reason, "similarity": similarity, "confidence": confidence}
 
         if req.cache_only:
             self.store.log_request({**miss_log, "path": "miss", "latency_ms": timer.total()["total"]})
@@ -219,7 +242,7 @@ class Engine:
 
         created = self.clock()
         outcome = self._outcome(
-            req, generation.text, "model", None, similarity, rejected.confidence, miss_reason, warnings, timer
+            req, generation.text, "model", None, similarity, confidence, miss_reason, warnings, timer
         )
         outcome.created_at = created
         outcome.expires_at = policy.expires_at(created, req.ttl)
@@ -250,9 +273,37 @@ class Engine:
 
     # -- steps -------------------------------------------------------------------------
 
-    @staticmethod
-    def _candidate(entry: Entry, similarity: float) -> policy.Candidate:
-        return policy.Candidate(entry.id, similarity, entry.created_at, entry.ttl, entry.response, entry.done_reason)
+    def explain(self, req: AskRequest, limit: int) -> Explanation:
+        """The exact candidate and the `limit` nearest entries of the scope, each judged
+        as ask would judge it now, and ask's decision. Reads only: no hit is counted,
+        nothing is logged. An embedding failure is an error here, not a degradation."""
+        query = validate_query(req.query, req.max_query_chars)
+        scope_hash, now = req.scope.hash, self.clock()
+        exact = self._exact(req, scope_hash, policy.exact_key(query), now)
+        vector = self._embed_vector(query, req)
+        neighbours = list(self._neighbours(req, scope_hash, vector, now, max(limit, SEMANTIC_CANDIDATES)))
+        considered = neighbours[:SEMANTIC_CANDIDATES]
+        decision = decide(itertools.chain([exact] if exact else [], considered))
+        return Explanation(decision, exact, neighbours[:limit], len(considered))
+
+    def _judge(self, source: str, entry: Entry, similarity: float, req: AskRequest, now: float) -> Judged:
+        candidate = policy.Candidate(entry.id, similarity, entry.created_at, entry.ttl, entry.response, entry.done_reason)
+        return Judged(source, entry, similarity, policy.judge(candidate, now, req.min_confidence, req.threshold))
+
+    def _exact(self, req: AskRequest, scope_hash: str, key: str, now: float) -> Judged | None:
+        entry = self.store.find_exact(scope_hash, key)
+        return self._judge("exact", entry, 1.0, req, now) if entry is not None else None
+
+    def _neighbours(self, req: AskRequest, scope_hash: str, vector: Any, now: float, limit: int) -> Iterator[Judged]:
+        """The nearest entries of the scope, best first, judged lazily: ask stops
+        reading entries at the first one it serves."""
+        from semcache_cli import vectors
+
+        ids, blob = self.store.vectors(scope_hash, policy.canonical_model(req.embed_model), vector.size)
+        for entry_id, similarity in vectors.top_matches(vector, ids, blob, limit):
+            entry = self.store.get(entry_id)
+            if entry is not None:  # None: purged since the vectors were read
+                yield self._judge("semantic", entry, similarity, req, now)
 
     def _outcome(self, req: AskRequest, response: str, source: str, entry: Entry | None,
                  similarity: float | None, confidence: float | None, miss_reason: str | None,
@@ -266,13 +317,19 @@ class Engine:
             warnings=warnings, timings_ms=timer.total(),
         )
 
-    def _embed(self, query: str, req: AskRequest, warnings: list[str]) -> Any:
-        """The query's unit vector, or None (with a warning) when embedding fails."""
+    def _embed_vector(self, query: str, req: AskRequest) -> Any:
         from semcache_cli import vectors
 
+        values = self.client.embed(req.embed_model, [embedding_text(req.embed_model, query)])[0]
         try:
-            values = self.client.embed(req.embed_model, [embedding_text(req.embed_model, query)])[0]
             return vectors.unit_vector(values)
+        except ValueError as exc:
+            raise OllamaError(f"the embedding of {req.embed_model} is unusable: {exc}") from None
+
+    def _embed(self, query: str, req: AskRequest, warnings: list[str]) -> Any:
+        """The query's unit vector, or None (with a warning) when embedding fails."""
+        try:
+            return self._embed_vector(query, req)
         except OllamaUnreachable:
             if not req.cache_only:
                 raise  # the model call would fail the same way: report it once
@@ -280,8 +337,6 @@ class Engine:
         except ModelNotFound as exc:
             message = f"embedding model '{exc.model}' not found: run `ollama pull {exc.model}`; semantic layer skipped"
         except OllamaError as exc:
-            message = f"embedding failed ({exc}); semantic layer skipped"
-        except ValueError as exc:
             message = f"embedding failed ({exc}); semantic layer skipped"
         warnings.append(message)
         self.warn(message)

@@ -133,10 +133,13 @@ class Verdict:
     confidence: float
 
 
-def judge(candidate: Candidate, now: float, min_confidence: float) -> Verdict:
-    """The reuse gate, the same for both layers: expiry, poisoning, then confidence."""
+def judge(candidate: Candidate, now: float, min_confidence: float, threshold: float = 0.0) -> Verdict:
+    """The reuse gate, the same for both layers: similarity threshold, expiry,
+    poisoning, then confidence."""
     fresh = freshness(candidate.created_at, candidate.ttl, now)
     score = confidence(candidate.similarity, fresh)
+    if candidate.similarity < threshold:
+        return Verdict(False, NO_MATCH, score)
     exp = expires_at(candidate.created_at, candidate.ttl)
     if exp is not None and now >= exp:
         return Verdict(False, EXPIRED, score)
