@@ -11,7 +11,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -267,6 +267,9 @@ def purge(
     max_entries: Annotated[
         int | None, typer.Option("--max-entries", min=0, help="Then evict least recently used entries beyond N.")
     ] = None,
+    max_size: Annotated[
+        str | None, typer.Option("--max-size", help="Then evict least recently used entries until under SIZE (500MB).")
+    ] = None,
     log_older_than: Annotated[
         str | None, typer.Option("--log-older-than", help="Also delete request-log rows older than this.")
     ] = None,
@@ -276,12 +279,13 @@ def purge(
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
     db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
 ) -> None:
-    """Delete entries by selector (selectors combine with AND), bound the entry count,
-    trim the request log. Cron-safe: never prompts without a terminal."""
+    """Delete entries by selector (selectors combine with AND), bound the entry count or
+    the bytes in use, trim the request log. Cron-safe: never prompts without a terminal."""
     import time
 
-    from semcache_cli.purge import Selector, plan
+    from semcache_cli.purge import plan
     from semcache_cli.purge import purge as run_purge
+    from semcache_cli.selector import Selector
     from semcache_cli.store import Store
 
     with _errors_to_exit():
@@ -292,15 +296,16 @@ def purge(
             namespace=namespace, model=model, embed_model=embed_model, ids=ids or [], grep=grep, all=all_entries,
         )
         log_age = config.parse_duration(log_older_than, "--log-older-than") if log_older_than else None
-        if selector.is_empty() and max_entries is None and log_age is None:
+        max_bytes = config.parse_size(max_size, "--max-size") if max_size else None
+        if selector.is_empty() and max_entries is None and max_bytes is None and log_age is None:
             raise UsageError(
                 "purge needs a selector (--expired, --older-than, --namespace, --model, --embed-model, --id, "
-                "--grep, --all) or a bound (--max-entries, --log-older-than)"
+                "--grep, --all) or a bound (--max-entries, --max-size, --log-older-than)"
             )
         store = Store.open(settings.db, create_parent=settings.db_is_default)
         try:
             now = time.time()
-            chosen = plan(store, selector, now, max_entries)
+            chosen = plan(store, selector, now, max_entries, max_bytes)
             if chosen.deletes_everything and not (yes or dry_run):
                 if not (sys.stdin.isatty() and sys.stderr.isatty()):
                     raise UsageError(
@@ -315,6 +320,170 @@ def purge(
         if json_output:
             sys.stdout.write(json.dumps(report) + "\n")
         _stderr(render.purge_line(report))
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def stats(
+    since: Annotated[str | None, typer.Option("--since", help="Only requests in this window (e.g. 7d). [default: all]")] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help=_help("Threshold the similarity histogram is drawn around.", "threshold"))
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
+    db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
+) -> None:
+    """What is stored, and what the cache did: hits by layer, misses by reason, time and
+    tokens saved, latency, and the similarity of hits and near-misses."""
+    import time
+
+    from semcache_cli.stats import collect
+    from semcache_cli.store import Store
+
+    with _errors_to_exit():
+        settings = config.load_settings({"db": db, "threshold": threshold})
+        window = config.parse_duration(since, "--since") if since else None
+        store = Store.open(settings.db, create_parent=settings.db_is_default)
+        try:
+            figures = collect(store, time.time(), window, settings.threshold)
+        finally:
+            store.close()
+        if json_output:
+            sys.stdout.write(render.stats_json(figures) + "\n")
+        else:
+            sys.stdout.write(render.stats_text(figures, f"last {since}" if since else "all time") + "\n")
+
+
+def _write_json_stream(items: Iterable[dict[str, Any]], jsonl: bool) -> None:
+    """An array (--json) or one object a line (--jsonl), written as the rows are read."""
+    if jsonl:
+        for item in items:
+            sys.stdout.write(json.dumps(item, ensure_ascii=False) + "\n")
+        return
+    sys.stdout.write("[")
+    for n, item in enumerate(items):
+        sys.stdout.write(("," if n else "") + "\n" + json.dumps(item, ensure_ascii=False))
+    sys.stdout.write("\n]\n")
+
+
+def _write_table(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]], wide: tuple[str, ...]) -> None:
+    """A Rich table on a terminal; tab-separated lines with a header when piped."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(render.rich_table(columns, list(rows), wide))
+        return
+    sys.stdout.write("\t".join(columns) + "\n")
+    for row in rows:
+        sys.stdout.write("\t".join(cell.replace("\t", " ") for cell in row) + "\n")
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def inspect(
+    entry_id: Annotated[int | None, typer.Argument(metavar="[ID]", help="Show this entry whole.")] = None,
+    similar: Annotated[
+        str | None, typer.Option("--similar", metavar="TEXT", help="The nearest entries to TEXT and what ask would do.")
+    ] = None,
+    namespace: Annotated[str | None, typer.Option("-n", "--namespace", help="Only this namespace.")] = None,
+    model: Annotated[str | None, typer.Option("-m", "--model", help="Only this generation model.")] = None,
+    expired: Annotated[bool, typer.Option("--expired", help="Only entries past their TTL.")] = False,
+    live: Annotated[bool, typer.Option("--live", help="Only entries not expired.")] = False,
+    grep: Annotated[str | None, typer.Option("--grep", help="Only entries whose question or answer contains TEXT.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=0, help="How many to list; 0 = all. [default: 20, 10 with --similar]")
+    ] = None,
+    sort: Annotated[str, typer.Option("--sort", help="newest, oldest, hits or last-hit.")] = "newest",
+    system: Annotated[str | None, typer.Option("-s", "--system", help="With --similar: the system prompt.")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("-o", "--option", metavar="KEY VALUE", help="With --similar: a generation option.")
+    ] = None,
+    format: Annotated[str | None, typer.Option("--format", help="With --similar: the output format.")] = None,
+    embed_model: Annotated[str | None, typer.Option("--embed-model", help="With --similar: the embedding model.")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="With --similar: the threshold.")] = None,
+    min_confidence: Annotated[
+        float | None, typer.Option("--min-confidence", help="With --similar: the least confidence.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON array (or object for ID).")] = False,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object a line, streamed.")] = False,
+    with_vectors: Annotated[bool, typer.Option("--with-vectors", help="Include vectors in JSON output.")] = False,
+    db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
+) -> None:
+    """List entries (newest first), show one whole (ID), or explain a lookup (--similar):
+    the nearest entries of the scope with similarity, freshness, confidence and the
+    decision ask would make."""
+    import time
+
+    from semcache_cli import inspection
+    from semcache_cli.selector import Selector
+    from semcache_cli.store import Store
+
+    with _errors_to_exit():
+        if json_output and jsonl:
+            raise UsageError("--json and --jsonl: pick one")
+        if expired and live:
+            raise UsageError("--expired and --live contradict each other")
+        if entry_id is not None and similar is not None:
+            raise UsageError("give an ID or --similar TEXT, not both")
+        settings = config.load_settings(
+            {"db": db, "namespace": namespace, "model": model, "system": system, "embed_model": embed_model,
+             "threshold": threshold, "min_confidence": min_confidence},
+            [_option_pair(item) for item in option or []],
+        )
+        now = time.time()
+        if similar is not None:
+            _inspect_similar(settings, similar, config.parse_format(format), limit if limit is not None else 10,
+                             json_output, jsonl, with_vectors, now)
+            return
+        store = Store.open(settings.db, create_parent=settings.db_is_default)
+        try:
+            if entry_id is not None:
+                entry, vector = inspection.get_entry(store, entry_id)
+                if json_output or jsonl:
+                    sys.stdout.write(json.dumps(render.entry_dict(entry, now, vector, with_vectors),
+                                                ensure_ascii=False) + "\n")
+                else:
+                    sys.stdout.write(render.entry_detail(entry, now) + "\n")
+                return
+            selector = Selector(expired=expired, live=live, namespace=namespace, model=model, grep=grep)
+            rows = inspection.list_entries(store, selector, now, sort, 20 if limit is None else limit, with_vectors)
+            if json_output or jsonl:
+                _write_json_stream((render.entry_dict(e, now, v, with_vectors) for e, v in rows), jsonl)
+            else:
+                _write_table(render.LIST_COLUMNS, (render.list_row(e, now) for e, _ in rows), ("query", "response"))
+        finally:
+            store.close()
+
+
+def _inspect_similar(settings: config.Settings, text: str, format: Any, limit: int,
+                     json_output: bool, jsonl: bool, with_vectors: bool, now: float) -> None:
+    from semcache_cli import inspection
+    from semcache_cli.engine import open_engine, request_from
+
+    engine = open_engine(settings, warn=lambda message: _stderr(render.warning_line(message)))
+    engine.clock = lambda: now
+    try:
+        request = request_from(settings, text, format)
+        explanation = engine.explain(request, limit)
+        served = explanation.decision.served
+        candidates = ([explanation.exact] if explanation.exact else []) + explanation.neighbours
+        ranked = list(enumerate(candidates, start=1))
+        considered = explanation.considered + (1 if explanation.exact else 0)
+        if json_output or jsonl:
+            def rows() -> Iterator[dict[str, Any]]:
+                for rank, judged in ranked:
+                    vector = inspection.get_entry(engine.store, judged.entry.id)[1] if with_vectors else None
+                    yield render.candidate_dict(judged, served, rank, considered, now, with_vectors, vector)
+
+            if jsonl:
+                _write_json_stream(rows(), jsonl=True)
+            else:
+                sys.stdout.write(json.dumps(render.explanation_dict(
+                    explanation, request, list(rows())), ensure_ascii=False) + "\n")
+            return
+        _write_table(render.SIMILAR_COLUMNS,
+                     (render.similar_row(judged, served, rank, considered, now) for rank, judged in ranked), ("query",))
+        sys.stdout.write(render.decision_line(explanation, request.threshold) + "\n")
+    finally:
+        engine.close()
+        engine.store.close()
 
 
 def main() -> None:

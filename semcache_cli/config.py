@@ -82,6 +82,25 @@ def parse_duration(text: str, what: str = "duration") -> float:
     return total
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib|k|m|g|t)?", re.IGNORECASE)
+_UNIT_BYTES = {
+    "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4,
+    "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """'500MB', '1.5GB', '64MiB', '10k' or a plain number of bytes (decimal units, as
+    `semcache stats` prints them; KiB/MiB/GiB for binary ones)."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise UsageError(f"{what}: {text!r} is not a size (use e.g. 500MB, 2GB, 64MiB)")
+    size = float(match.group(1)) * _UNIT_BYTES[(match.group(2) or "b").lower()]
+    if not math.isfinite(size):
+        raise UsageError(f"{what}: {text!r} is too large")
+    return int(size)
+
+
 def parse_ttl(value: Any, what: str = "ttl") -> float | None:
     """A TTL in seconds, or None for 'never'."""
     if isinstance(value, str) and value.strip().lower() in {"never", "none", "forever"}:

@@ -1,6 +1,7 @@
 """What the user sees: the one-line status of an ask, warnings, errors, and the JSON
 shapes. Plain text on purpose: the status line goes to stderr of every `ask`, and
-importing Rich for one line would cost every exact hit.
+importing Rich for one line would cost every exact hit. Rich is imported only by the
+tables of `inspect` and `stats`, on a terminal.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from semcache_cli.engine import Outcome
+from semcache_cli import policy
+from semcache_cli.engine import AskRequest, Explanation, Judged, Outcome
+from semcache_cli.store import Entry
 
 PREFIX = "semcache"
 
@@ -21,6 +24,8 @@ def iso_time(timestamp: float | None) -> str | None:
 
 
 def elapsed(ms: float) -> str:
+    if ms < 10:
+        return f"{ms:.1f} ms"
     return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
@@ -90,3 +95,258 @@ def outcome_json(outcome: Outcome) -> str:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
+
+
+# -- inspect -----------------------------------------------------------------------------
+
+def ago(seconds: float) -> str:
+    """A compact age or span: 45s, 12m, 5h, 3d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def expires_text(entry: Entry, now: float) -> str:
+    if entry.expires_at is None:
+        return "never"
+    return "expired" if entry.expires_at <= now else f"in {ago(entry.expires_at - now)}"
+
+
+def one_line(text: str | None, width: int = 80) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def entry_dict(entry: Entry, now: float, vector: bytes | None = None, with_vector: bool = False) -> dict[str, Any]:
+    fresh = policy.freshness(entry.created_at, entry.ttl, now)
+    data: dict[str, Any] = {
+        "id": entry.id,
+        "query": entry.query,
+        "response": entry.response,
+        "namespace": entry.namespace,
+        "model": entry.model,
+        "system": entry.system,
+        "options": entry.options,
+        "format": entry.format,
+        "embed_model": entry.embed_model,
+        "dims": entry.dims,
+        "created_at": iso_time(entry.created_at),
+        "ttl_s": entry.ttl,
+        "expires_at": iso_time(entry.expires_at),
+        "expired": entry.expires_at is not None and entry.expires_at <= now,
+        "freshness": _rounded(fresh),
+        "confidence_now": _rounded(policy.confidence(1.0, fresh)),
+        "hits": entry.hits,
+        "last_hit_at": iso_time(entry.last_hit_at),
+        "prompt_tokens": entry.prompt_tokens,
+        "completion_tokens": entry.completion_tokens,
+        "generation_s": entry.generation_s,
+        "done_reason": entry.done_reason,
+        "metadata": entry.metadata,
+    }
+    if with_vector:
+        from semcache_cli import vectors
+
+        data["vector"] = [round(float(x), 7) for x in vectors.decode(vector)] if vector is not None else None
+    return data
+
+
+LIST_COLUMNS = ("id", "age", "expires", "hits", "namespace", "model", "query", "response")
+
+
+def list_row(entry: Entry, now: float) -> tuple[str, ...]:
+    return (str(entry.id), ago(now - entry.created_at), expires_text(entry, now), str(entry.hits),
+            entry.namespace, entry.model, one_line(entry.query, 60), one_line(entry.response, 60))
+
+
+def rich_table(columns: tuple[str, ...], rows: list[tuple[str, ...]], wide: tuple[str, ...] = ()) -> Any:
+    """A Rich table whose cells are plain Text: stored prompts may contain [markup]."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, header_style="bold", pad_edge=False, expand=bool(wide))
+    for i, name in enumerate(columns):
+        # Short columns keep their full width; the wide text columns share the rest.
+        fit = max([len(name), *(len(row[i]) for row in rows)])
+        table.add_column(name, no_wrap=True, overflow="ellipsis", ratio=1 if name in wide else None,
+                         min_width=None if name in wide else fit,
+                         justify="right" if name in ("id", "hits", "#") else "left")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+def entry_detail(entry: Entry, now: float) -> str:
+    fresh = policy.freshness(entry.created_at, entry.ttl, now)
+    if entry.expires_at is None:
+        expiry = "never"
+    elif entry.expires_at <= now:
+        expiry = f"{iso_time(entry.expires_at)} (expired {ago(now - entry.expires_at)} ago)"
+    else:
+        expiry = f"{iso_time(entry.expires_at)} (in {ago(entry.expires_at - now)})"
+    embedding = f"{entry.embed_model}, {entry.dims} dims" if entry.embed_model else "none (stored without a vector)"
+    last_hit = f", last {iso_time(entry.last_hit_at)} ({ago(now - entry.last_hit_at)} ago)" if entry.last_hit_at else ""
+    tokens = f"prompt {_or_unknown(entry.prompt_tokens)}, completion {_or_unknown(entry.completion_tokens)}"
+    generated = f"{entry.generation_s:.2f} s" if entry.generation_s is not None else "unknown"
+    fields = [
+        ("query", entry.query),
+        ("namespace", entry.namespace),
+        ("model", entry.model),
+        ("system", entry.system if entry.system is not None else "(none)"),
+        ("options", json.dumps(entry.options, sort_keys=True)),
+        ("format", json.dumps(entry.format) if entry.format is not None else "(none)"),
+        ("embedding", embedding),
+        ("created", f"{iso_time(entry.created_at)} ({ago(now - entry.created_at)} ago)"),
+        ("ttl", ago(entry.ttl) if entry.ttl is not None else "never expires"),
+        ("expires", expiry),
+        ("confidence", f"{policy.confidence(1.0, fresh):.3f} if asked now as an exact hit (freshness {fresh:.3f})"),
+        ("hits", f"{entry.hits}{last_hit}"),
+        ("tokens", tokens),
+        ("generation", f"{generated} (done_reason {entry.done_reason or 'unknown'})"),
+        ("metadata", json.dumps(entry.metadata, sort_keys=True)),
+    ]
+    lines = [f"entry {entry.id}"] + [f"{name + ':':<12}{value}" for name, value in fields]
+    lines.append("response:")
+    lines.append(entry.response)
+    return "\n".join(lines)
+
+
+def _or_unknown(value: int | None) -> str:
+    return "unknown" if value is None else f"{value:,}"
+
+
+def verdict_text(judged: Judged, served: Judged | None, rank: int, considered: int) -> str:
+    if judged is served:
+        return "served"
+    if judged.verdict.serve:
+        return "ok, not reached" if rank > considered or served is not None else "ok"
+    if judged.verdict.reason == policy.NO_MATCH:
+        return "below threshold"
+    return judged.verdict.reason or ""
+
+
+SIMILAR_COLUMNS = ("#", "layer", "id", "similarity", "freshness", "confidence", "verdict", "query")
+
+
+def similar_row(judged: Judged, served: Judged | None, rank: int, considered: int, now: float) -> tuple[str, ...]:
+    entry = judged.entry
+    return (str(rank), judged.source, str(entry.id), f"{judged.similarity:.3f}",
+            f"{policy.freshness(entry.created_at, entry.ttl, now):.3f}", f"{judged.verdict.confidence:.3f}",
+            verdict_text(judged, served, rank, considered), one_line(entry.query, 70))
+
+
+def candidate_dict(judged: Judged, served: Judged | None, rank: int, considered: int, now: float,
+                   with_vectors: bool = False, vector: bytes | None = None) -> dict[str, Any]:
+    entry = judged.entry
+    return {
+        "rank": rank,
+        "source": judged.source,
+        "entry_id": entry.id,
+        "similarity": _rounded(judged.similarity),
+        "freshness": _rounded(policy.freshness(entry.created_at, entry.ttl, now)),
+        "confidence": _rounded(judged.verdict.confidence),
+        "verdict": verdict_text(judged, served, rank, considered),
+        "served": judged is served,
+        "entry": entry_dict(entry, now, vector, with_vectors),
+    }
+
+
+def decision_line(explanation: Explanation, threshold: float) -> str:
+    decision = explanation.decision
+    if decision.served is not None:
+        served = decision.served
+        return (f"ask would serve entry {served.entry.id} ({served.source} hit, similarity "
+                f"{served.similarity:.3f}, confidence {served.verdict.confidence:.3f})")
+    why = decision.miss_reason or policy.NO_MATCH
+    if decision.similarity is not None and why == policy.NO_MATCH:
+        why += f", best similarity {decision.similarity:.3f} < threshold {threshold:.3f}"
+    elif decision.similarity is not None:
+        why += f", similarity {decision.similarity:.3f}"
+    return f"ask would miss ({why}) and call the model"
+
+
+def explanation_dict(explanation: Explanation, request: AskRequest, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    decision = explanation.decision
+    served = decision.served
+    return {
+        "query": request.query,
+        "namespace": request.scope.namespace,
+        "model": policy.canonical_model(request.scope.model),
+        "embed_model": policy.canonical_model(request.embed_model),
+        "threshold": request.threshold,
+        "min_confidence": request.min_confidence,
+        "decision": {
+            "hit": served is not None,
+            "source": served.source if served else "model",
+            "entry_id": served.entry.id if served else None,
+            "miss_reason": decision.miss_reason,
+            "similarity": _rounded(decision.similarity),
+            "confidence": _rounded(decision.confidence),
+        },
+        "candidates": candidates,
+    }
+
+
+# -- stats -------------------------------------------------------------------------------
+
+def span(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 60 else f"{int(minutes // 60)} h {int(minutes % 60):02d} min"
+
+
+def _breakdown(counts: dict[str, int]) -> str:
+    return " · ".join(f"{name} {n:,}" for name, n in counts.items()) or "-"
+
+
+def stats_text(figures: dict[str, Any], since_label: str) -> str:
+    entries, req, sim = figures["entries"], figures["requests"], figures["similarity"]
+    lines = [f"database     {figures['database']} ({human_bytes(figures['size_bytes'])} on disk)"]
+    extent = ""
+    if entries["total"]:
+        extent = f"; oldest {iso_time(entries['oldest'])}, newest {iso_time(entries['newest'])}"
+    lines += [
+        f"entries      {entries['total']:,} ({entries['live']:,} live, {entries['expired']:,} expired){extent}",
+        f"  namespace    {_breakdown(entries['by_namespace'])}",
+        f"  model        {_breakdown(entries['by_model'])}",
+        f"  embed model  {_breakdown(entries['by_embed_model'])}",
+        "",
+        f"requests ({since_label})",
+        f"  asks         {req['asks']:,}",
+    ]
+    hits = req["hits"]
+    rate = f" ({req['hit_rate']:.1%} hit rate)" if req["hit_rate"] is not None else ""
+    lines += [
+        f"  hits         {hits['total']:,}{rate}: exact {hits['exact']:,}, semantic {hits['semantic']:,}",
+        f"  misses       {req['misses']['total']:,}: {_breakdown(req['misses']['by_reason'])}",
+        f"  bypasses     {req['bypasses']:,}",
+        f"  errors       {req['errors']:,}",
+        f"  saved        {span(req['time_saved_s'])} of generation, {req['tokens_saved']:,} tokens",
+    ]
+    for path, figures_ms in req["latency_ms"].items():
+        lines.append(f"  latency      {path:<9}median {elapsed(figures_ms['median'])}, "
+                     f"p95 {elapsed(figures_ms['p95'])} (n={figures_ms['count']:,})")
+    lines += ["", f"similarity of semantic hits (█) and near-misses (░), threshold {sim['threshold']:.2f}"]
+    peak = max([1, *(b["hits"] + b["near_misses"] for b in sim["bins"])])
+    for b in sim["bins"]:
+        count = b["hits"] + b["near_misses"]
+        bar = ("█" if b["hits"] else "░") * round(30 * count / peak) if count else ""
+        marker = "  ◀ threshold" if abs(b["low"] - sim["threshold"]) < 1e-9 else ""
+        lines.append(f"  {b['low']:.2f}–{b['high']:.2f}  {bar}{' ' if bar else ''}{count:,}{marker}")
+    if figures["top_entries"]:
+        lines += ["", "top entries by hits"]
+        lines += [f"  {e['hits']:>6,} hits  entry {e['id']}: {one_line(e['query'], 60)}" for e in figures["top_entries"]]
+    return "\n".join(lines)
+
+
+def stats_json(figures: dict[str, Any]) -> str:
+    entries, req = figures["entries"], figures["requests"]
+    data = {
+        **figures,
+        "entries": {**entries, "oldest": iso_time(entries["oldest"]), "newest": iso_time(entries["newest"])},
+        "requests": {**req, "since": iso_time(req["since"])},
+    }
+    return json.dumps(data, ensure_ascii=False)

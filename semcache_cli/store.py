@@ -113,7 +113,10 @@ class Entry:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Entry:
-        data = dict(row)
+        return cls.from_dict(dict(row))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Entry:
         data["options"] = json.loads(data["options"] or "{}")
         data["format"] = json.loads(data["format"]) if data["format"] else None
         data["metadata"] = json.loads(data["metadata"] or "{}")

@@ -32,6 +32,26 @@ def test_duration_units_multiply(count: int, unit: str) -> None:
     assert config.parse_duration(f"{count}{unit}") == count * config._UNIT_SECONDS[unit]
 
 
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("500MB", 500_000_000), ("1.5GB", 1_500_000_000), ("64MiB", 64 * 1024**2), ("10k", 10_000),
+     ("4096", 4096), (" 2 gb ", 2_000_000_000), ("1TiB", 1024**4)],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert config.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MB", "-5MB", "5 XB", "1e3MB", "5MB5"])
+def test_bad_sizes_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError, match="not a size"):
+        config.parse_size(text)
+
+
+@given(st.integers(0, 10**9), st.sampled_from(["b", "kb", "MB", "GiB"]))
+def test_size_units_multiply(count: int, unit: str) -> None:
+    assert config.parse_size(f"{count}{unit}") == count * config._UNIT_BYTES[unit.lower()]
+
+
 def test_ttl_never_and_positive() -> None:
     assert config.parse_ttl("never") is None
     assert config.parse_ttl("7d") == 604800

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, db_rows, run_cli
+from conftest import REPO, db_rows, run_cli, run_proc
 from fake_ollama import FakeOllama
 
 from semcache_cli import vectors
@@ -119,6 +119,68 @@ def test_max_entries_evicts_least_recently_used(isolated_env: Path) -> None:
     assert result.exit_code == 0
     assert queries(isolated_env) == ["a", "d"]
     assert json.loads(result.stdout)["evicted"] == 2
+
+
+def in_use(db: Path) -> int:
+    page_size, pages, free = (db_rows(db, f"PRAGMA {name}")[0][0] for name in ("page_size", "page_count", "freelist_count"))
+    return (pages - free) * page_size
+
+
+@pytest.fixture
+def big_cache(isolated_env: Path) -> Path:
+    """200 entries of a few KB, oldest first; entry 1 and 2 used a minute ago."""
+    store = Store.open(isolated_env)
+    try:
+        for i in range(200):
+            store.store_answer(NewEntry(
+                scope="s", exact_key=f"k{i}", namespace="default", model="llama3.2:latest", system=None, options={},
+                format=None, query=f"question {i}", response="x" * (500 + 37 * (i % 60)), created_at=NOW - DAY + i,
+                ttl=None, done_reason="stop", embed_model="all-minilm:latest",
+                vector=vectors.encode(vectors.unit_vector([float(i + 1)] * 384)), dims=384,
+            ))
+        for entry_id in (1, 2):
+            store.record_hit(entry_id, NOW - 60, {"path": "exact"})
+    finally:
+        store.close()
+    return isolated_env
+
+
+def test_max_size_evicts_least_recently_used_until_under(big_cache: Path) -> None:
+    bound = in_use(big_cache) // 2
+    result = run_cli("purge", "--max-size", str(bound), "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["bytes_in_use"] == in_use(big_cache) <= bound
+    kept = [r[0] for r in db_rows(big_cache, "SELECT id FROM entries ORDER BY id")]
+    assert 1 in kept and 2 in kept  # used a minute ago: the most recently used
+    evicted = sorted(set(range(1, 201)) - set(kept))
+    assert evicted == list(range(3, 3 + len(evicted)))  # the oldest unused went first, no gaps
+    assert 70 <= report["evicted"] <= 130  # about half, not everything
+    assert db_rows(big_cache, "SELECT count(*) FROM entry_vectors")[0][0] == len(kept)
+
+
+def test_max_size_dry_run_and_units(big_cache: Path) -> None:
+    before = in_use(big_cache)
+    dry = json.loads(run_cli("purge", "--max-size", f"{before // 2 / 1000:.0f}KB", "--dry-run", "--json").stdout)
+    assert dry["evicted"] > 50 and in_use(big_cache) == before and dry["remaining"] == 200 - dry["evicted"]
+    nothing = json.loads(run_cli("purge", "--max-size", "1GB", "--json").stdout)
+    assert nothing["evicted"] == 0 and nothing["remaining"] == 200
+    bad = run_cli("purge", "--max-size", "lots")
+    assert bad.exit_code == 2 and bad.stderr == "semcache: error: --max-size: 'lots' is not a size (use e.g. 500MB, 2GB, 64MiB)\n"
+
+
+def test_max_size_with_vacuum_bounds_the_file(big_cache: Path) -> None:
+    bound = in_use(big_cache) // 3
+    result = run_proc("purge", "--max-size", str(bound), "--vacuum")
+    assert result.exit_code == 0, result.stderr
+    assert big_cache.stat().st_size <= bound
+    assert not Path(f"{big_cache}-wal").exists() or Path(f"{big_cache}-wal").stat().st_size == 0
+
+
+def test_max_size_below_any_entry_needs_yes(big_cache: Path) -> None:
+    refused = run_cli("purge", "--max-size", "1KB")
+    assert refused.exit_code == 2 and "would delete all 200 entries" in refused.stderr
+    assert len(queries(big_cache)) == 200
 
 
 def test_log_retention(isolated_env: Path) -> None:
