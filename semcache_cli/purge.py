@@ -27,6 +27,7 @@ class PurgeReport:
     log_rows_deleted: int
     vacuumed: bool
     bytes_in_use: int  # pages holding data; --vacuum shrinks the file to about this
+    max_bytes: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -140,7 +141,7 @@ def purge(
     selected, evict = chosen.selected, chosen.evict
     if dry_run:
         return PurgeReport(True, len(selected), 0, len(evict), chosen.total - len(selected) - len(evict), 0, 0, False,
-                           used_bytes(store))
+                           used_bytes(store), chosen.max_bytes)
 
     before = used_bytes(store)
     where, params = selector.where(now)
@@ -157,7 +158,7 @@ def purge(
         store.conn.execute("VACUUM")
     freed = max(0, before - used_bytes(store))
     return PurgeReport(False, len(selected), deleted, evicted, count_entries(store), freed, log_rows, vacuum,
-                       used_bytes(store))
+                       used_bytes(store), chosen.max_bytes)
 
 
 def _settle_size(store: Store, chosen: Plan, now: float) -> int:

@@ -47,7 +47,11 @@ def purge_line(report: dict[str, Any]) -> str:
         text += f", {human_bytes(report['bytes_freed'])} freed"
     if report["log_rows_deleted"]:
         text += f", {report['log_rows_deleted']:,} log rows"
-    return f"{PREFIX}: {text}; {report['remaining']:,} left"
+    text += f"; {report['remaining']:,} left"
+    if not report["dry_run"] and report["max_bytes"] is not None and report["bytes_in_use"] > report["max_bytes"]:
+        text += (f"; still {human_bytes(report['bytes_in_use'])} in use, over --max-size "
+                 "(the rest is the request log, the schema and the entries kept)")
+    return f"{PREFIX}: {text}"
 
 
 def status_line(outcome: Outcome) -> str:

@@ -181,6 +181,9 @@ def test_max_size_below_any_entry_needs_yes(big_cache: Path) -> None:
     refused = run_cli("purge", "--max-size", "1KB")
     assert refused.exit_code == 2 and "would delete all 200 entries" in refused.stderr
     assert len(queries(big_cache)) == 200
+    done = run_cli("purge", "--max-size", "1KB", "--yes")
+    assert done.exit_code == 0 and queries(big_cache) == []
+    assert "over --max-size (the rest is the request log, the schema and the entries kept)" in done.stderr
 
 
 def test_log_retention(isolated_env: Path) -> None:
