@@ -4,9 +4,13 @@ and (when it asks for one) a real Ollama-compatible server on a loopback port.""
 from __future__ import annotations
 
 import os
+import pty
+import re
+import select
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,3 +95,36 @@ def db_rows(db: Path, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def run_in_terminal(*args: str, answer: str | None = None, env: dict[str, str] | None = None,
+                    timeout: float = 30) -> tuple[int, str]:
+    """semcache as a subprocess whose stdin, stdout and stderr are a pseudo-terminal, as
+    when a person runs it; `answer` is typed once it prompts. Colour codes are stripped."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semcache_cli", *args], stdin=follower, stdout=follower, stderr=follower,
+        env={**os.environ, "COLUMNS": "160", "NO_COLOR": "1", "TERM": "xterm", **(env or {})}, cwd=REPO,
+    )
+    os.close(follower)
+    output = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.1)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+        if answer is not None and b"[y/N]" in output:
+            os.write(leader, answer.encode() + b"\n")
+            answer = None
+    proc.wait(timeout=timeout)
+    os.close(leader)
+    return proc.returncode, re.sub(r"\x1b\[[0-9;]*m", "", output.decode()).replace("\r\n", "\n")

@@ -4,17 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, db_rows, run_cli, run_proc
+from conftest import db_rows, run_cli, run_in_terminal, run_proc
 from fake_ollama import FakeOllama
 
 from semcache_cli import vectors
@@ -179,32 +174,9 @@ def test_cron_form_no_terminal_no_stdin(cache: Path) -> None:
 
 
 def test_terminal_form_is_a_table_that_keeps_markup_literal(cache: Path) -> None:
-    leader, follower = pty.openpty()
-    os.set_blocking(leader, False)
-    env = {**os.environ, "COLUMNS": "160", "NO_COLOR": "1", "TERM": "xterm"}
-    proc = subprocess.Popen([sys.executable, "-m", "semcache_cli", "inspect"], stdout=follower,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
-    os.close(follower)
-    output = b""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            chunk = os.read(leader, 65536)
-        except BlockingIOError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.02)
-            continue
-        except OSError:  # EIO: the child closed its end
-            break
-        if not chunk:
-            break
-        output += chunk
-    proc.wait(timeout=30)
-    os.close(leader)
-    text = re.sub(r"\x1b\[[0-9;]*m", "", output.decode())  # NO_COLOR keeps bold, which is not a colour
+    code, text = run_in_terminal("inspect")
     lines = [line.rstrip() for line in text.splitlines()]
-    assert proc.returncode == 0
+    assert code == 0
     assert "\t" not in text
     assert lines[0].split() == ["id", "age", "expires", "hits", "namespace", "model", "query", "response"]
     assert "Password RESET [bold]help[/bold]" in lines[1]  # Rich did not eat the brackets
@@ -268,3 +240,14 @@ def test_similar_needs_the_embedding_model(neighbours: Path) -> None:
     result = run_cli("inspect", "--similar", "the probe", "--embed-model", "missing-model")
     assert result.exit_code == 5 and "ollama pull missing-model" in result.stderr
     assert result.stdout == ""
+
+
+def test_vectors_only_when_asked_on_every_form(neighbours: Path) -> None:
+    one = json.loads(run_cli("inspect", "2", "--json", "--with-vectors").stdout)
+    assert one["vector"][:2] == pytest.approx([0.93, np.sqrt(1 - 0.93**2)], abs=1e-6)
+    assert "vector" not in json.loads(run_cli("inspect", "2", "--json").stdout)
+    similar = run_cli("inspect", "--similar", "the probe", "--embed-model", "all-minilm", "--jsonl", "--with-vectors")
+    rows = [json.loads(line) for line in similar.stdout.splitlines()]
+    assert [len(r["entry"]["vector"]) for r in rows] == [384, 384, 384]
+    plain = run_cli("inspect", "--similar", "the probe", "--embed-model", "all-minilm", "--json").stdout
+    assert all("vector" not in c["entry"] for c in json.loads(plain)["candidates"])

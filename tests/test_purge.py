@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, db_rows, run_cli, run_proc
+from conftest import REPO, db_rows, run_cli, run_in_terminal, run_proc
 from fake_ollama import FakeOllama
 
 from semcache_cli import vectors
@@ -107,6 +107,15 @@ def test_deleting_everything_needs_yes_without_a_terminal(cache: Path) -> None:
     assert run_cli("purge", "--max-entries", "0").exit_code == 2  # evicting every entry: same rule
     assert len(queries(cache)) == 6
     assert run_cli("purge", "--all", "--yes").exit_code == 0
+    assert queries(cache) == []
+
+
+def test_deleting_everything_asks_on_a_terminal(cache: Path) -> None:
+    code, text = run_in_terminal("purge", "--all", answer="n")
+    assert code == 2 and f"Delete all 6 entries of {cache}? [y/N]" in text and "nothing deleted" in text
+    assert len(queries(cache)) == 6
+    code, text = run_in_terminal("purge", "--all", answer="y")
+    assert code == 0 and "purged 6 entries" in text
     assert queries(cache) == []
 
 
