@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
 import stat
 import sys
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,15 @@ from typer.core import TyperGroup
 
 from semcache_cli import __version__, config, render
 from semcache_cli.engine import run_ask
-from semcache_cli.errors import EXIT_CODES_HELP, EXIT_RUNTIME, SemcacheError, UsageError
+from semcache_cli.errors import (
+    EXIT_CODES_HELP,
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    EXIT_TERMINATED,
+    SemcacheError,
+    Terminated,
+    UsageError,
+)
 
 OPTION_FLAGS = ("-o", "--option")
 
@@ -68,6 +77,10 @@ def _stderr(line: str) -> None:
     sys.stderr.flush()
 
 
+def _warn(message: str) -> None:
+    _stderr(render.warning_line(message))
+
+
 @contextmanager
 def _errors_to_exit() -> Iterator[None]:
     """The one place errors become a line on stderr and an exit code."""
@@ -76,8 +89,18 @@ def _errors_to_exit() -> Iterator[None]:
     except SemcacheError as exc:
         _stderr(render.error_line(str(exc)))
         raise typer.Exit(exc.exit_code) from None
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
+        _stderr(render.error_line("interrupted; nothing partial was stored"))
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Terminated:
+        _stderr(render.error_line("terminated; nothing partial was stored"))
+        raise typer.Exit(EXIT_TERMINATED) from None
+    except (typer.Exit, typer.Abort):
         raise
+    except sqlite3.DatabaseError as exc:
+        _stderr(render.error_line(f"the cache database is damaged or unusable ({exc}); "
+                                  "move it aside (semcache starts a new one) or restore a backup"))
+        raise typer.Exit(EXIT_RUNTIME) from None
     except Exception as exc:
         if os.environ.get("SEMCACHE_DEBUG") == "1":
             raise
@@ -237,7 +260,7 @@ def ask(
                 settings, text, config.parse_format(format),
                 lookup=not no_cache, store=not no_store, cache_only=cache_only,
                 on_token=None if json_output else writer,
-                warn=lambda message: _stderr(render.warning_line(message)),
+                warn=_warn,
             )
         except BaseException:
             if sys.stdout.isatty():
@@ -302,7 +325,7 @@ def purge(
                 "purge needs a selector (--expired, --older-than, --namespace, --model, --embed-model, --id, "
                 "--grep, --all) or a bound (--max-entries, --max-size, --log-older-than)"
             )
-        store = Store.open(settings.db, create_parent=settings.db_is_default)
+        store = Store.open(settings.db, create_parent=settings.db_is_default, warn=_warn)
         try:
             now = time.time()
             chosen = plan(store, selector, now, max_entries, max_bytes)
@@ -341,7 +364,7 @@ def stats(
     with _errors_to_exit():
         settings = config.load_settings({"db": db, "threshold": threshold})
         window = config.parse_duration(since, "--since") if since else None
-        store = Store.open(settings.db, create_parent=settings.db_is_default)
+        store = Store.open(settings.db, create_parent=settings.db_is_default, warn=_warn)
         try:
             figures = collect(store, time.time(), window, settings.threshold)
         finally:
@@ -432,7 +455,7 @@ def inspect(
             _inspect_similar(settings, similar, config.parse_format(format), limit if limit is not None else 10,
                              json_output, jsonl, with_vectors, now)
             return
-        store = Store.open(settings.db, create_parent=settings.db_is_default)
+        store = Store.open(settings.db, create_parent=settings.db_is_default, warn=_warn)
         try:
             if entry_id is not None:
                 entry, vector = inspection.get_entry(store, entry_id)
@@ -457,7 +480,7 @@ def _inspect_similar(settings: config.Settings, text: str, format: Any, limit: i
     from semcache_cli import inspection
     from semcache_cli.engine import open_engine, request_from
 
-    engine = open_engine(settings, warn=lambda message: _stderr(render.warning_line(message)))
+    engine = open_engine(settings, warn=_warn)
     engine.clock = lambda: now
     try:
         request = request_from(settings, text, format)
@@ -486,5 +509,12 @@ def _inspect_similar(settings: config.Settings, text: str, format: Any, limit: i
         engine.store.close()
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
     app()

@@ -30,6 +30,7 @@ from semcache_cli.store import Entry, NewEntry, Store
 if TYPE_CHECKING:
     from semcache_cli.config import Settings
     from semcache_cli.ollama import OllamaClient
+    from semcache_cli.singleflight import Claim
 
 # How many nearest neighbours the semantic layer considers before giving up: enough
 # to step past an expired best match to a live one just below it.
@@ -45,6 +46,7 @@ class AskRequest:
     min_confidence: float
     ttl: float | None
     max_query_chars: int = 32_000
+    wait_s: float = 300.0  # longest wait for another process answering the same question
     lookup: bool = True  # False: --no-cache, the bypass path
     store: bool = True  # False: --no-store
     cache_only: bool = False
@@ -233,6 +235,22 @@ class Engine:
             self.store.log_request({**miss_log, "path": "miss", "latency_ms": timer.total()["total"]})
             raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set")
 
+        claim: Claim | None = None
+        if req.lookup and req.store:
+            answered = self._claim_or_wait(req, scope_hash, key)
+            if isinstance(answered, Judged):
+                return served(answered)
+            claim = answered
+        try:
+            return self._answer(req, query, scope_hash, key, vector, miss_log, warnings, timer, on_token, failed)
+        finally:
+            if claim is not None:
+                claim.release()  # after the answer is stored: waiters find it
+
+    def _answer(self, req: AskRequest, query: str, scope_hash: str, key: str, vector: Any, miss_log: dict[str, Any],
+                warnings: list[str], timer: _Timer, on_token: Callable[[str], None],
+                failed: Callable[[SemcacheError, dict[str, Any]], None]) -> Outcome:
+        """The miss path: ask the model, store a clean answer, log the request."""
         try:
             generation = self._generate(query, req, on_token)
         except SemcacheError as exc:
@@ -242,7 +260,8 @@ class Engine:
 
         created = self.clock()
         outcome = self._outcome(
-            req, generation.text, "model", None, similarity, confidence, miss_reason, warnings, timer
+            req, generation.text, "model", None, miss_log["similarity"], miss_log["confidence"],
+            miss_log["miss_reason"], warnings, timer,
         )
         outcome.created_at = created
         outcome.expires_at = policy.expires_at(created, req.ttl)
@@ -270,6 +289,31 @@ class Engine:
             self.store.log_request(request_row)
         outcome.timings_ms = timer.total()
         return outcome
+
+    def _claim_or_wait(self, req: AskRequest, scope_hash: str, key: str) -> Judged | Claim | None:
+        """Single-flight: take the claim on this question and answer it, or wait for the
+        process holding it and serve its answer. None: waited too long, answer anyway."""
+        from semcache_cli.singleflight import POLL_S, Claim
+
+        claim = Claim(self.store, scope_hash, key, self.clock)
+        deadline = time.monotonic() + req.wait_s
+        delays = iter(POLL_S)
+        while True:
+            if claim.try_take():
+                # The answer may have been stored between our lookup and the claim.
+                exact = self._exact(req, scope_hash, key, self.clock())
+                if exact is not None and exact.verdict.serve:
+                    claim.release()
+                    return exact
+                return claim
+            if time.monotonic() >= deadline:
+                self.warn(f"waited {req.wait_s:.0f} s for another semcache process asking the same question; "
+                          "asking the model directly")
+                return None
+            time.sleep(next(delays, POLL_S[-1]))
+            exact = self._exact(req, scope_hash, key, self.clock())
+            if exact is not None and exact.verdict.serve:
+                return exact
 
     # -- steps -------------------------------------------------------------------------
 
@@ -358,7 +402,7 @@ class Engine:
 
 def open_engine(settings: Settings, warn: Callable[[str], None] = lambda _: None) -> Engine:
     """Store and (lazily) the Ollama client, wired from settings."""
-    store = Store.open(settings.db, create_parent=settings.db_is_default)
+    store = Store.open(settings.db, create_parent=settings.db_is_default, warn=warn)
 
     def client() -> OllamaClient:
         from semcache_cli.ollama import OllamaClient
@@ -377,6 +421,7 @@ def request_from(settings: Settings, query: str, format: Any = None, **flags: bo
         min_confidence=settings.min_confidence,
         ttl=settings.ttl,
         max_query_chars=settings.max_query_chars,
+        wait_s=settings.timeout,
         **flags,
     )
 

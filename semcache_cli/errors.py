@@ -13,10 +13,13 @@ EXIT_USAGE = 2
 EXIT_CACHE_MISS = 3
 EXIT_UNREACHABLE = 4
 EXIT_MODEL_MISSING = 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 runtime failure; 2 usage or bad input; "
-    "3 miss under --cache-only; 4 Ollama unreachable or timed out; 5 model not found."
+    "3 miss under --cache-only; 4 Ollama unreachable or timed out; 5 model not found; "
+    "130/143 interrupted (SIGINT/SIGTERM)."
 )
 
 
@@ -65,3 +68,9 @@ class ModelNotFound(OllamaError):
 class GenerationFailed(OllamaError):
     """The answer stream broke off: mid-stream error, dropped connection, bad JSON,
     or a truncated (done_reason "length") answer. Nothing is stored."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that `finally` blocks run (claims released,
+    transactions rolled back) before the process exits 143. A BaseException, like
+    KeyboardInterrupt, so no `except Exception` swallows it."""

@@ -21,13 +21,14 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from semcache_cli.errors import StoreError, UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
 
 REQUEST_COLUMNS = (
@@ -82,6 +83,16 @@ def _migrations() -> Any:
             not_null={"at", "path"},
         )
         db.table("requests").create_index(["at"])
+
+    @migrations()
+    def m002_claims(db: Any) -> None:
+        # Single-flight: who is asking the model for which question right now.
+        db.table("claims").create(
+            {"scope": str, "exact_key": str, "owner": str, "host": str, "pid": int,
+             "claimed_at": float, "expires_at": float},
+            pk=("scope", "exact_key"),
+            not_null={"owner", "host", "pid", "claimed_at", "expires_at"},
+        )
 
     return migrations
 
@@ -176,11 +187,14 @@ class Store:
         self.path = path
 
     @classmethod
-    def open(cls, path: Path, create_parent: bool = False) -> Store:
+    def open(cls, path: Path, create_parent: bool = False, warn: Callable[[str], None] | None = None) -> Store:
         path = Path(path)
         if path.is_dir():
             raise UsageError(f"database path {path} is a directory")
         _create_private_file(path, create_parent)
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(f"cannot read and write the database {path}: permission denied "
+                             "(semcache writes on every ask; check the file's owner and mode)")
         try:
             conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             conn.row_factory = sqlite3.Row
@@ -201,6 +215,8 @@ class Store:
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot prepare database {path}: {exc}") from None
+        if warn is not None and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            warn(f"{path} is readable by other users and holds your prompts: chmod 600 {path}")
         return store
 
     def _migrate(self) -> None:
@@ -222,9 +238,6 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
-
-    def is_world_readable(self) -> bool:
-        return bool(self.path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
 
     # -- reads -------------------------------------------------------------------------
 

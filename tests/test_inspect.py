@@ -15,7 +15,6 @@ from fake_ollama import FakeOllama
 from semcache_cli import vectors
 from semcache_cli.store import NewEntry, Store
 
-NOW = time.time()
 DAY = 86400.0
 MINILM = "all-minilm:latest"
 
@@ -38,14 +37,14 @@ def seed(db: Path, query: str, *, namespace: str = "default", model: str = "llam
         entry_id = store.store_answer(NewEntry(
             scope=scope or policy.Scope(namespace, model).hash, exact_key=policy.exact_key(query),
             namespace=namespace, model=policy.canonical_model(model), system=None, options={}, format=None,
-            query=query, response=response or f"answer to {query}", created_at=NOW - age, ttl=ttl,
+            query=query, response=response or f"answer to {query}", created_at=time.time() - age, ttl=ttl,
             prompt_tokens=10, completion_tokens=90, generation_s=2.5, done_reason="stop",
             embed_model=MINILM if vector is not None else None,
             vector=vectors.encode(vectors.unit_vector(vector)) if vector is not None else None,
             dims=384 if vector is not None else None,
         ))
         for _ in range(hits):
-            store.record_hit(entry_id, NOW - 60, {"path": "exact"})
+            store.record_hit(entry_id, time.time() - 60, {"path": "exact"})
         return entry_id
     finally:
         store.close()

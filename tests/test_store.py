@@ -35,9 +35,9 @@ def test_fresh_database_is_private_wal_and_versioned(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     applied = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'semcache'")]
-    assert applied == ["m001_initial"]
+    assert applied == ["m001_initial", "m002_claims"]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"entries", "entry_vectors", "requests"} <= tables
+    assert {"entries", "entry_vectors", "requests", "claims"} <= tables
 
 
 def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
@@ -47,7 +47,25 @@ def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None
     store.close()
     store = Store.open(path)
     assert store.get(entry_id).response == "a"  # type: ignore[union-attr]
-    assert len(db_rows(path, "SELECT * FROM _sqlite_migrations")) == 1
+    assert len(db_rows(path, "SELECT * FROM _sqlite_migrations")) == 2
+
+
+def test_a_version_1_file_is_upgraded_in_place_keeping_its_entries(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    store = Store.open(path)
+    entry_id = store.store_answer(new_entry(query="kept"))
+    store.close()
+    conn = sqlite3.connect(path)  # turn it back into what semcache 0.1 wrote
+    conn.execute("DROP TABLE claims")
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm002_claims'")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = Store.open(path)
+    assert store.get(entry_id).query == "kept"  # type: ignore[union-attr]
+    store.close()
+    assert db_rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 2
+    assert db_rows(path, "SELECT count(*) FROM claims")[0][0] == 0
 
 
 def test_explicit_path_in_missing_directory_is_a_usage_error(tmp_path: Path) -> None:

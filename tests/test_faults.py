@@ -1,0 +1,129 @@
+"""Faults on both sides, each through the CLI: Ollama down, unknown, slow, hung or busy;
+cache files that are unreadable, read-only, damaged or world-readable; secrets that must
+never reach the cache. One line on stderr, the right exit code, no changed file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, db_rows, run_cli, run_proc
+from fake_ollama import BUSY_TEXT, FakeOllama
+
+Q = "how do faults show"
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_line_error(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("semcache: error: ")
+    return lines[0]
+
+
+def test_unknown_host_exits_4_naming_the_url(isolated_env: Path) -> None:
+    result = run_proc("ask", Q, env={"OLLAMA_HOST": "http://no-such-host.invalid:11434"})
+    assert result.exit_code == 4
+    line = one_line_error(result.stderr)
+    assert "http://no-such-host.invalid:11434" in line and "ollama serve" in line
+
+
+def test_a_hang_beyond_the_timeout_exits_4_and_stores_nothing(ollama: FakeOllama, isolated_env: Path) -> None:
+    ollama.faults.hang = True
+    result = run_cli("ask", Q, "--timeout", "1s")
+    assert result.exit_code == 4 and "timed out" in one_line_error(result.stderr)
+    assert db_rows(isolated_env, "SELECT count(*) FROM entries")[0][0] == 0
+    assert db_rows(isolated_env, "SELECT count(*) FROM claims")[0][0] == 0
+
+
+def test_a_slow_first_token_within_the_timeout_is_answered(ollama: FakeOllama, isolated_env: Path) -> None:
+    ollama.faults.delay = 1.5  # a cold model load
+    result = run_cli("ask", "-q", Q, "--timeout", "5s")
+    assert result.exit_code == 0 and result.stdout == f"This is the answer to: {Q}\n"
+
+
+def test_busy_beyond_the_retries_fails_clearly(ollama: FakeOllama, isolated_env: Path) -> None:
+    ollama.faults.chat_status = (503, BUSY_TEXT)  # every try, after the bounded retries
+    result = run_cli("ask", Q)
+    assert result.exit_code == 1 and "busy" in one_line_error(result.stderr)
+    assert db_rows(isolated_env, "SELECT count(*) FROM entries")[0][0] == 0
+
+
+def test_a_world_readable_cache_gets_a_warning(ollama: FakeOllama, isolated_env: Path) -> None:
+    assert run_cli("ask", "-q", Q).exit_code == 0
+    isolated_env.chmod(0o644)
+    result = run_cli("ask", "-q", Q)
+    assert result.exit_code == 0 and result.stdout == f"This is the answer to: {Q}\n"
+    assert result.stderr == (f"semcache: warning: {isolated_env} is readable by other users and holds your prompts: "
+                             f"chmod 600 {isolated_env}\n")
+    isolated_env.chmod(0o600)
+    assert run_cli("ask", "-q", Q).stderr == ""
+
+
+def test_a_damaged_database_is_one_line_and_left_as_it_was(ollama: FakeOllama, isolated_env: Path) -> None:
+    for i in range(30):
+        assert run_cli("ask", "-q", f"question {i}x{i}").exit_code == 0
+    conn = sqlite3.connect(isolated_env)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    index_root = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'idx_entries_scope_exact_key'").fetchone()[0]
+    conn.close()
+    data = bytearray(isolated_env.read_bytes())
+    page = 4096
+    data[(index_root - 1) * page:(index_root - 1) * page + 64] = b"\xa5" * 64  # the exact-key index's root page
+    isolated_env.write_bytes(bytes(data))
+    before = digest(isolated_env)
+    result = run_proc("ask", "question 3x3")
+    assert result.exit_code == 1
+    assert "the cache database is damaged or unusable" in one_line_error(result.stderr)
+    assert digest(isolated_env) == before
+
+
+def run_without_privileges(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """semcache as a process that file modes apply to: as root (CI containers), drop the
+    capabilities that let root ignore them."""
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, sys.executable, "-m", "semcache_cli", *args], capture_output=True,
+                          stdin=subprocess.DEVNULL, env={**os.environ, **env}, cwd=REPO, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None, reason="root without setpriv ignores modes")
+@pytest.mark.parametrize("mode", [0o000, 0o400], ids=["unreadable", "read-only"])
+def test_a_database_without_read_and_write_permission(ollama: FakeOllama, isolated_env: Path, mode: int) -> None:
+    assert run_cli("ask", "-q", Q).exit_code == 0
+    isolated_env.chmod(mode)
+    try:
+        before = digest(isolated_env) if mode else None
+        result = run_without_privileges("ask", Q, env={"OLLAMA_HOST": ollama.url})
+        stderr = result.stderr.decode()
+        assert result.returncode == 1, stderr
+        assert f"cannot read and write the database {isolated_env}: permission denied" in one_line_error(stderr)
+        assert result.stdout == b""
+    finally:
+        isolated_env.chmod(0o600)
+    if before is not None:
+        assert digest(isolated_env) == before
+    assert db_rows(isolated_env, "SELECT count(*) FROM requests")[0][0] == 1  # nothing was logged
+
+
+def test_credentials_never_reach_the_cache_or_the_log(ollama: FakeOllama, isolated_env: Path) -> None:
+    host = ollama.url.replace("http://", "http://alice:hunter2secret@")
+    env = {"OLLAMA_HOST": host, "OLLAMA_API_KEY": "sk-topsecretkey"}
+    assert run_proc("ask", "-q", Q, env=env).exit_code == 0
+    assert run_proc("ask", "-q", Q, env=env).exit_code == 0  # a hit
+    assert run_proc("ask", "-q", "new one", env={**env, "OLLAMA_HOST": "http://bob:pw9secret@127.0.0.1:9"}).exit_code == 4
+    for path in isolated_env.parent.glob("cache.db*"):
+        content = path.read_bytes()
+        for secret in (b"hunter2secret", b"sk-topsecretkey", b"pw9secret", b"alice"):
+            assert secret not in content, (path, secret)
+    assert db_rows(isolated_env, "SELECT count(*) FROM requests")[0][0] == 3
