@@ -37,6 +37,11 @@ def test_trailing_punctuation_never_changes_the_key(text: str, tail: str) -> Non
     assert policy.exact_key(text + tail) == policy.exact_key(text)
 
 
+@given(st.text(), st.text())
+def test_keys_are_equal_exactly_when_the_normalised_texts_are(a: str, b: str) -> None:
+    assert (policy.exact_key(a) == policy.exact_key(b)) == (policy.normalise(a) == policy.normalise(b))
+
+
 def test_model_names_are_canonical() -> None:
     assert policy.canonical_model("llama3.2") == "llama3.2:latest"
     assert policy.canonical_model("Llama3.2:latest") == "llama3.2:latest"
