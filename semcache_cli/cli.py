@@ -12,6 +12,7 @@ import os
 import sqlite3
 import stat
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -304,8 +305,6 @@ def purge(
 ) -> None:
     """Delete entries by selector (selectors combine with AND), bound the entry count or
     the bytes in use, trim the request log. Cron-safe: never prompts without a terminal."""
-    import time
-
     from semcache_cli.purge import plan
     from semcache_cli.purge import purge as run_purge
     from semcache_cli.selector import Selector
@@ -356,8 +355,6 @@ def stats(
 ) -> None:
     """What is stored, and what the cache did: hits by layer, misses by reason, time and
     tokens saved, latency, and the similarity of hits and near-misses."""
-    import time
-
     from semcache_cli.stats import collect
     from semcache_cli.store import Store
 
@@ -373,6 +370,164 @@ def stats(
             sys.stdout.write(render.stats_json(figures) + "\n")
         else:
             sys.stdout.write(render.stats_text(figures, f"last {since}" if since else "all time") + "\n")
+
+
+def _progress_factory() -> Any:
+    """Rich progress bars on stderr when it is a terminal (transient, with queries/s);
+    nothing at all otherwise. Returns (factory, close): factory(description, total) gives
+    an advance(n) callable."""
+    if not sys.stderr.isatty():
+        return (lambda description, total: lambda n: None), (lambda: None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=True)
+    bar.start()
+
+    def factory(description: str, total: int) -> Any:
+        task = bar.add_task(description, total=total, rate="")
+        started = time.perf_counter()
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            elapsed = time.perf_counter() - started
+            bar.update(task, advance=n, rate=f"{done / elapsed:,.0f} queries/s" if elapsed > 0 else "")
+
+        return advance
+
+    return factory, bar.stop
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def replay(
+    source: Annotated[
+        str | None, typer.Argument(metavar="[FILE]", help="Queries: text (one a line) or JSONL; '-' for stdin.")
+    ] = None,
+    from_log: Annotated[bool, typer.Option("--from-log", help="Replay the questions of the request log.")] = False,
+    since: Annotated[str | None, typer.Option("--since", help="With --from-log: only this window (7d).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Look up only: no model call, no write.")] = False,
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="Insert-on-miss into a throw-away cache: no model call, your cache untouched.")
+    ] = False,
+    thresholds: Annotated[
+        str | None, typer.Option("--thresholds", help="With --simulate: 0.80,0.85,0.90 or 0.70:0.95:0.01.")
+    ] = None,
+    target_error: Annotated[
+        float | None, typer.Option("--target-error", min=0.0, max=1.0,
+                                   help="With --simulate and labels: recommend the threshold with the most hits "
+                                   "whose wrong-answer rate stays at or under RATE (0.005 = 0.5%).")
+    ] = None,
+    shuffle: Annotated[int | None, typer.Option("--shuffle", metavar="SEED", help="Replay in a fixed shuffled order.")] = None,
+    jobs: Annotated[int, typer.Option("-j", "--jobs", min=1, max=64, help="Live: model calls at once.")] = 4,
+    strict: Annotated[bool, typer.Option("--strict", help="Abort (exit 2) on any bad line instead of skipping it.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Write one JSON line per query (and threshold) here.")] = None,
+    model: Annotated[str | None, typer.Option("-m", "--model", help=_help("Generation model.", "model"))] = None,
+    embed_model: Annotated[str | None, typer.Option("--embed-model", help=_help("Embedding model.", "embed_model"))] = None,
+    system: Annotated[str | None, typer.Option("-s", "--system", help="System prompt.")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("-o", "--option", metavar="KEY VALUE", help="Generation option (repeatable).")
+    ] = None,
+    namespace: Annotated[str | None, typer.Option("-n", "--namespace", help=_help("Namespace.", "namespace"))] = None,
+    ttl: Annotated[str | None, typer.Option("--ttl", help=_help("TTL of new answers.", "ttl", "7d"))] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help=_help("Similarity threshold.", "threshold"))] = None,
+    min_confidence: Annotated[
+        float | None, typer.Option("--min-confidence", help=_help("Least confidence.", "min_confidence"))
+    ] = None,
+    timeout: Annotated[str | None, typer.Option("--timeout", help=_help("Ollama reply timeout.", "timeout", "300s"))] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
+) -> None:
+    """Run many queries through the cache: warm it (live), see what it would do (--dry-run),
+    or simulate from empty and sweep thresholds (--simulate)."""
+    import threading
+
+    from semcache_cli import replay as replaying
+    from semcache_cli.store import Store
+
+    with _errors_to_exit():
+        if dry_run and simulate:
+            raise UsageError("--dry-run and --simulate: pick one")
+        if (source is None) == (not from_log):
+            raise UsageError("give a FILE of queries ('-' for stdin) or --from-log, not both")
+        if not simulate and (thresholds or target_error is not None):
+            raise UsageError("--thresholds and --target-error need --simulate")
+        settings = config.load_settings(
+            {"model": model, "embed_model": embed_model, "system": system, "namespace": namespace, "ttl": ttl,
+             "threshold": threshold, "min_confidence": min_confidence, "timeout": timeout, "db": db},
+            [_option_pair(item) for item in option or []],
+        )
+        sweep = replaying.parse_thresholds(thresholds) if thresholds else [settings.threshold]
+        if from_log:
+            window = config.parse_duration(since, "--since") if since else None
+            store = Store.open(settings.db, create_parent=settings.db_is_default, warn=_warn)
+            try:
+                items, bad = replaying.from_log(store, time.time() - window if window else None), []
+            finally:
+                store.close()
+        else:
+            items, bad = replaying.parse_lines(_read_lines(source or "-"), settings.max_query_chars)
+        for problem in bad[:20]:
+            _warn(f"{source}: line {problem.line}: {problem.reason}; {'aborting' if strict else 'skipped'}")
+        if len(bad) > 20:
+            _warn(f"{len(bad) - 20:,} more bad lines skipped")
+        if bad and strict:
+            raise UsageError(f"{len(bad):,} bad lines in {source} and --strict is set; nothing was replayed")
+        if target_error is not None and not any(item.label for item in items):
+            raise UsageError("--target-error needs labelled queries (JSONL with a \"label\")")
+
+        plan = replaying.Plan("simulate" if simulate else "dry-run" if dry_run else "live", sweep, jobs, shuffle)
+        warned: set[str] = set()
+
+        def warn_once(message: str) -> None:
+            if message not in warned:
+                warned.add(message)
+                _warn(message)
+
+        rows_file = out.open("w", encoding="utf-8") if out else None
+        factory, close_progress = _progress_factory()
+        stop = threading.Event()
+        try:
+            reports = replaying.execute(
+                settings, items, plan, factory,
+                (lambda row: rows_file.write(json.dumps(row.as_dict(), ensure_ascii=False) + "\n")) if rows_file
+                else (lambda row: None),
+                warn_once, stop,
+            )
+        finally:
+            close_progress()
+            if rows_file:
+                rows_file.close()
+        for report in reports:
+            report.bad_lines = len(bad)
+        recommended = replaying.recommend(reports, target_error) if target_error is not None else None
+        figures = [report.as_dict() for report in reports]
+        if json_output:
+            sys.stdout.write(json.dumps({"reports": figures, "target_error": target_error,
+                                         "recommended_threshold": recommended.threshold if recommended else None}) + "\n")
+        else:
+            sys.stdout.write(render.replay_text(figures, recommended.threshold if recommended else None,
+                                                target_error) + "\n")
+        if any(report.interrupted for report in reports):
+            raise typer.Exit(EXIT_INTERRUPTED)
+        if any(report.errors for report in reports):
+            raise typer.Exit(EXIT_RUNTIME)
+
+
+def _read_lines(source: str) -> list[bytes]:
+    if source == "-":
+        if not _stdin_has_data(sys.stdin):
+            raise UsageError("replay - reads queries from stdin, but stdin is not a pipe or a file")
+        stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else io.BytesIO(sys.stdin.read().encode())
+        return stream.read().splitlines()
+    try:
+        with open(source, "rb") as handle:
+            return handle.read().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror}") from None
 
 
 def _write_json_stream(items: Iterable[dict[str, Any]], jsonl: bool) -> None:
@@ -432,8 +587,6 @@ def inspect(
     """List entries (newest first), show one whole (ID), or explain a lookup (--similar):
     the nearest entries of the scope with similarity, freshness, confidence and the
     decision ask would make."""
-    import time
-
     from semcache_cli import inspection
     from semcache_cli.selector import Selector
     from semcache_cli.store import Store

@@ -46,6 +46,7 @@ class AskRequest:
     min_confidence: float
     ttl: float | None
     max_query_chars: int = 32_000
+    metadata: dict[str, Any] | None = None  # stored with a new answer (replay: its label)
     wait_s: float = 300.0  # longest wait for another process answering the same question
     lookup: bool = True  # False: --no-cache, the bypass path
     store: bool = True  # False: --no-store
@@ -66,6 +67,9 @@ class Outcome:
     created_at: float | None
     expires_at: float | None
     stored: bool = False
+    saved_s: float | None = None  # what the served answer originally cost
+    saved_tokens: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # of the served entry
     warnings: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -177,7 +181,9 @@ class Engine:
         if self._client is not None:
             self._client.close()
 
-    def ask(self, req: AskRequest, on_token: Callable[[str], None] = lambda _: None) -> Outcome:
+    def ask(self, req: AskRequest, on_token: Callable[[str], None] = lambda _: None, vector: Any = None) -> Outcome:
+        """One ask. `vector`: the query's unit vector when the caller embedded it already
+        (replay batches embeddings); otherwise it is embedded here when needed."""
         query = validate_query(req.query, req.max_query_chars)
         timer = _Timer()
         scope_hash = req.scope.hash
@@ -186,13 +192,14 @@ class Engine:
         warnings: list[str] = []
         log = {
             "at": now, "namespace": req.scope.namespace, "model": req.scope.model,
-            "embed_model": req.embed_model, "scope": scope_hash, "exact_key": key,
+            "embed_model": req.embed_model, "scope": scope_hash, "exact_key": key, "query": query,
         }
 
         def served(judged: Judged) -> Outcome:
             entry = judged.entry
             outcome = self._outcome(req, entry.response, judged.source, entry, judged.similarity,
                                     judged.verdict.confidence, None, warnings, timer)
+            outcome.saved_s, outcome.saved_tokens, outcome.metadata = entry.generation_s, entry.saved_tokens, entry.metadata
             self.store.record_hit(entry.id, now, {
                 **log, "path": judged.source, "entry_id": entry.id, "similarity": judged.similarity,
                 "confidence": judged.verdict.confidence, "latency_ms": outcome.timings_ms["total"],
@@ -209,8 +216,7 @@ class Engine:
             self.store.log_request({**log, **extra, "path": "error", "error": str(exc),
                                     "latency_ms": timer.total()["total"]})
 
-        vector = None
-        if req.lookup or req.store:
+        if vector is None and (req.lookup or req.store):
             try:
                 vector = self._embed(query, req, warnings)
             except SemcacheError as exc:
@@ -280,6 +286,7 @@ class Engine:
                     embed_model=policy.canonical_model(req.embed_model) if vector is not None else None,
                     vector=vectors.encode(vector) if vector is not None else None,
                     dims=int(vector.size) if vector is not None else None,
+                    metadata=req.metadata,
                 ),
                 request_row,
             )
@@ -317,14 +324,15 @@ class Engine:
 
     # -- steps -------------------------------------------------------------------------
 
-    def explain(self, req: AskRequest, limit: int) -> Explanation:
+    def explain(self, req: AskRequest, limit: int, vector: Any = None) -> Explanation:
         """The exact candidate and the `limit` nearest entries of the scope, each judged
         as ask would judge it now, and ask's decision. Reads only: no hit is counted,
         nothing is logged. An embedding failure is an error here, not a degradation."""
         query = validate_query(req.query, req.max_query_chars)
         scope_hash, now = req.scope.hash, self.clock()
         exact = self._exact(req, scope_hash, policy.exact_key(query), now)
-        vector = self._embed_vector(query, req)
+        if vector is None:
+            vector = self._embed_vector(query, req)
         neighbours = list(self._neighbours(req, scope_hash, vector, now, max(limit, SEMANTIC_CANDIDATES)))
         considered = neighbours[:SEMANTIC_CANDIDATES]
         decision = decide(itertools.chain([exact] if exact else [], considered))

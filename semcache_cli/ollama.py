@@ -13,9 +13,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable
 
@@ -105,11 +108,13 @@ class OllamaClient:
 
     # -- embeddings --------------------------------------------------------------------
 
-    def embed(self, model: str, texts: list[str]) -> list[list[float]]:
-        """One vector per text, in order (batched through /api/embed's list input)."""
+    def embed(self, model: str, texts: list[str]) -> np.ndarray:
+        """One float32 row per text, in order (batched through /api/embed's list input).
+        The reply is parsed once and checked as a whole by numpy: a batch of 256
+        vectors is a megabyte of JSON, and per-number Python checks cost more than it."""
         if not self._legacy_embed:
             response = self._post("/api/embed", {"model": model, "input": texts, "truncate": False})
-            text, is_json = _error_text(response)
+            text, is_json = _error_text(response) if response.status_code != 200 else ("", True)
             if response.status_code == 404 and not is_json:
                 # Servers before v0.2.6 have no /api/embed: plain-text 404 page.
                 self._legacy_embed = True
@@ -137,14 +142,19 @@ class OllamaClient:
             raise OllamaError(f"Ollama at {self.base_url} sent a reply that is not a JSON object")
         return body
 
-    def _checked_vectors(self, vectors: Any, count: int) -> list[list[float]]:
-        if (
-            not isinstance(vectors, list)
-            or len(vectors) != count
-            or not all(isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v) for v in vectors)
-        ):
-            raise OllamaError(f"Ollama at {self.base_url} sent malformed embeddings")
-        return vectors
+    def _checked_vectors(self, vectors: Any, count: int) -> np.ndarray:
+        import numpy as np
+
+        malformed = OllamaError(f"Ollama at {self.base_url} sent malformed embeddings")
+        if not isinstance(vectors, list) or len(vectors) != count:
+            raise malformed
+        try:
+            matrix = np.asarray(vectors, dtype=np.float32) if count else np.empty((0, 0), dtype=np.float32)
+        except (TypeError, ValueError):  # ragged rows, or something that is not a number
+            raise malformed from None
+        if matrix.ndim != 2 or (count and matrix.shape[1] == 0):
+            raise malformed
+        return matrix
 
     # -- chat --------------------------------------------------------------------------
 

@@ -354,3 +354,46 @@ def stats_json(figures: dict[str, Any]) -> str:
         "requests": {**req, "since": iso_time(req["since"])},
     }
     return json.dumps(data, ensure_ascii=False)
+
+
+# -- replay ------------------------------------------------------------------------------
+
+def _percent(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}%}"
+
+
+def replay_text(reports: list[dict[str, Any]], recommended: float | None, target_error: float | None) -> str:
+    if len(reports) == 1:
+        r = reports[0]
+        rate = f" ({r['queries_per_s']:,.0f} queries/s)" if r["queries_per_s"] else ""
+        lines = [
+            f"replay ({r['mode']}{', interrupted' if r['interrupted'] else ''}): "
+            f"{r['queries']:,} queries in {r['seconds']:.1f} s{rate}",
+            f"  hits         {r['hits']['total']:,} ({_percent(r['hit_rate'])}): exact {r['hits']['exact']:,}, "
+            f"semantic {r['hits']['semantic']:,}",
+            f"  misses       {sum(r['misses'].values()):,}: {_breakdown(r['misses'])}",
+            f"  model calls  {r['model_calls']:,}",
+            f"  errors       {r['errors']:,}",
+        ]
+        if r["labelled_hits"]:
+            lines.append(f"  labelled     {r['correct_hits']:,} correct, {r['wrong_hits']:,} wrong: wrong-answer rate "
+                         f"{_percent(r['wrong_answer_rate'], 2)} of queries, precision {_percent(r['precision'])}")
+        lines.append(f"  saved        {span(r['time_saved_s'])} of generation, {r['tokens_saved']:,} tokens")
+        if r["bad_lines"]:
+            lines.append(f"  skipped      {r['bad_lines']:,} bad lines")
+        return "\n".join(lines)
+    first = reports[0]
+    lines = [f"replay ({first['mode']}): {first['queries']:,} queries per threshold, "
+             f"{len(reports)} thresholds in {sum(r['seconds'] for r in reports):.1f} s",
+             f"{'threshold':>9}  {'hit rate':>8}  {'exact':>6}  {'semantic':>8}  {'wrong-answer rate':>17}  "
+             f"{'precision':>9}"]
+    for r in reports:
+        mark = ""
+        if recommended is not None and r["threshold"] == recommended:
+            mark = f"  ← recommended (wrong answers ≤ {_percent(target_error, 2)})"
+        lines.append(f"{r['threshold']:>9.2f}  {_percent(r['hit_rate']):>8}  {r['hits']['exact']:>6,}  "
+                     f"{r['hits']['semantic']:>8,}  {_percent(r['wrong_answer_rate'], 2):>17}  "
+                     f"{_percent(r['precision']):>9}{mark}")
+    if target_error is not None and recommended is None:
+        lines.append(f"no threshold keeps wrong answers at or under {_percent(target_error, 2)}")
+    return "\n".join(lines)

@@ -28,11 +28,11 @@ from typing import Any
 
 from semcache_cli.errors import StoreError, UsageError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 30.0
 
 REQUEST_COLUMNS = (
-    "at", "namespace", "model", "embed_model", "scope", "exact_key", "path", "entry_id",
+    "at", "namespace", "model", "embed_model", "scope", "exact_key", "query", "path", "entry_id",
     "similarity", "confidence", "miss_reason", "latency_ms", "saved_s", "saved_tokens", "error",
 )
 
@@ -93,6 +93,11 @@ def _migrations() -> Any:
             pk=("scope", "exact_key"),
             not_null={"owner", "host", "pid", "claimed_at", "expires_at"},
         )
+
+    @migrations()
+    def m003_request_query(db: Any) -> None:
+        # The question itself, so `replay --from-log` can replay real traffic.
+        db.table("requests").add_column("query", str)
 
     return migrations
 
@@ -196,7 +201,9 @@ class Store:
             raise StoreError(f"cannot read and write the database {path}: permission denied "
                              "(semcache writes on every ask; check the file's owner and mode)")
         try:
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            # check_same_thread=False: replay's worker threads each own one Store, and
+            # the main thread closes them after the workers are done.
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:

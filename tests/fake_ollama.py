@@ -84,6 +84,7 @@ class FakeOllama:
         self.stopping = threading.Event()
         self.chat_started = threading.Event()
         self._server: ThreadingHTTPServer | None = None
+        self._table_json: dict[str, str] = {}  # encoded once: large replays stay fast
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -117,6 +118,7 @@ class FakeOllama:
         with self.lock:
             self.counts.clear()
             self.requests.clear()
+            self._table_json.clear()
         self.faults = Faults()
 
     # -- behaviour ---------------------------------------------------------------------
@@ -127,6 +129,16 @@ class FakeOllama:
         if vector is not None and vector.size == dims:
             return vector.astype(np.float64)
         return hashed_embedding(text, dims)
+
+    def embed_json(self, model: str, text: str) -> str:
+        """The JSON array of an embedding; table vectors are encoded once and kept."""
+        if text in self._table_json and self.table.get(text) is not None:
+            return self._table_json[text]
+        vector = self.embed(model, text)
+        encoded = json.dumps(np.round(vector, 7).tolist())
+        if text in self.table and vector.size == self.table[text].size:
+            self._table_json[text] = encoded
+        return encoded
 
     def reply_to(self, prompt: str) -> str:
         return self.replies.get(prompt, f"This is the answer to: {prompt}")
@@ -326,16 +338,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(400, "invalid input type")
         if not texts:
             return self._json(200, {"model": model, "embeddings": []})
-        vectors = []
+        encoded = []
+        dims = body.get("dimensions")
         for text in texts:
-            vector = fake.embed(model, text)
-            dims = body.get("dimensions")
-            if isinstance(dims, int) and 0 < dims < vector.size:
-                vector = vector[:dims] / np.linalg.norm(vector[:dims])
-            vectors.append([round(float(x), 7) for x in vector])
+            if isinstance(dims, int) and 0 < dims < fake.embed_models[canonical(model)]:
+                vector = fake.embed(model, text)[:dims]
+                encoded.append(json.dumps(np.round(vector / np.linalg.norm(vector), 7).tolist()))
+            else:
+                encoded.append(fake.embed_json(model, text))
         tokens = sum(len(t.split()) for t in texts)
-        self._json(200, {"model": model, "embeddings": vectors, "total_duration": 14143917,
-                         "load_duration": 1019500, "prompt_eval_count": tokens})
+        head = json.dumps({"model": model, "total_duration": 14143917, "load_duration": 1019500,
+                           "prompt_eval_count": tokens})
+        body_text = head[:-1] + ', "embeddings": [' + ", ".join(encoded) + "]}"
+        self._send(200, body_text.encode(), "application/json; charset=utf-8")
 
     # -- generation --------------------------------------------------------------------
 
@@ -413,7 +428,14 @@ if __name__ == "__main__":  # a standalone server for manual runs and benchmarks
 
     parser = argparse.ArgumentParser(description="Ollama-compatible test server")
     parser.add_argument("--port", type=int, default=0)
-    server = FakeOllama().start(parser.parse_args().port)
+    parser.add_argument("--clinc", metavar="DATA_DIR", help="table mode: serve the CLINC150 vectors of DATA_DIR")
+    args = parser.parse_args()
+    server = FakeOllama()
+    if args.clinc:
+        server.table.update(load_clinc_table(args.clinc)[1])
+        for text in server.table:  # encode once up front: replay benchmarks time semcache, not this
+            server.embed_json("all-minilm", text)
+    server.start(args.port)
     print(server.url, flush=True)
     try:
         server.stopping.wait()

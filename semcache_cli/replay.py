@@ -1,0 +1,528 @@
+"""`semcache replay`: many queries through the cache at once.
+
+Three modes share one input parser and one report:
+- live: every query goes through `Engine.ask` (the same pipeline as `ask`), embeddings
+  batched through /api/embed's list input, model calls on N worker threads, each with
+  its own database connection. Single-flight keeps duplicate questions to one call.
+- dry run: `Engine.explain` for every query: reads only, no model call, no write.
+- simulate: the insert-on-miss protocol of ../shared/data/README.md in memory, never
+  the user's file and never a model call. Only the embeddings come from Ollama. The
+  exact layer uses `policy.exact_key` and every candidate passes `policy.judge`, so the
+  rules are the ones `ask` applies; the nearest-neighbour search is done in blocks (one
+  matrix product against what was stored before the block, then the block's own
+  earlier misses) so 22,500 queries take seconds, with exactly the sequential result.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from semcache_cli import policy
+from semcache_cli.engine import SEMANTIC_CANDIDATES, embedding_text, open_engine, request_from
+from semcache_cli.errors import ModelNotFound, OllamaUnreachable, SemcacheError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from semcache_cli.config import Settings
+    from semcache_cli.store import Store
+
+EMBED_BATCH = 256
+SIM_BLOCK = 512
+_FIELDS = ("label", "model", "system", "namespace")
+
+
+@dataclass(frozen=True)
+class ReplayQuery:
+    line: int
+    query: str
+    label: str | None = None
+    model: str | None = None
+    system: str | None = None
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class BadLine:
+    line: int
+    reason: str
+
+
+# -- input ---------------------------------------------------------------------------------
+
+def parse_lines(raw_lines: Iterable[bytes], max_chars: int) -> tuple[list[ReplayQuery], list[BadLine]]:
+    """Plain text (one query a line) or JSONL (`query` or `text`, optional label, model,
+    system, namespace), decided by the first non-blank line. Blank lines are skipped;
+    every other line that cannot be used is reported with its number."""
+    queries: list[ReplayQuery] = []
+    bad: list[BadLine] = []
+    jsonl: bool | None = None
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            bad.append(BadLine(number, "not valid UTF-8"))
+            continue
+        if not line.strip():
+            continue
+        if jsonl is None:
+            jsonl = line.lstrip().startswith("{")
+        try:
+            item = _parse_json_line(number, line) if jsonl else ReplayQuery(number, line)
+            queries.append(replace(item, query=_checked(item.query, max_chars)))
+        except ValueError as exc:
+            bad.append(BadLine(number, str(exc)))
+    return queries, bad
+
+
+def _parse_json_line(number: int, line: str) -> ReplayQuery:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise ValueError("not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    query = obj.get("query", obj.get("text"))
+    if not isinstance(query, str):
+        raise ValueError('no "query" (or "text") string')
+    extra = {}
+    for name in _FIELDS:
+        value = obj.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f'"{name}" is not a string')
+        extra[name] = value
+    return ReplayQuery(number, query, **extra)
+
+
+def _checked(query: str, max_chars: int) -> str:
+    if "\x00" in query:
+        raise ValueError("contains a NUL byte")
+    text = query.strip()
+    if not text:
+        raise ValueError("empty query")
+    if len(text) > max_chars:
+        raise ValueError(f"query of {len(text):,} characters, over max_query_chars ({max_chars:,})")
+    return text
+
+
+def from_log(store: Store, since: float | None) -> list[ReplayQuery]:
+    """The logged questions in the order they were asked (bypasses and errors too: they
+    are real traffic). The system prompt and options are not logged: they come from the
+    current settings."""
+    window, params = ("AND at >= ?", [since]) if since is not None else ("", [])
+    rows = store.conn.execute(
+        f"SELECT id, query, namespace, model FROM requests WHERE query IS NOT NULL {window} ORDER BY at, id", params
+    )
+    return [ReplayQuery(row[0], row[1], namespace=row[2], model=row[3]) for row in rows]
+
+
+def settings_for(settings: Settings, item: ReplayQuery) -> Settings:
+    overrides = {name: getattr(item, name) for name in ("model", "system", "namespace") if getattr(item, name)}
+    return replace(settings, **overrides) if overrides else settings
+
+
+# -- results and report --------------------------------------------------------------------
+
+@dataclass
+class Row:
+    """What one query got: the per-query line of --out."""
+
+    line: int
+    query: str
+    label: str | None
+    source: str  # exact | semantic | model (live miss) | miss (dry run, simulate: no call) | error
+    miss_reason: str | None = None
+    matched: int | None = None  # entry id (live, dry run) or line of the stored query (simulate)
+    matched_label: str | None = None
+    similarity: float | None = None
+    confidence: float | None = None
+    error: str | None = None
+    saved_s: float | None = None
+    saved_tokens: int | None = None
+    threshold: float | None = None
+
+    @property
+    def hit(self) -> bool:
+        return self.source in ("exact", "semantic")
+
+    @property
+    def correct(self) -> bool | None:
+        if not self.hit or self.label is None or self.matched_label is None:
+            return None
+        return self.label == self.matched_label
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["similarity"] = None if self.similarity is None else round(self.similarity, 6)
+        data["confidence"] = None if self.confidence is None else round(self.confidence, 6)
+        return data
+
+
+@dataclass
+class Report:
+    mode: str
+    threshold: float
+    queries: int = 0
+    by_source: Counter[str] = field(default_factory=Counter)
+    miss_reasons: Counter[str] = field(default_factory=Counter)
+    labelled_hits: int = 0
+    correct: int = 0
+    wrong: int = 0
+    model_calls: int = 0
+    errors: int = 0
+    time_saved_s: float = 0.0
+    tokens_saved: int = 0
+    seconds: float = 0.0
+    bad_lines: int = 0
+    interrupted: bool = False
+
+    def add(self, row: Row) -> None:
+        self.queries += 1
+        self.by_source[row.source] += 1
+        if row.source == "model":
+            self.model_calls += 1
+        if row.source == "error":
+            self.errors += 1
+        if not row.hit and row.miss_reason:
+            self.miss_reasons[row.miss_reason] += 1
+        if row.hit:
+            self.time_saved_s += row.saved_s or 0.0
+            self.tokens_saved += row.saved_tokens or 0
+        if row.correct is not None:
+            self.labelled_hits += 1
+            self.correct += row.correct
+            self.wrong += not row.correct
+
+    @property
+    def hits(self) -> int:
+        return self.by_source["exact"] + self.by_source["semantic"]
+
+    def as_dict(self) -> dict[str, Any]:
+        n = self.queries or 1
+        return {
+            "mode": self.mode,
+            "threshold": self.threshold,
+            "queries": self.queries,
+            "hits": {"exact": self.by_source["exact"], "semantic": self.by_source["semantic"], "total": self.hits},
+            "hit_rate": self.hits / n if self.queries else None,
+            "misses": dict(self.miss_reasons),
+            "model_calls": self.model_calls,
+            "errors": self.errors,
+            "labelled_hits": self.labelled_hits,
+            "correct_hits": self.correct,
+            "wrong_hits": self.wrong,
+            "wrong_answer_rate": self.wrong / n if self.queries and self.labelled_hits else None,
+            "precision": self.correct / self.labelled_hits if self.labelled_hits else None,
+            "time_saved_s": round(self.time_saved_s, 3),
+            "tokens_saved": self.tokens_saved,
+            "seconds": round(self.seconds, 3),
+            "queries_per_s": round(self.queries / self.seconds, 1) if self.seconds > 0 else None,
+            "bad_lines": self.bad_lines,
+            "interrupted": self.interrupted,
+        }
+
+
+def recommend(reports: list[Report], target_error: float) -> Report | None:
+    """The threshold with the most hits whose wrong-answer rate stays at or under the
+    target (ties: the higher, safer threshold)."""
+    fitting = [r for r in reports if r.queries and r.wrong / r.queries <= target_error]
+    return max(fitting, key=lambda r: (r.hits, r.threshold)) if fitting else None
+
+
+# -- embeddings ----------------------------------------------------------------------------
+
+def embed_all(client: Any, embed_model: str, texts: list[str], progress: Callable[[int], None]) -> np.ndarray:
+    """Unit float32 vectors for every text, batched through /api/embed."""
+    import numpy as np
+
+    out: np.ndarray | None = None
+    for start in range(0, len(texts), EMBED_BATCH):
+        batch = [embedding_text(embed_model, t) for t in texts[start:start + EMBED_BATCH]]
+        block = client.embed(embed_model, batch)
+        if out is None:
+            out = np.empty((len(texts), block.shape[1]), dtype=np.float32)
+        out[start:start + len(batch)] = block
+        progress(len(batch))
+    if out is None:
+        return np.empty((0, 0), dtype=np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise SemcacheError(f"{embed_model} returned an empty or zero embedding")
+    out /= norms  # unit length, as vectors.unit_vector makes them one at a time
+    return out
+
+
+# -- simulate ------------------------------------------------------------------------------
+
+def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, threshold: float,
+             progress: Callable[[int], None] = lambda _: None) -> tuple[Report, list[Row]]:
+    """Insert on miss, in the given order, per scope; nothing outside memory."""
+    import numpy as np
+
+    report = Report("simulate", threshold)
+    rows: list[Row | None] = [None] * len(items)
+    start = time.perf_counter()
+    scopes: dict[tuple[str | None, ...], list[int]] = {}  # answers never cross scopes
+    for index, item in enumerate(items):
+        own = settings_for(settings, item)
+        scopes.setdefault((own.namespace, policy.canonical_model(own.model), own.system), []).append(index)
+    keys = [policy.exact_key(item.query) for item in items]
+    now = time.time()
+
+    def judged(similarity: float) -> policy.Verdict:
+        candidate = policy.Candidate(0, similarity, now, settings.ttl, "stored answer", "stop")
+        return policy.judge(candidate, now, settings.min_confidence, threshold)
+
+    for members in scopes.values():
+        stored = np.empty((len(members), matrix.shape[1]), dtype=np.float32)
+        stored_index: list[int] = []  # item index of each stored row
+        exact: dict[str, int] = {}
+        for block_start in range(0, len(members), SIM_BLOCK):
+            block = members[block_start:block_start + SIM_BLOCK]
+            vectors = matrix[block]
+            m = len(stored_index)
+            if m:
+                before = vectors @ stored[:m].T
+                best_before = before.argmax(axis=1)
+                best_before_sim = before[np.arange(len(block)), best_before]
+            within = vectors @ vectors.T
+            new_rows: list[int] = []  # positions in the block stored so far
+            for pos, index in enumerate(block):
+                item = items[index]
+                hit_index: int | None = exact.get(keys[index])
+                if hit_index is not None:
+                    row = Row(item.line, item.query, item.label, "exact", matched=hit_index, similarity=1.0,
+                              confidence=judged(1.0).confidence)
+                else:
+                    best_sim, best_index = -2.0, None
+                    if m:
+                        best_sim, best_index = float(best_before_sim[pos]), stored_index[int(best_before[pos])]
+                    if new_rows:
+                        sims = within[pos, new_rows]
+                        j = int(sims.argmax())
+                        if float(sims[j]) > best_sim:
+                            best_sim, best_index = float(sims[j]), block[new_rows[j]]
+                    verdict = judged(best_sim) if best_index is not None else None
+                    if verdict is not None and verdict.serve:
+                        row = Row(item.line, item.query, item.label, "semantic", matched=best_index,
+                                  similarity=best_sim, confidence=verdict.confidence)
+                    else:
+                        row = Row(item.line, item.query, item.label, "miss",
+                                  miss_reason=verdict.reason if verdict else policy.NO_MATCH,
+                                  similarity=best_sim if best_index is not None else None,
+                                  confidence=verdict.confidence if verdict else None)
+                        exact[keys[index]] = index
+                        new_rows.append(pos)
+                if row.matched is not None:
+                    row.matched_label = items[row.matched].label
+                    row.matched = items[row.matched].line
+                row.threshold = threshold
+                rows[index] = row
+            for pos in new_rows:
+                stored[len(stored_index)] = vectors[pos]
+                stored_index.append(block[pos])
+            progress(len(block))
+    final = [row for row in rows if row is not None]
+    for row in final:
+        report.add(row)
+    report.seconds = time.perf_counter() - start
+    return report, final
+
+
+# -- live and dry run ----------------------------------------------------------------------
+
+class Stopped(BaseException):
+    """Raised inside a streaming generation when the replay is interrupted, so the
+    partial answer is dropped (never stored) and the claim released."""
+
+
+def run_live(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray | None, jobs: int,
+             on_row: Callable[[Row], None], stop: threading.Event, warn: Callable[[str], None]) -> None:
+    """Each query through `Engine.ask` on `jobs` threads; rows reported as they finish."""
+    local = threading.local()
+    engines: list[Any] = []
+    lock = threading.Lock()
+
+    def engine() -> Any:
+        if not hasattr(local, "engine"):
+            local.engine = open_engine(settings, warn)
+            with lock:
+                engines.append(local.engine)
+        return local.engine
+
+    def check_stop(_: str) -> None:
+        if stop.is_set():
+            raise Stopped()
+
+    def one(index: int) -> Row:
+        item = items[index]
+        if stop.is_set():
+            raise Stopped()
+        request = request_from(settings_for(settings, item), item.query)
+        request.metadata = {"label": item.label} if item.label is not None else None
+        try:
+            outcome = engine().ask(request, check_stop, vectors[index] if vectors is not None else None)
+        except (OllamaUnreachable, ModelNotFound):
+            raise  # every other query would fail the same way
+        except SemcacheError as exc:
+            return Row(item.line, item.query, item.label, "error", error=str(exc))
+        return Row(item.line, item.query, item.label, outcome.source, miss_reason=outcome.miss_reason,
+                   matched=outcome.entry_id if outcome.hit else None,
+                   matched_label=outcome.metadata.get("label") if outcome.hit else None,
+                   similarity=outcome.similarity, confidence=outcome.confidence,
+                   saved_s=outcome.saved_s, saved_tokens=outcome.saved_tokens)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="semcache-replay")
+    pending: set[Future[Row]] = set()
+    feed = iter(range(len(items)))
+    try:
+        for index in _take(feed, jobs * 2):
+            pending.add(pool.submit(one, index))
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in done:
+                on_row(future.result())
+                if not stop.is_set():
+                    for index in _take(feed, 1):
+                        pending.add(pool.submit(one, index))
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for engine_ in engines:
+            engine_.close()
+            engine_.store.close()
+
+
+def _take(iterator: Iterator[int], count: int) -> list[int]:
+    taken = []
+    for _ in range(count):
+        value = next(iterator, None)
+        if value is None:
+            break
+        taken.append(value)
+    return taken
+
+
+def run_dry(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray | None,
+            on_row: Callable[[Row], None], stop: threading.Event) -> None:
+    """What each query would get from the cache as it is now: reads only."""
+    engine = open_engine(settings)
+    try:
+        for index, item in enumerate(items):
+            if stop.is_set():
+                return
+            request = request_from(settings_for(settings, item), item.query)
+            explanation = engine.explain(request, SEMANTIC_CANDIDATES, vectors[index] if vectors is not None else None)
+            decision = explanation.decision
+            served = decision.served
+            on_row(Row(item.line, item.query, item.label, served.source if served else "miss",
+                       miss_reason=decision.miss_reason, matched=served.entry.id if served else None,
+                       matched_label=served.entry.metadata.get("label") if served else None,
+                       similarity=decision.similarity, confidence=decision.confidence,
+                       saved_s=served.entry.generation_s if served else None,
+                       saved_tokens=served.entry.saved_tokens if served else None))
+    finally:
+        engine.close()
+        engine.store.close()
+
+
+def parse_thresholds(text: str) -> list[float]:
+    """'0.80,0.85,0.9' or 'START:STOP:STEP' (inclusive)."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            count = int(round((stop - start) / step)) + 1
+            values = [round(start + i * step, 6) for i in range(count)]
+        else:
+            values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--thresholds: {text!r} is not a list (0.8,0.85) or a range (0.70:0.95:0.01)") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise UsageError(f"--thresholds: {text!r} must name thresholds between 0 and 1")
+    return values
+
+
+# -- one replay, start to end --------------------------------------------------------------
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+@dataclass
+class Plan:
+    mode: str  # live | dry-run | simulate
+    thresholds: list[float]
+    jobs: int = 4
+    shuffle: int | None = None
+
+
+def execute(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: ProgressFactory,
+            on_row: Callable[[Row], None], warn: Callable[[str], None], stop: threading.Event) -> list[Report]:
+    """Order, embed, run: one Report per threshold (one for live and dry runs)."""
+    if plan.shuffle is not None:
+        import numpy as np
+
+        order = np.random.default_rng(plan.shuffle).permutation(len(items))
+        items = [items[int(i)] for i in order]
+    vectors = _embed_for(settings, items, plan, progress, warn)
+    reports: list[Report] = []
+    if plan.mode == "simulate":
+        for threshold in plan.thresholds:
+            report, rows = simulate(items, vectors, settings, threshold,
+                                    progress(f"simulating at {threshold:.2f}", len(items)))
+            for row in rows:
+                on_row(row)
+            reports.append(report)
+        return reports
+
+    report = Report(plan.mode, settings.threshold)
+    advance = progress("replaying" if plan.mode == "live" else "looking up", len(items))
+    start = time.perf_counter()
+
+    def record(row: Row) -> None:
+        report.add(row)
+        on_row(row)
+        advance(1)
+
+    try:
+        if plan.mode == "live":
+            run_live(settings, items, vectors, plan.jobs, record, stop, warn)
+        else:
+            run_dry(settings, items, vectors, record, stop)
+    except (KeyboardInterrupt, Stopped):
+        report.interrupted = True
+    finally:
+        report.seconds = time.perf_counter() - start
+    return [report]
+
+
+def _embed_for(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: ProgressFactory,
+               warn: Callable[[str], None]) -> np.ndarray | None:
+    """All embeddings up front, in batches. Live replay degrades like `ask` when the
+    embedding model is missing (exact layer only); the other modes cannot."""
+    from semcache_cli.errors import OllamaError
+    from semcache_cli.ollama import OllamaClient
+
+    if not items:
+        return None
+    client = OllamaClient(settings.ollama_url, settings.timeout)
+    try:
+        return embed_all(client, settings.embed_model, [item.query for item in items],
+                         progress(f"embedding with {settings.embed_model}", len(items)))
+    except (ModelNotFound, OllamaError) as exc:
+        if plan.mode != "live" or isinstance(exc, OllamaUnreachable):
+            raise
+        warn(f"embedding failed ({exc}); each query falls back to the exact layer")
+        return None
+    finally:
+        client.close()
