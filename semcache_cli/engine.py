@@ -351,8 +351,11 @@ class Engine:
         reading entries at the first one it serves."""
         from semcache_cli import vectors
 
-        ids, blob = self.store.vectors(scope_hash, policy.canonical_model(req.embed_model), vector.size)
-        for entry_id, similarity in vectors.top_matches(vector, ids, blob, limit):
+        embed_model = policy.canonical_model(req.embed_model)
+        ids, codes = self.store.search_codes(scope_hash, embed_model, vector.size)
+        candidates = vectors.hamming_candidates(vector, ids, codes, max(limit, vectors.CANDIDATES))
+        found, blob = self.store.vectors_by_id(candidates, scope_hash, embed_model, vector.size)
+        for entry_id, similarity in vectors.top_matches(vector, found, blob, limit):
             entry = self.store.get(entry_id)
             if entry is not None:  # None: purged since the vectors were read
                 yield self._judge("semantic", entry, similarity, req, now)

@@ -150,6 +150,8 @@ def purge(
     evicted = _delete_batches(store, evict, "coalesce(last_hit_at, created_at) <= ?", [now])
     if chosen.max_bytes is not None:
         evicted += _settle_size(store, chosen, now)
+    if deleted or evicted:
+        store.compact_search()
     log_rows = 0
     if log_older_than is not None:
         with store.transaction():

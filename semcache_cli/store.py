@@ -28,7 +28,8 @@ from typing import Any
 
 from semcache_cli.errors import StoreError, UsageError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+SEARCH_CHUNK = 1024  # entries per search chunk row
 BUSY_TIMEOUT_S = 30.0
 
 REQUEST_COLUMNS = (
@@ -99,7 +100,38 @@ def _migrations() -> Any:
         # The question itself, so `replay --from-log` can replay real traffic.
         db.table("requests").add_column("query", str)
 
+    @migrations()
+    def m004_search_chunks(db: Any) -> None:
+        # The derived search layout: ids and sign codes of every vector of a (scope,
+        # embedding model, dims), SEARCH_CHUNK to a row, appended on every store.
+        db.execute(
+            "CREATE TABLE search_chunks (scope TEXT NOT NULL, embed_model TEXT NOT NULL, dims INTEGER NOT NULL, "
+            "chunk INTEGER NOT NULL, count INTEGER NOT NULL, ids BLOB NOT NULL, codes BLOB NOT NULL, "
+            "PRIMARY KEY (scope, embed_model, dims, chunk)) WITHOUT ROWID"
+        )
+        if db.execute("SELECT count(*) FROM entry_vectors").fetchone()[0]:
+            rebuild_search_chunks(db.conn)
+
     return migrations
+
+
+def rebuild_search_chunks(conn: sqlite3.Connection) -> None:
+    """(Re)derive every search chunk from entry_vectors, the authoritative vectors."""
+    from semcache_cli import vectors
+
+    conn.execute("DELETE FROM search_chunks")
+    groups = conn.execute("SELECT DISTINCT scope, embed_model, dims FROM entry_vectors").fetchall()
+    for scope, embed_model, dims in groups:
+        rows = conn.execute(
+            "SELECT entry_id, vector FROM entry_vectors WHERE scope = ? AND embed_model = ? AND dims = ? "
+            "ORDER BY entry_id", (scope, embed_model, dims),
+        ).fetchall()
+        for chunk, start in enumerate(range(0, len(rows), SEARCH_CHUNK)):
+            part = rows[start:start + SEARCH_CHUNK]
+            ids = b"".join(int(r[0]).to_bytes(8, "little", signed=True) for r in part)
+            codes = b"".join(vectors.sign_code(vectors.decode(r[1])) for r in part)
+            conn.execute("INSERT INTO search_chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (scope, embed_model, dims, chunk, len(part), ids, codes))
 
 
 @dataclass(frozen=True)
@@ -258,6 +290,30 @@ class Store:
         row = self.conn.execute("SELECT * FROM entries WHERE id = ?", (entry_id,)).fetchone()
         return Entry.from_row(row) if row else None
 
+    def search_codes(self, scope: str, embed_model: str, dims: int) -> tuple[bytes, bytes]:
+        """Ids (<i8) and sign codes of every vector of the scope, embedding model and
+        dimension, from a few chunk rows. May hold ids deleted since, and old codes of
+        re-stored entries: callers re-rank with `vectors_by_id`, which has neither."""
+        rows = self.conn.execute(
+            "SELECT ids, codes FROM search_chunks WHERE scope = ? AND embed_model = ? AND dims = ? ORDER BY chunk",
+            (scope, embed_model, dims),
+        ).fetchall()
+        return b"".join(r[0] for r in rows), b"".join(r[1] for r in rows)
+
+    def vectors_by_id(self, ids: list[int], scope: str, embed_model: str, dims: int) -> tuple[list[int], bytes]:
+        """The float vectors of these entries that still exist in this scope, model and dims."""
+        found: list[int] = []
+        blobs: list[bytes] = []
+        for start in range(0, len(ids), 500):
+            batch = ids[start:start + 500]
+            rows = self.conn.execute(
+                f"SELECT entry_id, vector FROM entry_vectors WHERE entry_id IN ({', '.join('?' for _ in batch)}) "
+                "AND scope = ? AND embed_model = ? AND dims = ?", (*batch, scope, embed_model, dims),
+            ).fetchall()
+            found.extend(r[0] for r in rows)
+            blobs.extend(r[1] for r in rows)
+        return found, b"".join(blobs)
+
     def vectors(self, scope: str, embed_model: str, dims: int) -> tuple[list[int], bytes]:
         """Ids and concatenated float32 vectors comparable with a query vector: same
         scope, same embedding model, same dimension."""
@@ -324,12 +380,66 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?)",
                     (entry_id, new.scope, new.embed_model, new.dims, new.vector),
                 )
+                from semcache_cli import vectors  # a vector to store means numpy is loaded already
+
+                code = vectors.sign_code(vectors.decode(new.vector))
+                self._append_code(new.scope, new.embed_model or "", new.dims or 0, entry_id, code)
             else:
                 # The old answer's vector belongs to the old row state; drop it.
                 self.conn.execute("DELETE FROM entry_vectors WHERE entry_id = ?", (entry_id,))
             if request is not None:
                 self._insert_request({**request, "entry_id": entry_id})
         return int(entry_id)
+
+    def _append_code(self, scope: str, embed_model: str, dims: int, entry_id: int, code: bytes) -> None:
+        last = self.conn.execute(
+            "SELECT chunk, count, ids, codes FROM search_chunks WHERE scope = ? AND embed_model = ? AND dims = ? "
+            "ORDER BY chunk DESC LIMIT 1", (scope, embed_model, dims),
+        ).fetchone()
+        id_bytes = int(entry_id).to_bytes(8, "little", signed=True)
+        if last is not None and last[1] < SEARCH_CHUNK:
+            self.conn.execute(
+                "UPDATE search_chunks SET count = ?, ids = ?, codes = ? "
+                "WHERE scope = ? AND embed_model = ? AND dims = ? AND chunk = ?",
+                (last[1] + 1, last[2] + id_bytes, last[3] + code, scope, embed_model, dims, last[0]),
+            )
+        else:
+            self.conn.execute(
+                "INSERT INTO search_chunks VALUES (?, ?, ?, ?, 1, ?, ?)",
+                (scope, embed_model, dims, 0 if last is None else last[0] + 1, id_bytes, code),
+            )
+
+    def compact_search(self) -> None:
+        """Drop ids of deleted entries and superseded codes from the search chunks (after
+        a purge), rewriting only the groups that hold any."""
+        groups = self.conn.execute("SELECT scope, embed_model, dims, sum(count) FROM search_chunks "
+                                   "GROUP BY scope, embed_model, dims").fetchall()
+        for scope, embed_model, dims, listed in groups:
+            live = self.conn.execute("SELECT count(*) FROM entry_vectors WHERE scope = ? AND embed_model = ? "
+                                     "AND dims = ?", (scope, embed_model, dims)).fetchone()[0]
+            if live == listed:
+                continue
+            with self.transaction():
+                ids, codes = self.search_codes(scope, embed_model, dims)
+                live_ids = {r[0] for r in self.conn.execute(
+                    "SELECT entry_id FROM entry_vectors WHERE scope = ? AND embed_model = ? AND dims = ?",
+                    (scope, embed_model, dims))}
+                width = len(codes) // max(1, listed)
+                kept: dict[int, bytes] = {}  # the last code of an id is its current vector's
+                for i in range(listed):
+                    entry_id = int.from_bytes(ids[8 * i:8 * i + 8], "little", signed=True)
+                    if entry_id in live_ids:
+                        kept[entry_id] = codes[width * i:width * (i + 1)]
+                self.conn.execute("DELETE FROM search_chunks WHERE scope = ? AND embed_model = ? AND dims = ?",
+                                  (scope, embed_model, dims))
+                items = list(kept.items())
+                for chunk, start in enumerate(range(0, len(items), SEARCH_CHUNK)):
+                    part = items[start:start + SEARCH_CHUNK]
+                    self.conn.execute(
+                        "INSERT INTO search_chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (scope, embed_model, dims, chunk, len(part),
+                         b"".join(i.to_bytes(8, "little", signed=True) for i, _ in part), b"".join(c for _, c in part)),
+                    )
 
     def _insert_request(self, request: dict[str, Any]) -> None:
         row = {column: request.get(column) for column in REQUEST_COLUMNS}

@@ -1,0 +1,118 @@
+"""The two-pass search (sign codes in chunk rows, then an exact re-rank) against a plain
+exact scan of every stored vector, on random data, through inserts, re-stores, deletes
+and purges: the fast path must find the same entry and never a deleted one."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semcache_cli import config, policy, vectors
+from semcache_cli.engine import Engine, request_from
+from semcache_cli.purge import plan, purge
+from semcache_cli.selector import Selector
+from semcache_cli.store import SEARCH_CHUNK, NewEntry, Store
+
+DIMS = 384
+SCOPE = policy.Scope("default", "llama3.2").hash
+MODEL = "all-minilm:latest"
+
+
+def put(store: Store, key: str, vector: np.ndarray, created: float | None = None) -> int:
+    return store.store_answer(NewEntry(
+        scope=SCOPE, exact_key=key, namespace="default", model="llama3.2:latest", system=None, options={},
+        format=None, query=key, response=f"answer {key}", created_at=created or time.time(), ttl=None,
+        done_reason="stop", embed_model=MODEL, vector=vectors.encode(vector), dims=DIMS,
+    ))
+
+
+def exact_best(store: Store, query: np.ndarray) -> tuple[int, float]:
+    ids, blob = store.vectors(SCOPE, MODEL, DIMS)
+    return vectors.top_matches(query, ids, blob, 1)[0]
+
+
+def fast_best(engine: Engine, query: np.ndarray) -> tuple[int, float]:
+    request = request_from(config.load_settings({"embed_model": "all-minilm"}), "unused")
+    judged = next(engine._neighbours(request, SCOPE, query, time.time(), 1))
+    return judged.entry.id, judged.similarity
+
+
+def noisy(vector: np.ndarray, rng: np.random.Generator, cosine: float) -> np.ndarray:
+    """A unit vector at about `cosine` from vector: a paraphrase, as a cache sees it."""
+    noise = rng.standard_normal(DIMS)
+    noise -= noise @ vector * vector
+    noise /= np.linalg.norm(noise)
+    return vectors.unit_vector(cosine * vector + np.sqrt(1 - cosine**2) * noise)
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> tuple[Store, Engine, dict[int, np.ndarray], np.random.Generator]:
+    rng = np.random.default_rng(42)
+    store = Store.open(tmp_path / "c.db")
+    stored = {}
+    for i in range(2 * SEARCH_CHUNK + 300):  # three chunks, the last one part-full
+        vector = vectors.unit_vector(rng.standard_normal(DIMS))
+        stored[put(store, f"k{i}", vector, time.time() - 10_000 + i)] = vector
+    yield store, Engine(store, lambda: None), stored, rng  # type: ignore[arg-type,return-value]
+    store.close()
+
+
+def agreement(engine: Engine, store: Store, stored: dict[int, np.ndarray], rng: np.random.Generator,
+              count: int = 100) -> None:
+    ids = list(stored)
+    for _ in range(count):
+        target = ids[int(rng.integers(len(ids)))]
+        query = noisy(stored[target], rng, float(rng.uniform(0.55, 0.98)))
+        best_id, best_sim = fast_best(engine, query)
+        assert (best_id, pytest.approx(best_sim, abs=1e-6)) == exact_best(store, query)
+        assert best_id in stored
+
+
+def test_fast_path_agrees_with_an_exact_scan(filled) -> None:
+    store, engine, stored, rng = filled
+    chunks = store.conn.execute("SELECT count, length(codes) FROM search_chunks ORDER BY chunk").fetchall()
+    assert [tuple(r) for r in chunks] == [(1024, 1024 * 48), (1024, 1024 * 48), (300, 300 * 48)]
+    agreement(engine, store, stored, rng)
+
+
+def test_after_restores_deletes_and_purges(filled) -> None:
+    store, engine, stored, rng = filled
+    # re-store 50 entries with new vectors (same ids): the old codes must not matter
+    for entry_id in list(stored)[:50]:
+        vector = vectors.unit_vector(rng.standard_normal(DIMS))
+        assert put(store, f"k{entry_id - 1}", vector) == entry_id
+        stored[entry_id] = vector
+    agreement(engine, store, stored, rng)
+    # delete 300 directly (as a crashed purge or another tool might): never served
+    doomed = list(stored)[100:400]
+    with store.transaction():
+        store.conn.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in doomed])
+    for entry_id in doomed:
+        query = noisy(stored.pop(entry_id), rng, 0.99)
+        best_id, best_sim = fast_best(engine, query)
+        assert best_id != entry_id and best_id in stored
+        assert best_sim < 0.5  # what remains is far: a miss either way
+    agreement(engine, store, stored, rng)
+    # purge through the purge code: chunks are compacted to exactly the live entries
+    now = time.time()
+    chosen = plan(store, Selector(older_than=5_000), now)
+    purge(store, Selector(older_than=5_000), now, chosen)
+    for entry_id in chosen.selected:
+        stored.pop(entry_id, None)
+    ids, codes = store.search_codes(SCOPE, MODEL, DIMS)
+    assert sorted(np.frombuffer(ids, "<i8").tolist()) == sorted(stored)
+    assert len(codes) == 48 * len(stored)
+    agreement(engine, store, stored, rng)
+    # and new entries after the purge land in the chunks too
+    for i in range(40):
+        vector = vectors.unit_vector(rng.standard_normal(DIMS))
+        stored[put(store, f"new{i}", vector)] = vector
+    agreement(engine, store, stored, rng)
+
+
+def test_codes_match_their_vectors() -> None:
+    vector = np.array([0.5, -0.1, 0.0, 0.3, -0.7, 0.2, 0.1, -0.2, 0.4], dtype="<f4")
+    assert vectors.sign_code(vector) == bytes([0b10010110, 0b10000000])
