@@ -249,7 +249,7 @@ class Store:
             )
         try:
             if version < SCHEMA_VERSION:
-                store._migrate()
+                store._migrate_when_free()
             conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
             conn.close()
@@ -258,11 +258,28 @@ class Store:
             warn(f"{path} is readable by other users and holds your prompts: chmod 600 {path}")
         return store
 
+    def _migrate_when_free(self) -> None:
+        """Switching a new file to WAL does not wait on the busy timeout: when many
+        processes open a brand-new file at once, the others retry until it is done."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
     def _migrate(self) -> None:
         import sqlite_utils
 
-        # WAL is a property of the file, set once here; it cannot change inside a
-        # transaction. Then one writer at a time applies whatever is pending.
+        # Page size and WAL are properties of the file, set once here, before any table
+        # exists and outside a transaction. 16 KB pages hold five 768-dim vectors where
+        # 4 KB pages hold one and waste a quarter of the file. Then one writer at a time
+        # applies whatever migrations are pending.
+        if self.conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+            self.conn.execute("PRAGMA page_size=16384")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -383,7 +400,7 @@ class Store:
                 from semcache_cli import vectors  # a vector to store means numpy is loaded already
 
                 code = vectors.sign_code(vectors.decode(new.vector))
-                self._append_code(new.scope, new.embed_model or "", new.dims or 0, entry_id, code)
+                self._append_codes(new.scope, new.embed_model or "", new.dims or 0, [entry_id], [code])
             else:
                 # The old answer's vector belongs to the old row state; drop it.
                 self.conn.execute("DELETE FROM entry_vectors WHERE entry_id = ?", (entry_id,))
@@ -391,22 +408,60 @@ class Store:
                 self._insert_request({**request, "entry_id": entry_id})
         return int(entry_id)
 
-    def _append_code(self, scope: str, embed_model: str, dims: int, entry_id: int, code: bytes) -> None:
+    def store_many(self, news: list[NewEntry]) -> list[int]:
+        """Insert many new answers (new exact keys, one scope/model/dims per vector group)
+        in one transaction: for warming and benchmark caches, where per-answer
+        transactions and chunk rewrites would dominate. Returns their ids."""
+        from semcache_cli import vectors
+
+        ids: list[int] = []
+        with self.transaction():
+            for new in news:
+                ids.append(self.conn.execute(
+                    "INSERT INTO entries (scope, exact_key, namespace, model, system, options, format, query, "
+                    "response, embed_model, dims, created_at, ttl, expires_at, hits, prompt_tokens, "
+                    "completion_tokens, generation_s, done_reason, metadata) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING id",
+                    (new.scope, new.exact_key, new.namespace, new.model, new.system,
+                     json.dumps(new.options, sort_keys=True), json.dumps(new.format) if new.format is not None else None,
+                     new.query, new.response, new.embed_model if new.vector else None,
+                     new.dims if new.vector else None, new.created_at, new.ttl,
+                     None if new.ttl is None else new.created_at + new.ttl, new.prompt_tokens,
+                     new.completion_tokens, new.generation_s, new.done_reason, json.dumps(new.metadata or {})),
+                ).fetchone()[0])
+            with_vectors = [(i, n) for i, n in zip(ids, news, strict=True) if n.vector is not None]
+            self.conn.executemany(
+                "INSERT INTO entry_vectors (entry_id, scope, embed_model, dims, vector) VALUES (?, ?, ?, ?, ?)",
+                [(i, n.scope, n.embed_model, n.dims, n.vector) for i, n in with_vectors],
+            )
+            groups: dict[tuple[str, str, int], list[tuple[int, bytes]]] = {}
+            for entry_id, new in with_vectors:
+                groups.setdefault((new.scope, new.embed_model or "", new.dims or 0), []).append((entry_id, new.vector or b""))
+            for (scope, embed_model, dims), members in groups.items():
+                codes = vectors.sign_codes(vectors.decode(b"".join(v for _, v in members)).reshape(len(members), dims))
+                self._append_codes(scope, embed_model, dims, [i for i, _ in members], [c.tobytes() for c in codes])
+        return ids
+
+    def _append_codes(self, scope: str, embed_model: str, dims: int, ids: list[int], codes: list[bytes]) -> None:
+        """Append to the group's last chunk until it is full, then start new chunks."""
         last = self.conn.execute(
             "SELECT chunk, count, ids, codes FROM search_chunks WHERE scope = ? AND embed_model = ? AND dims = ? "
             "ORDER BY chunk DESC LIMIT 1", (scope, embed_model, dims),
         ).fetchone()
-        id_bytes = int(entry_id).to_bytes(8, "little", signed=True)
-        if last is not None and last[1] < SEARCH_CHUNK:
+        chunk, count, id_blob, code_blob = (last[0], last[1], last[2], last[3]) if last else (-1, SEARCH_CHUNK, b"", b"")
+        position = 0
+        while position < len(ids):
+            if count >= SEARCH_CHUNK:
+                chunk, count, id_blob, code_blob = chunk + 1, 0, b"", b""
+            room = min(SEARCH_CHUNK - count, len(ids) - position)
+            taken = range(position, position + room)
+            id_blob += b"".join(int(ids[i]).to_bytes(8, "little", signed=True) for i in taken)
+            code_blob += b"".join(codes[i] for i in taken)
+            count += room
+            position += room
             self.conn.execute(
-                "UPDATE search_chunks SET count = ?, ids = ?, codes = ? "
-                "WHERE scope = ? AND embed_model = ? AND dims = ? AND chunk = ?",
-                (last[1] + 1, last[2] + id_bytes, last[3] + code, scope, embed_model, dims, last[0]),
-            )
-        else:
-            self.conn.execute(
-                "INSERT INTO search_chunks VALUES (?, ?, ?, ?, 1, ?, ?)",
-                (scope, embed_model, dims, 0 if last is None else last[0] + 1, id_bytes, code),
+                "INSERT OR REPLACE INTO search_chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (scope, embed_model, dims, chunk, count, id_blob, code_blob),
             )
 
     def compact_search(self) -> None:

@@ -77,9 +77,9 @@ def test_a_damaged_database_is_one_line_and_left_as_it_was(ollama: FakeOllama, i
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     index_root = conn.execute(
         "SELECT rootpage FROM sqlite_master WHERE name = 'idx_entries_scope_exact_key'").fetchone()[0]
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
     conn.close()
     data = bytearray(isolated_env.read_bytes())
-    page = 4096
     data[(index_root - 1) * page:(index_root - 1) * page + 64] = b"\xa5" * 64  # the exact-key index's root page
     isolated_env.write_bytes(bytes(data))
     before = digest(isolated_env)

@@ -137,16 +137,15 @@ def in_use(db: Path) -> int:
 
 @pytest.fixture
 def big_cache(isolated_env: Path) -> Path:
-    """200 entries of a few KB, oldest first; entry 1 and 2 used a minute ago."""
+    """600 entries of a few KB, oldest first; entry 1 and 2 used a minute ago."""
     store = Store.open(isolated_env)
     try:
-        for i in range(200):
-            store.store_answer(NewEntry(
-                scope="s", exact_key=f"k{i}", namespace="default", model="llama3.2:latest", system=None, options={},
-                format=None, query=f"question {i}", response="x" * (500 + 37 * (i % 60)), created_at=NOW - DAY + i,
-                ttl=None, done_reason="stop", embed_model="all-minilm:latest",
-                vector=vectors.encode(vectors.unit_vector([float(i + 1)] * 384)), dims=384,
-            ))
+        store.store_many([NewEntry(
+            scope="s", exact_key=f"k{i}", namespace="default", model="llama3.2:latest", system=None, options={},
+            format=None, query=f"question {i}", response="x" * (500 + 37 * (i % 60)), created_at=NOW - DAY + i,
+            ttl=None, done_reason="stop", embed_model="all-minilm:latest",
+            vector=vectors.encode(vectors.unit_vector([float(i + 1)] * 384)), dims=384,
+        ) for i in range(600)])
         for entry_id in (1, 2):
             store.record_hit(entry_id, NOW - 60, {"path": "exact"})
     finally:
@@ -162,18 +161,18 @@ def test_max_size_evicts_least_recently_used_until_under(big_cache: Path) -> Non
     assert report["bytes_in_use"] == in_use(big_cache) <= bound
     kept = [r[0] for r in db_rows(big_cache, "SELECT id FROM entries ORDER BY id")]
     assert 1 in kept and 2 in kept  # used a minute ago: the most recently used
-    evicted = sorted(set(range(1, 201)) - set(kept))
+    evicted = sorted(set(range(1, 601)) - set(kept))
     assert evicted == list(range(3, 3 + len(evicted)))  # the oldest unused went first, no gaps
-    assert 70 <= report["evicted"] <= 130  # about half, not everything
+    assert 240 <= report["evicted"] <= 360  # about half, not everything
     assert db_rows(big_cache, "SELECT count(*) FROM entry_vectors")[0][0] == len(kept)
 
 
 def test_max_size_dry_run_and_units(big_cache: Path) -> None:
     before = in_use(big_cache)
     dry = json.loads(run_cli("purge", "--max-size", f"{before // 2 / 1000:.0f}KB", "--dry-run", "--json").stdout)
-    assert dry["evicted"] > 50 and in_use(big_cache) == before and dry["remaining"] == 200 - dry["evicted"]
+    assert dry["evicted"] > 150 and in_use(big_cache) == before and dry["remaining"] == 600 - dry["evicted"]
     nothing = json.loads(run_cli("purge", "--max-size", "1GB", "--json").stdout)
-    assert nothing["evicted"] == 0 and nothing["remaining"] == 200
+    assert nothing["evicted"] == 0 and nothing["remaining"] == 600
     bad = run_cli("purge", "--max-size", "lots")
     assert bad.exit_code == 2 and bad.stderr == "semcache: error: --max-size: 'lots' is not a size (use e.g. 500MB, 2GB, 64MiB)\n"
 
@@ -188,8 +187,8 @@ def test_max_size_with_vacuum_bounds_the_file(big_cache: Path) -> None:
 
 def test_max_size_below_any_entry_needs_yes(big_cache: Path) -> None:
     refused = run_cli("purge", "--max-size", "1KB")
-    assert refused.exit_code == 2 and "would delete all 200 entries" in refused.stderr
-    assert len(queries(big_cache)) == 200
+    assert refused.exit_code == 2 and "would delete all 600 entries" in refused.stderr
+    assert len(queries(big_cache)) == 600
     done = run_cli("purge", "--max-size", "1KB", "--yes")
     assert done.exit_code == 0 and queries(big_cache) == []
     assert "over --max-size (the rest is the request log, the schema and the entries kept)" in done.stderr

@@ -21,12 +21,16 @@ SCOPE = policy.Scope("default", "llama3.2").hash
 MODEL = "all-minilm:latest"
 
 
-def put(store: Store, key: str, vector: np.ndarray, created: float | None = None) -> int:
-    return store.store_answer(NewEntry(
+def new(key: str, vector: np.ndarray, created: float | None = None) -> NewEntry:
+    return NewEntry(
         scope=SCOPE, exact_key=key, namespace="default", model="llama3.2:latest", system=None, options={},
         format=None, query=key, response=f"answer {key}", created_at=created or time.time(), ttl=None,
         done_reason="stop", embed_model=MODEL, vector=vectors.encode(vector), dims=DIMS,
-    ))
+    )
+
+
+def put(store: Store, key: str, vector: np.ndarray) -> int:
+    return store.store_answer(new(key, vector))
 
 
 def exact_best(store: Store, query: np.ndarray) -> tuple[int, float]:
@@ -52,10 +56,12 @@ def noisy(vector: np.ndarray, rng: np.random.Generator, cosine: float) -> np.nda
 def filled(tmp_path: Path) -> tuple[Store, Engine, dict[int, np.ndarray], np.random.Generator]:
     rng = np.random.default_rng(42)
     store = Store.open(tmp_path / "c.db")
-    stored = {}
-    for i in range(2 * SEARCH_CHUNK + 300):  # three chunks, the last one part-full
-        vector = vectors.unit_vector(rng.standard_normal(DIMS))
-        stored[put(store, f"k{i}", vector, time.time() - 10_000 + i)] = vector
+    matrix = [vectors.unit_vector(v) for v in rng.standard_normal((2 * SEARCH_CHUNK + 300, DIMS))]
+    # three chunks, the last one part-full; one transaction (store_many), then single stores
+    ids = store.store_many([new(f"k{i}", v, time.time() - 10_000 + i) for i, v in enumerate(matrix[:2000])])
+    ids += [put(store, f"k{i}", v) for i, v in enumerate(matrix[2000:], start=2000)]
+    stored = dict(zip(ids, matrix, strict=True))
+    store.conn.execute("UPDATE entries SET created_at = created_at - 10000 WHERE id > 2000")
     yield store, Engine(store, lambda: None), stored, rng  # type: ignore[arg-type,return-value]
     store.close()
 

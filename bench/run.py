@@ -1,0 +1,297 @@
+"""semcache benchmarks: whole-process `semcache ask` at 10k-1M entries, the in-process
+lookup, replay throughput, memory and store size, each beside its floor and the naive
+baseline (embeddings as JSON rows, scanned in a Python loop), measured in the same run.
+
+    python bench/run.py                       # 10k and 100k x 384 and 768, replay, naive
+    python bench/run.py --sizes 1000000 --dims 768 --no-naive
+
+Caches are built through the project's own store code (Store.store_many) in a scratch
+directory; the test server (tests/fake_ollama.py) answers embeddings and chats at once,
+so the numbers are semcache's own cost. Medians of --runs runs (default 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from fake_ollama import FakeOllama, load_clinc_table  # noqa: E402
+
+from semcache_cli import config, policy  # noqa: E402
+from semcache_cli.engine import Engine, request_from  # noqa: E402
+from semcache_cli.store import NewEntry, Store  # noqa: E402
+
+EMBED = {384: "all-minilm", 768: "nomic-embed-text"}
+SHARED = REPO.parent / "shared" / "data"
+SEMCACHE = [sys.executable, "-m", "semcache_cli"]
+
+
+def wall(cmd: list[str], env: dict[str, str], runs: int) -> float:
+    """Median wall time of a whole process, in ms (one warm-up run first)."""
+    subprocess.run(cmd, env=env, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = subprocess.run(cmd, env=env, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        times.append((time.perf_counter() - start) * 1000)
+        if result.returncode not in (0,):
+            raise SystemExit(f"{cmd} failed: {result.stderr.decode()}")
+    return statistics.median(times)
+
+
+def peak_rss_mb(cmd: list[str], env: dict[str, str]) -> float:
+    """Peak RSS of one process, measured from a fresh parent so nothing else counts."""
+    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], capture_output=True, "
+             "stdin=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", probe, *cmd], env=env, capture_output=True, check=True)
+    return int(out.stdout) / 1024
+
+
+def unit_rows(rng: np.random.Generator, n: int, dims: int) -> np.ndarray:
+    matrix = rng.standard_normal((n, dims), dtype=np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix
+
+
+def near(vector: np.ndarray, rng: np.random.Generator, cosine: float) -> np.ndarray:
+    noise = rng.standard_normal(vector.size)
+    noise -= noise @ vector * vector
+    noise /= np.linalg.norm(noise)
+    return (cosine * vector + np.sqrt(1 - cosine**2) * noise).astype(np.float32)
+
+
+def build(db: Path, n: int, dims: int, rng: np.random.Generator) -> np.ndarray:
+    """A cache of n entries in the default scope, through Store.store_many."""
+    scope = policy.Scope("default", "llama3.2").hash
+    store = Store.open(db)
+    matrix = unit_rows(rng, n, dims)
+    now = time.time()
+    for start in range(0, n, 20_000):
+        part = range(start, min(n, start + 20_000))
+        store.store_many([NewEntry(
+            scope=scope, exact_key=policy.exact_key(f"stored question {i}"), namespace="default",
+            model="llama3.2:latest", system=None, options={}, format=None, query=f"stored question {i}",
+            response=f"A stored answer of a realistic length for question {i}. " * 4, created_at=now, ttl=None,
+            prompt_tokens=20, completion_tokens=120, generation_s=3.0, done_reason="stop",
+            embed_model=policy.canonical_model(EMBED[dims]), vector=matrix[i].tobytes(), dims=dims,
+        ) for i in part])
+    store.close()
+    return matrix
+
+
+def naive_db(path: Path, matrix: np.ndarray) -> None:
+    """The tutorial layout: one JSON text column per embedding."""
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE embeddings (id INTEGER PRIMARY KEY, embedding TEXT)")
+    conn.executemany("INSERT INTO embeddings (embedding) VALUES (?)",
+                     ((json.dumps([round(float(x), 6) for x in row]),) for row in matrix))
+    conn.commit()
+    conn.close()
+
+
+NAIVE = """
+import json, math, sqlite3, sys
+q = json.loads(sys.argv[2])
+best, best_id = -2.0, None
+for row_id, text in sqlite3.connect(sys.argv[1]).execute("SELECT id, embedding FROM embeddings"):
+    v = json.loads(text)
+    dot = sum(a * b for a, b in zip(q, v))
+    cos = dot / (math.sqrt(sum(a * a for a in v)) * math.sqrt(sum(a * a for a in q)))
+    if cos > best:
+        best, best_id = cos, row_id
+print(best_id, best)
+"""
+
+FLOOR = """
+import sys
+import numpy as np
+m = np.load(sys.argv[1], mmap_mode="r")
+q = np.load(sys.argv[2])
+print(int((m @ q).argmax()))
+"""
+
+
+def in_process_lookup(db: Path, query: np.ndarray, dims: int, runs: int) -> tuple[float, int]:
+    """The semantic layer alone, inside one process: codes, candidates, exact re-rank."""
+    store = Store.open(db)
+    engine = Engine(store, lambda: None)  # type: ignore[arg-type,return-value]
+    request = request_from(config.load_settings({"embed_model": EMBED[dims]}), "unused")
+    scope = request.scope.hash
+    times = []
+    best = -1
+    for _ in range(runs + 1):
+        start = time.perf_counter()
+        best = next(engine._neighbours(request, scope, query, time.time(), 1)).entry.id
+        times.append((time.perf_counter() - start) * 1000)
+    store.close()
+    return statistics.median(times[1:]), best
+
+
+def agreement(db: Path, matrix: np.ndarray, dims: int, rng: np.random.Generator, count: int) -> tuple[float, float]:
+    """Top-1 agreement of the fast path with an exact scan: paraphrase-like queries
+    (cosine 0.5-0.98 to a stored entry) and random ones."""
+    store = Store.open(db)
+    engine = Engine(store, lambda: None)  # type: ignore[arg-type,return-value]
+    request = request_from(config.load_settings({"embed_model": EMBED[dims]}), "unused")
+    scope = request.scope.hash
+    results = []
+    for kind in ("near", "random"):
+        same = 0
+        for _ in range(count):
+            if kind == "near":
+                query = near(matrix[int(rng.integers(len(matrix)))], rng, float(rng.uniform(0.5, 0.98)))
+            else:
+                query = unit_rows(rng, 1, dims)[0]
+            exact = int((matrix @ query).argmax()) + 1  # ids follow insertion order
+            fast = next(engine._neighbours(request, scope, query, time.time(), 1)).entry.id
+            same += fast == exact
+        results.append(same / count)
+    store.close()
+    return results[0], results[1]
+
+
+def text_and_vector_bytes(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    text = conn.execute("SELECT sum(length(CAST(query AS BLOB)) + length(CAST(response AS BLOB))) FROM entries").fetchone()[0]
+    vec = conn.execute("SELECT sum(length(vector)) FROM entry_vectors").fetchone()[0]
+    conn.close()
+    return int(text + vec)
+
+
+def bench_size(n: int, dims: int, args: argparse.Namespace, server: FakeOllama, work: Path,
+               floors: dict[str, float]) -> dict[str, object]:
+    rng = np.random.default_rng(n + dims)
+    db = work / f"cache-{n}-{dims}.db"
+    started = time.perf_counter()
+    matrix = build(db, n, dims, rng)
+    built_s = time.perf_counter() - started
+    env = {**os.environ, "SEMCACHE_DB": str(db), "OLLAMA_HOST": server.url, "SEMCACHE_EMBED_MODEL": EMBED[dims],
+           "SEMCACHE_CONFIG": str(work / "none.toml")}
+    target = int(rng.integers(n))
+    probe = near(matrix[target], rng, 0.93)
+    server.table["a semantic bench query"] = probe
+    server.table["search_query: a semantic bench query"] = probe  # nomic-embed-text's task prefix
+    exact_ms = wall([*SEMCACHE, "ask", "-q", f"stored question {target}"], env, args.runs)
+    semantic_ms = wall([*SEMCACHE, "ask", "-q", "a semantic bench query"], env, args.runs)
+    miss_ms = wall([*SEMCACHE, "ask", "-q", "--no-store", "a question nobody asked before"], env, args.runs)
+    lookup_ms, found = in_process_lookup(db, server.table["a semantic bench query"], dims, args.runs)
+    assert found == target + 1, (found, target)
+    npy, qfile = work / f"floor-{n}-{dims}.npy", work / f"q-{dims}.npy"
+    np.save(npy, matrix)
+    np.save(qfile, server.table["a semantic bench query"])
+    floor_ms = wall([sys.executable, "-c", FLOOR, str(npy), str(qfile)], env, args.runs)
+    npy.unlink()
+    row: dict[str, object] = {
+        "n": n, "dims": dims, "build_s": round(built_s, 1),
+        "exact_ms": exact_ms, "exact_floor_ms": floors["typer"],
+        "semantic_ms": semantic_ms, "semantic_floor_ms": floor_ms,
+        "miss_ms": miss_ms, "lookup_ms": lookup_ms,
+        "db_mb": db.stat().st_size / 1e6, "text_vec_mb": text_and_vector_bytes(db) / 1e6,
+    }
+    row["agree_near"], row["agree_random"] = agreement(db, matrix, dims, rng, args.agreement)
+    if args.rss:
+        row["semantic_rss_mb"] = peak_rss_mb([*SEMCACHE, "ask", "-q", "a semantic bench query"], env)
+    if args.naive and n <= args.naive_max:
+        naive = work / f"naive-{n}-{dims}.db"
+        naive_db(naive, matrix)
+        query = json.dumps(server.table["a semantic bench query"].tolist())
+        row["naive_ms"] = wall([sys.executable, "-c", NAIVE, str(naive), query], env, 1 if n > 20_000 else args.runs)
+        naive.unlink()
+    db.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    return row
+
+
+def bench_replay(server: FakeOllama, work: Path, runs: int) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    if (SHARED / "clinc150.jsonl").exists():
+        rows, table = load_clinc_table(str(SHARED))
+        server.table.update(table)
+        for text in table:
+            server.embed_json("all-minilm", text)
+        inscope = work / "inscope.jsonl"
+        inscope.write_text("".join(json.dumps(r) + "\n" for r in rows if r["label"] != "oos"))
+        env = {**os.environ, "OLLAMA_HOST": server.url, "SEMCACHE_DB": str(work / "unused.db")}
+        ms = wall([*SEMCACHE, "replay", str(inscope), "--simulate", "--embed-model", "all-minilm", "--shuffle", "0"],
+                  env, max(1, runs // 2))
+        figures["simulate_qps"] = 22_500 / (ms / 1000)
+    questions = work / "live.txt"
+    questions.write_text("".join(f"live replay question number {i} of the benchmark\n" for i in range(2000)))
+    times = []
+    for i in range(max(1, runs // 2)):
+        env = {**os.environ, "OLLAMA_HOST": server.url, "SEMCACHE_DB": str(work / f"live-{i}.db")}
+        start = time.perf_counter()
+        subprocess.run([*SEMCACHE, "replay", str(questions), "-j", "4"], env=env, capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    figures["live_qps"] = 2000 / statistics.median(times)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--dims", default="384,768")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--agreement", type=int, default=400, help="queries per agreement check")
+    parser.add_argument("--no-naive", dest="naive", action="store_false")
+    parser.add_argument("--naive-max", type=int, default=100_000)
+    parser.add_argument("--no-replay", dest="replay", action="store_false")
+    parser.add_argument("--rss", action="store_true", help="measure peak RSS of the semantic ask")
+    args = parser.parse_args()
+
+    server = FakeOllama().start()
+    work = Path(tempfile.mkdtemp(prefix="semcache-bench-"))
+    try:
+        env = dict(os.environ)
+        floors = {
+            "python": wall([sys.executable, "-c", "pass"], env, args.runs),
+            "typer": wall([sys.executable, "-c", "import typer"], env, args.runs),
+            "numpy": wall([sys.executable, "-c", "import numpy"], env, args.runs),
+        }
+        print(f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+              f"numpy {np.__version__}, SQLite {sqlite3.sqlite_version}; medians of {args.runs} runs, ms")
+        print(f"floors: python -c pass {floors['python']:.0f}, import typer {floors['typer']:.0f}, "
+              f"import numpy {floors['numpy']:.0f}")
+        header = ("N", "dims", "exact", "x typer", "semantic", "floor", "x floor", "naive", "x naive", "miss",
+                  "lookup", "agree near", "agree rnd", "db MB", "x data", "RSS MB")
+        print(" | ".join(header))
+        for n in (int(x) for x in args.sizes.split(",")):
+            for dims in (int(x) for x in args.dims.split(",")):
+                r = bench_size(n, dims, args, server, work, floors)
+                naive = r.get("naive_ms")
+                print(" | ".join(str(x) for x in (
+                    f"{n:,}", dims, f"{r['exact_ms']:.0f}", f"{r['exact_ms'] / floors['typer']:.2f}",
+                    f"{r['semantic_ms']:.0f}", f"{r['semantic_floor_ms']:.0f}",
+                    f"{r['semantic_ms'] / r['semantic_floor_ms']:.2f}",
+                    f"{naive:.0f}" if naive else "-", f"{naive / r['semantic_ms']:.0f}x faster" if naive else "-",
+                    f"{r['miss_ms']:.0f}", f"{r['lookup_ms']:.1f}", f"{r['agree_near']:.1%}",
+                    f"{r['agree_random']:.1%}", f"{r['db_mb']:.0f}", f"{r['db_mb'] / r['text_vec_mb']:.2f}",
+                    f"{r['semantic_rss_mb']:.0f}" if "semantic_rss_mb" in r else "-",
+                )), flush=True)
+        if args.replay:
+            figures = bench_replay(server, work, args.runs)
+            print(f"replay --simulate, 22,500 CLINC queries, whole command: {figures.get('simulate_qps', 0):,.0f} q/s "
+                  f"(target 2,000); replay live -j 4, 2,000 new questions: {figures['live_qps']:,.0f} q/s (target 200)")
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
