@@ -84,7 +84,7 @@ class FakeOllama:
         self.stopping = threading.Event()
         self.chat_started = threading.Event()
         self._server: ThreadingHTTPServer | None = None
-        self._table_json: dict[str, str] = {}  # encoded once: large replays stay fast
+        self._table_json: dict[str, tuple[np.ndarray, str]] = {}  # encoded once: large replays stay fast
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -131,13 +131,16 @@ class FakeOllama:
         return hashed_embedding(text, dims)
 
     def embed_json(self, model: str, text: str) -> str:
-        """The JSON array of an embedding; table vectors are encoded once and kept."""
-        if text in self._table_json and self.table.get(text) is not None:
-            return self._table_json[text]
+        """The JSON array of an embedding; table vectors are encoded once and kept (until
+        the table gives that text another vector)."""
+        entry = self.table.get(text)
+        cached = self._table_json.get(text)
+        if cached is not None and entry is not None and cached[0] is entry:
+            return cached[1]
         vector = self.embed(model, text)
         encoded = json.dumps(np.round(vector, 7).tolist())
-        if text in self.table and vector.size == self.table[text].size:
-            self._table_json[text] = encoded
+        if entry is not None and vector.size == entry.size:
+            self._table_json[text] = (entry, encoded)
         return encoded
 
     def reply_to(self, prompt: str) -> str:
