@@ -34,6 +34,8 @@ from semcache_cli.errors import (
 )
 
 OPTION_FLAGS = ("-o", "--option")
+GUARDS_HELP = ("Answer-safety guards on semantic hits: all, none, or some of negation,number,entity,direction. "
+               "[default: all; env SEMCACHE_GUARDS]")
 
 
 def join_option_pairs(args: list[str]) -> list[str]:
@@ -234,6 +236,7 @@ def ask(
     timeout: Annotated[
         str | None, typer.Option("--timeout", help=_help("How long to wait for Ollama to reply.", "timeout", "300s"))
     ] = None,
+    guards: Annotated[str | None, typer.Option("--guards", help=GUARDS_HELP)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Skip the lookup, ask the model, still store.")] = False,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store a new answer.")] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Never call the model; exit 3 on a miss.")] = False,
@@ -250,7 +253,7 @@ def ask(
             {
                 "model": model, "embed_model": embed_model, "system": system, "namespace": namespace,
                 "ttl": ttl, "threshold": threshold, "min_confidence": min_confidence,
-                "timeout": timeout, "db": db,
+                "timeout": timeout, "db": db, "guards": guards,
             },
             [_option_pair(item) for item in option or []],
         )
@@ -438,6 +441,7 @@ def replay(
         float | None, typer.Option("--min-confidence", help=_help("Least confidence.", "min_confidence"))
     ] = None,
     timeout: Annotated[str | None, typer.Option("--timeout", help=_help("Ollama reply timeout.", "timeout", "300s"))] = None,
+    guards: Annotated[str | None, typer.Option("--guards", help=GUARDS_HELP)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
     db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
 ) -> None:
@@ -457,7 +461,8 @@ def replay(
             raise UsageError("--thresholds and --target-error need --simulate")
         settings = config.load_settings(
             {"model": model, "embed_model": embed_model, "system": system, "namespace": namespace, "ttl": ttl,
-             "threshold": threshold, "min_confidence": min_confidence, "timeout": timeout, "db": db},
+             "threshold": threshold, "min_confidence": min_confidence, "timeout": timeout, "db": db,
+             "guards": guards},
             [_option_pair(item) for item in option or []],
         )
         sweep = replaying.parse_thresholds(thresholds) if thresholds else [settings.threshold]
@@ -579,6 +584,7 @@ def inspect(
     min_confidence: Annotated[
         float | None, typer.Option("--min-confidence", help="With --similar: the least confidence.")
     ] = None,
+    guards: Annotated[str | None, typer.Option("--guards", help="With --similar: " + GUARDS_HELP)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON array (or object for ID).")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object a line, streamed.")] = False,
     with_vectors: Annotated[bool, typer.Option("--with-vectors", help="Include vectors in JSON output.")] = False,
@@ -600,7 +606,7 @@ def inspect(
             raise UsageError("give an ID or --similar TEXT, not both")
         settings = config.load_settings(
             {"db": db, "namespace": namespace, "model": model, "system": system, "embed_model": embed_model,
-             "threshold": threshold, "min_confidence": min_confidence},
+             "threshold": threshold, "min_confidence": min_confidence, "guards": guards},
             [_option_pair(item) for item in option or []],
         )
         now = time.time()

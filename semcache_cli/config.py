@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "system": None,
     "timeout": 300.0,
     "max_query_chars": 32_000,
+    "guards": ("negation", "number", "entity", "direction"),  # all of guards.GUARDS
 }
 
 # Generation options that change the answer, typed as Ollama expects them. Runtime
@@ -164,6 +165,16 @@ def _optional_text(value: Any, what: str) -> str | None:
     return value
 
 
+def _guard_names(value: Any, what: str) -> tuple[str, ...]:
+    from semcache_cli import guards
+
+    text = ",".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
+    try:
+        return guards.parse(text)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
 _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "model": _text,
     "embed_model": _text,
@@ -174,6 +185,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "system": _optional_text,
     "timeout": _positive_seconds,
     "max_query_chars": _positive_int,
+    "guards": _guard_names,
 }
 
 
@@ -320,6 +332,7 @@ class Settings:
     system: str | None = DEFAULTS["system"]
     timeout: float = DEFAULTS["timeout"]
     max_query_chars: int = DEFAULTS["max_query_chars"]
+    guards: tuple[str, ...] = DEFAULTS["guards"]
     options: dict[str, Any] = field(default_factory=dict)
     db_is_default: bool = False  # only the default location is created on demand
 

@@ -46,6 +46,7 @@ class AskRequest:
     min_confidence: float
     ttl: float | None
     max_query_chars: int = 32_000
+    guards: tuple[str, ...] = ()  # answer-safety guards on semantic candidates
     metadata: dict[str, Any] | None = None  # stored with a new answer (replay: its label)
     wait_s: float = 300.0  # longest wait for another process answering the same question
     lookup: bool = True  # False: --no-cache, the bypass path
@@ -340,7 +341,12 @@ class Engine:
 
     def _judge(self, source: str, entry: Entry, similarity: float, req: AskRequest, now: float) -> Judged:
         candidate = policy.Candidate(entry.id, similarity, entry.created_at, entry.ttl, entry.response, entry.done_reason)
-        return Judged(source, entry, similarity, policy.judge(candidate, now, req.min_confidence, req.threshold))
+        guard = None
+        if source == "semantic" and req.guards and similarity >= req.threshold:
+            from semcache_cli import guards
+
+            guard = guards.check(req.query, entry.query, req.guards)
+        return Judged(source, entry, similarity, policy.judge(candidate, now, req.min_confidence, req.threshold, guard))
 
     def _exact(self, req: AskRequest, scope_hash: str, key: str, now: float) -> Judged | None:
         entry = self.store.find_exact(scope_hash, key)
@@ -432,6 +438,7 @@ def request_from(settings: Settings, query: str, format: Any = None, **flags: bo
         min_confidence=settings.min_confidence,
         ttl=settings.ttl,
         max_query_chars=settings.max_query_chars,
+        guards=settings.guards,
         wait_s=settings.timeout,
         **flags,
     )

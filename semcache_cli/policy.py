@@ -20,6 +20,7 @@ EXPIRED = "expired"
 POISONED = "poisoned"
 LOW_CONFIDENCE = "low_confidence"
 BYPASS = "bypass"
+GUARD_PREFIX = "guard:"  # guard:negation, guard:number, ...
 
 # Default weights of the confidence score: similarity matters most, freshness decays
 # linearly over the entry's TTL.
@@ -133,13 +134,17 @@ class Verdict:
     confidence: float
 
 
-def judge(candidate: Candidate, now: float, min_confidence: float, threshold: float = 0.0) -> Verdict:
-    """The reuse gate, the same for both layers: similarity threshold, expiry,
-    poisoning, then confidence."""
+def judge(candidate: Candidate, now: float, min_confidence: float, threshold: float = 0.0,
+          guard: str | None = None) -> Verdict:
+    """The reuse gate, the same for both layers: similarity threshold, the answer-safety
+    guard that fired on the two questions (semantic candidates only), expiry, poisoning,
+    then confidence."""
     fresh = freshness(candidate.created_at, candidate.ttl, now)
     score = confidence(candidate.similarity, fresh)
     if candidate.similarity < threshold:
         return Verdict(False, NO_MATCH, score)
+    if guard is not None:
+        return Verdict(False, f"{GUARD_PREFIX}{guard}", score)
     exp = expires_at(candidate.created_at, candidate.ttl)
     if exp is not None and now >= exp:
         return Verdict(False, EXPIRED, score)

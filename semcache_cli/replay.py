@@ -24,7 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from semcache_cli import policy
+from semcache_cli import guards, policy
 from semcache_cli.engine import SEMANTIC_CANDIDATES, embedding_text, open_engine, request_from
 from semcache_cli.errors import ModelNotFound, OllamaUnreachable, SemcacheError, UsageError
 
@@ -276,9 +276,12 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
     keys = [policy.exact_key(item.query) for item in items]
     now = time.time()
 
-    def judged(similarity: float) -> policy.Verdict:
+    def judged(similarity: float, query: str | None = None, stored_query: str | None = None) -> policy.Verdict:
         candidate = policy.Candidate(0, similarity, now, settings.ttl, "stored answer", "stop")
-        return policy.judge(candidate, now, settings.min_confidence, threshold)
+        guard = None
+        if query is not None and stored_query is not None and settings.guards and similarity >= threshold:
+            guard = guards.check(query, stored_query, settings.guards)
+        return policy.judge(candidate, now, settings.min_confidence, threshold, guard)
 
     for members in scopes.values():
         stored = np.empty((len(members), matrix.shape[1]), dtype=np.float32)
@@ -309,15 +312,29 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
                         j = int(sims.argmax())
                         if float(sims[j]) > best_sim:
                             best_sim, best_index = float(sims[j]), block[new_rows[j]]
-                    verdict = judged(best_sim) if best_index is not None else None
-                    if verdict is not None and verdict.serve:
-                        row = Row(item.line, item.query, item.label, "semantic", matched=best_index,
-                                  similarity=best_sim, confidence=verdict.confidence)
+                    served: tuple[int, float, policy.Verdict] | None = None
+                    first_rejection: tuple[float, policy.Verdict] | None = None
+                    if best_index is not None and best_sim >= threshold:
+                        # as ask does: the best candidates in order, the first the gate accepts
+                        for candidate, similarity in _nearest(
+                                before[pos] if m else None, stored_index, within[pos, new_rows] if new_rows else None,
+                                [block[r] for r in new_rows]):
+                            verdict = judged(similarity, item.query, items[candidate].query)
+                            if verdict.serve:
+                                served = (candidate, similarity, verdict)
+                                break
+                            if verdict.reason == policy.NO_MATCH:
+                                break
+                            first_rejection = first_rejection or (similarity, verdict)
+                    if served is not None:
+                        row = Row(item.line, item.query, item.label, "semantic", matched=served[0],
+                                  similarity=served[1], confidence=served[2].confidence)
                     else:
+                        rejected = first_rejection or (best_sim, judged(best_sim))
                         row = Row(item.line, item.query, item.label, "miss",
-                                  miss_reason=verdict.reason if verdict else policy.NO_MATCH,
-                                  similarity=best_sim if best_index is not None else None,
-                                  confidence=verdict.confidence if verdict else None)
+                                  miss_reason=rejected[1].reason if best_index is not None else policy.NO_MATCH,
+                                  similarity=rejected[0] if best_index is not None else None,
+                                  confidence=rejected[1].confidence if best_index is not None else None)
                         exact[keys[index]] = index
                         new_rows.append(pos)
                 if row.matched is not None:
@@ -334,6 +351,22 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
         report.add(row)
     report.seconds = time.perf_counter() - start
     return report, final
+
+
+def _nearest(before: np.ndarray | None, before_index: list[int], within: np.ndarray | None,
+             within_index: list[int], count: int = SEMANTIC_CANDIDATES) -> list[tuple[int, float]]:
+    """The `count` most similar stored items, best first, from the rows stored before the
+    block and those stored within it."""
+    import numpy as np
+
+    found: list[tuple[int, float]] = []
+    for sims, index in ((before, before_index), (within, within_index)):
+        if sims is None or not len(index):
+            continue
+        sims = sims[:len(index)]
+        top = np.argpartition(-sims, min(count, len(index)) - 1)[:count] if len(index) > count else range(len(index))
+        found += [(index[int(i)], float(sims[int(i)])) for i in top]
+    return sorted(found, key=lambda pair: -pair[1])[:count]
 
 
 # -- live and dry run ----------------------------------------------------------------------

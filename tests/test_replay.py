@@ -162,7 +162,7 @@ def test_simulate_never_touches_the_cache_or_the_model(warm: Path, ollama: FakeO
                                         {"query": "b2", "label": "b"}])
     out = tmp_path / "rows.jsonl"
     result = run_cli("replay", str(path), "--simulate", "--thresholds", "0.85,0.9,0.99", "--json", "--out", str(out),
-                     *MINILM)
+                     "--guards", "none", *MINILM)  # the made-up texts differ in digits
     assert result.exit_code == 0, result.stderr
     reports = {r["threshold"]: r for r in json.loads(result.stdout)["reports"]}
     assert reports[0.85]["hits"] == {"exact": 1, "semantic": 2, "total": 3}  # a2→a, B1!→b1 (exact), b2→"stored one"
@@ -182,7 +182,7 @@ def test_target_error_recommends_the_threshold(ollama: FakeOllama, tmp_path: Pat
     path = write(tmp_path / "q.jsonl", [{"query": "a1", "label": "a"}, {"query": "a2", "label": "a"},
                                         {"query": "b1", "label": "b"}])
     result = run_cli("replay", str(path), "--simulate", "--thresholds", "0.80:0.95:0.05", "--target-error", "0.01",
-                     *MINILM)
+                     "--guards", "none", *MINILM)
     lines = result.stdout.splitlines()
     assert lines[1].split() == ["threshold", "hit", "rate", "exact", "semantic", "wrong-answer", "rate", "precision"]
     assert lines[2].split()[:2] == ["0.80", "66.7%"] and lines[3].split()[:2] == ["0.85", "66.7%"]
@@ -190,7 +190,22 @@ def test_target_error_recommends_the_threshold(ollama: FakeOllama, tmp_path: Pat
     # 0.95 keeps the same hits: on a tie the higher, safer threshold is recommended
     assert lines[5].startswith("     0.95     33.3%") and lines[5].endswith("← recommended (wrong answers ≤ 1.00%)")
     assert json.loads(run_cli("replay", str(path), "--simulate", "--thresholds", "0.8,0.9", "--target-error", "0.01",
-                              "--json", *MINILM).stdout)["recommended_threshold"] == 0.9
+                              "--json", "--guards", "none", *MINILM).stdout)["recommended_threshold"] == 0.9
+
+
+def test_simulate_applies_the_guards_as_ask_does(ollama: FakeOllama, tmp_path: Path) -> None:
+    ollama.table.update({"how do I enable 2FA": at_angle(1.0), "how do I disable 2FA": at_angle(0.96),
+                         "how can I enable 2FA": at_angle(0.95)})
+    path = write(tmp_path / "q.jsonl", [{"query": "how do I enable 2FA", "label": "on"},
+                                        {"query": "how do I disable 2FA", "label": "off"},
+                                        {"query": "how can I enable 2FA", "label": "on"}])
+    plain = json.loads(run_cli("replay", str(path), "--simulate", "--json", "--guards", "none", *MINILM).stdout)
+    assert plain["reports"][0]["wrong_hits"] == 1  # disable served enable's answer
+    guarded = json.loads(run_cli("replay", str(path), "--simulate", "--json", *MINILM).stdout)["reports"][0]
+    assert guarded["misses"] == {"no_match": 1, "guard:negation": 1}
+    # "how can I enable" is nearest to the stored "disable" (0.96 x 0.95 + ...), which the
+    # guard rejects; ask then takes the next candidate, the stored "enable": a correct hit
+    assert (guarded["correct_hits"], guarded["wrong_hits"]) == (1, 0)
 
 
 def test_shuffle_fixes_an_order(ollama: FakeOllama, tmp_path: Path) -> None:
@@ -228,7 +243,7 @@ def test_simulate_reproduces_the_clinc_baseline(ollama: FakeOllama, tmp_path: Pa
     ollama.table.update(table)
     path = write(tmp_path / "inscope.jsonl", [r for r in rows if r["label"] != "oos"])
     result = run_cli("replay", str(path), "--simulate", "--shuffle", "0", "--thresholds", "0.80,0.85,0.90,0.95",
-                     "--json", *MINILM)
+                     "--json", "--guards", "none", *MINILM)  # the baseline is a plain cosine threshold
     assert result.exit_code == 0, result.stderr
     for report in json.loads(result.stdout)["reports"]:
         hit_rate, wrong_rate = BASELINE[report["threshold"]]

@@ -1,0 +1,122 @@
+"""Answer-safety guards: each rule on pairs that must not share an answer and on
+paraphrases that must, then through `ask`, `inspect --similar` and the config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from fake_ollama import FakeOllama
+
+from semcache_cli import config, guards
+from semcache_cli.errors import UsageError
+
+ALL = tuple(guards.GUARDS)
+
+MUST_DIFFER = [
+    ("how do I enable 2FA", "how do I disable 2FA", "negation"),
+    ("turn on the kitchen lights", "turn off the kitchen lights", "negation"),
+    ("i want to cancel my order", "i do not want to cancel my order", "negation"),
+    ("can I pay without a card", "can I pay with a card", "negation"),
+    ("why isn't my card working", "why is my card working", "negation"),
+    ("add milk to my shopping list", "remove milk from my shopping list", "negation"),
+    ("what happened before the war", "what happened after the war", "negation"),
+    ("what is 15% of 80", "what is 15% of 60", "number"),
+    ("top 3 movies of 2023", "top 10 movies of 2023", "number"),
+    ("set an alarm for 6am", "set an alarm for 7am", "number"),
+    ("python 3.11 release notes", "python 3.12 release notes", "number"),
+    ("convert 5 dollars to euros", "convert 5 euros to pounds", "number"),
+    ("what was the weather on march 3", "what was the weather on march 4", "number"),
+    ("set a timer for five minutes", "set a timer for ten minutes", "number"),
+    ("weather in Paris tomorrow", "weather in London tomorrow", "entity"),
+    ("what does the error \"file not found\" mean", "what does the error \"access denied\" mean", "entity"),
+    ("how do I open config.yaml", "how do I open settings.yaml", "entity"),
+    ("what does os.path.join do", "what does os.path.split do", "entity"),
+    ("what is https://example.com about", "what is https://example.org about", "entity"),
+    ("what does getUserName return", "what does getUserId return", "entity"),
+    ("flights from Paris to Rome", "flights from Rome to Paris", "direction"),
+    ("is a cat bigger than a dog", "is a dog bigger than a cat", "direction"),
+    ("convert km to miles", "convert miles to km", "direction"),
+    ("translate from spanish to english", "translate from english to spanish", "direction"),
+    ("python vs java for beginners", "java vs python for beginners", "direction"),
+]
+
+MUST_SHARE = [
+    ("how do I reset my password", "what is the way to reset my password"),
+    ("How do I reset my Password", "how do i reset my password"),
+    ("flights from paris to rome", "flights to rome from paris"),
+    ("what is 2 + 2", "what is two plus two"),
+    ("I don't know how to change the oil", "how do I change the oil"),
+    ("what's the weather like today", "how is the weather today"),
+    ("can you tell me a joke", "tell me a joke please"),
+    ("I want to book a table for 4", "book me a table for four"),
+    ("what is the capital of France", "tell me the capital of France"),
+    ("no idea why my account is locked", "why is my account locked"),
+]
+
+
+@pytest.mark.parametrize(("a", "b", "name"), MUST_DIFFER)
+def test_pairs_that_must_not_share_an_answer(a: str, b: str, name: str) -> None:
+    assert guards.GUARDS[name](a, b) and guards.GUARDS[name](b, a)  # symmetric
+    assert guards.check(a, b, ALL) is not None
+
+
+@pytest.mark.parametrize(("a", "b"), MUST_SHARE)
+def test_paraphrases_pass_every_guard(a: str, b: str) -> None:
+    assert guards.check(a, b, ALL) is None and guards.check(b, a, ALL) is None
+
+
+def test_choosing_guards() -> None:
+    assert guards.parse("all") == ALL and guards.parse("none") == ()
+    assert guards.parse("number, negation,number") == ("number", "negation")
+    with pytest.raises(ValueError, match="unknown guard 'spelling'"):
+        guards.parse("number,spelling")
+    assert guards.check("top 3", "top 10", ("negation",)) is None
+    assert config.load_settings({}).guards == ALL == config.DEFAULTS["guards"]
+    assert config.load_settings({"guards": "none"}).guards == ()
+    assert config.load_settings({}, env={"SEMCACHE_GUARDS": "entity"}).guards == ("entity",)
+    with pytest.raises(UsageError, match="--guards: unknown guard 'nope'"):
+        config.load_settings({"guards": "nope"})
+
+
+def at(cosine: float) -> np.ndarray:
+    vector = np.zeros(384)
+    vector[0], vector[1] = cosine, np.sqrt(1 - cosine**2)
+    return vector
+
+
+@pytest.fixture
+def twofa(ollama: FakeOllama, isolated_env: Path) -> FakeOllama:
+    ollama.table.update({"how do I enable 2FA": at(1.0), "how do I disable 2FA": at(0.96)})
+    assert run_cli("ask", "-q", "how do I enable 2FA", "--embed-model", "all-minilm").exit_code == 0
+    return ollama
+
+
+def test_ask_misses_with_the_guard_as_reason(twofa: FakeOllama) -> None:
+    result = run_cli("ask", "how do I disable 2FA", "--embed-model", "all-minilm", "--json", "--no-store")
+    outcome = json.loads(result.stdout)
+    assert (outcome["source"], outcome["miss_reason"]) == ("model", "guard:negation")
+    assert outcome["response"] == "This is the answer to: how do I disable 2FA"
+    assert "miss (guard:negation, best similarity 0.960)" in run_cli(
+        "ask", "how do I disable 2FA", "--embed-model", "all-minilm", "--no-store").stderr
+
+
+def test_guards_none_serves_the_neighbour(twofa: FakeOllama) -> None:
+    outcome = json.loads(run_cli("ask", "how do I disable 2FA", "--embed-model", "all-minilm", "--json",
+                                 "--guards", "none").stdout)
+    assert (outcome["source"], outcome["entry_id"]) == ("semantic", 1)
+
+
+def test_exact_hits_are_never_guarded(twofa: FakeOllama) -> None:
+    outcome = json.loads(run_cli("ask", "How do I enable 2FA?", "--embed-model", "all-minilm", "--json").stdout)
+    assert outcome["source"] == "exact"
+
+
+def test_inspect_similar_shows_which_guard_fired(twofa: FakeOllama) -> None:
+    result = run_cli("inspect", "--similar", "how do I disable 2FA", "--embed-model", "all-minilm")
+    lines = result.stdout.splitlines()
+    assert lines[1].split("\t")[6] == "guard:negation"
+    assert lines[-1] == "ask would miss (guard:negation, similarity 0.960) and call the model"
