@@ -332,8 +332,8 @@ class Store:
         return found, b"".join(blobs)
 
     def vectors(self, scope: str, embed_model: str, dims: int) -> tuple[list[int], bytes]:
-        """Ids and concatenated float32 vectors comparable with a query vector: same
-        scope, same embedding model, same dimension."""
+        """Every float32 vector of a scope, embedding model and dimension: the exact
+        scan that the two-pass search is checked against (tests, bench), not a hot path."""
         rows = self.conn.execute(
             "SELECT entry_id, vector FROM entry_vectors WHERE scope = ? AND embed_model = ? AND dims = ?",
             (scope, embed_model, dims),
