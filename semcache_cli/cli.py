@@ -36,6 +36,8 @@ from semcache_cli.errors import (
 OPTION_FLAGS = ("-o", "--option")
 GUARDS_HELP = ("Answer-safety guards on semantic hits: all, none, or some of negation,number,entity,direction. "
                "[default: all; env SEMCACHE_GUARDS]")
+MARGIN_HELP = ("Margin rule: a semantic hit whose runner-up, another entry with another answer, is this close "
+               "becomes a miss (ambiguous); 0 turns it off. [default: 0; env SEMCACHE_MARGIN]")
 
 
 def join_option_pairs(args: list[str]) -> list[str]:
@@ -237,6 +239,7 @@ def ask(
         str | None, typer.Option("--timeout", help=_help("How long to wait for Ollama to reply.", "timeout", "300s"))
     ] = None,
     guards: Annotated[str | None, typer.Option("--guards", help=GUARDS_HELP)] = None,
+    margin: Annotated[float | None, typer.Option("--margin", help=MARGIN_HELP)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Skip the lookup, ask the model, still store.")] = False,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store a new answer.")] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Never call the model; exit 3 on a miss.")] = False,
@@ -253,7 +256,7 @@ def ask(
             {
                 "model": model, "embed_model": embed_model, "system": system, "namespace": namespace,
                 "ttl": ttl, "threshold": threshold, "min_confidence": min_confidence,
-                "timeout": timeout, "db": db, "guards": guards,
+                "timeout": timeout, "db": db, "guards": guards, "margin": margin,
             },
             [_option_pair(item) for item in option or []],
         )
@@ -442,6 +445,7 @@ def replay(
     ] = None,
     timeout: Annotated[str | None, typer.Option("--timeout", help=_help("Ollama reply timeout.", "timeout", "300s"))] = None,
     guards: Annotated[str | None, typer.Option("--guards", help=GUARDS_HELP)] = None,
+    margin: Annotated[float | None, typer.Option("--margin", help=MARGIN_HELP)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
     db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
 ) -> None:
@@ -462,7 +466,7 @@ def replay(
         settings = config.load_settings(
             {"model": model, "embed_model": embed_model, "system": system, "namespace": namespace, "ttl": ttl,
              "threshold": threshold, "min_confidence": min_confidence, "timeout": timeout, "db": db,
-             "guards": guards},
+             "guards": guards, "margin": margin},
             [_option_pair(item) for item in option or []],
         )
         sweep = replaying.parse_thresholds(thresholds) if thresholds else [settings.threshold]
@@ -585,6 +589,7 @@ def inspect(
         float | None, typer.Option("--min-confidence", help="With --similar: the least confidence.")
     ] = None,
     guards: Annotated[str | None, typer.Option("--guards", help="With --similar: " + GUARDS_HELP)] = None,
+    margin: Annotated[float | None, typer.Option("--margin", help="With --similar: " + MARGIN_HELP)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON array (or object for ID).")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object a line, streamed.")] = False,
     with_vectors: Annotated[bool, typer.Option("--with-vectors", help="Include vectors in JSON output.")] = False,
@@ -606,7 +611,7 @@ def inspect(
             raise UsageError("give an ID or --similar TEXT, not both")
         settings = config.load_settings(
             {"db": db, "namespace": namespace, "model": model, "system": system, "embed_model": embed_model,
-             "threshold": threshold, "min_confidence": min_confidence, "guards": guards},
+             "threshold": threshold, "min_confidence": min_confidence, "guards": guards, "margin": margin},
             [_option_pair(item) for item in option or []],
         )
         now = time.time()

@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "timeout": 300.0,
     "max_query_chars": 32_000,
     "guards": ("negation", "number", "entity", "direction"),  # all of guards.GUARDS
+    "margin": 0.0,
 }
 
 # Generation options that change the answer, typed as Ollama expects them. Runtime
@@ -186,6 +187,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "timeout": _positive_seconds,
     "max_query_chars": _positive_int,
     "guards": _guard_names,
+    "margin": _unit_interval,
 }
 
 
@@ -333,6 +335,7 @@ class Settings:
     timeout: float = DEFAULTS["timeout"]
     max_query_chars: int = DEFAULTS["max_query_chars"]
     guards: tuple[str, ...] = DEFAULTS["guards"]
+    margin: float = DEFAULTS["margin"]
     options: dict[str, Any] = field(default_factory=dict)
     db_is_default: bool = False  # only the default location is created on demand
 

@@ -47,6 +47,7 @@ class AskRequest:
     ttl: float | None
     max_query_chars: int = 32_000
     guards: tuple[str, ...] = ()  # answer-safety guards on semantic candidates
+    margin: float = 0.0  # margin rule: a runner-up this close makes a semantic hit a miss
     metadata: dict[str, Any] | None = None  # stored with a new answer (replay: its label)
     wait_s: float = 300.0  # longest wait for another process answering the same question
     lookup: bool = True  # False: --no-cache, the bypass path
@@ -129,16 +130,23 @@ class Decision:
     confidence: float | None
 
 
-def decide(candidates: Iterable[Judged]) -> Decision:
+def decide(candidates: Iterable[Judged], margin: float = 0.0) -> Decision:
     """What ask does with its candidates, best first: serve the first one the gate
     accepts; otherwise the first rejected one explains the miss. A candidate below the
-    threshold ends the search (the rest are lower still)."""
+    threshold ends the search (the rest are lower still). Margin rule: a semantic winner
+    whose runner-up is within `margin`, acceptable too, and another entry with another
+    answer is too close to call: a miss ("ambiguous")."""
     rejected: Judged | None = None
     best_semantic: float | None = None
-    for judged in candidates:
+    remaining = iter(candidates)
+    for judged in remaining:
         if judged.source == "semantic" and best_semantic is None:
             best_semantic = judged.similarity
         if judged.verdict.serve:
+            if judged.source == "semantic" and margin > 0:
+                runner_up = next(remaining, None)
+                if runner_up is not None and _too_close(judged, runner_up, margin):
+                    return Decision(None, policy.AMBIGUOUS, judged.similarity, judged.verdict.confidence)
             return Decision(judged, None, judged.similarity, judged.verdict.confidence)
         if judged.verdict.reason == policy.NO_MATCH:
             break
@@ -146,6 +154,12 @@ def decide(candidates: Iterable[Judged]) -> Decision:
     if rejected is not None:
         return Decision(None, rejected.verdict.reason, rejected.similarity, rejected.verdict.confidence)
     return Decision(None, policy.NO_MATCH, best_semantic, None)
+
+
+def _too_close(best: Judged, runner_up: Judged, margin: float) -> bool:
+    return (runner_up.source == "semantic" and runner_up.verdict.serve and runner_up.entry.id != best.entry.id
+            and policy.tied(best.similarity, runner_up.similarity, margin)
+            and policy.normalise(runner_up.entry.response) != policy.normalise(best.entry.response))
 
 
 @dataclass
@@ -228,7 +242,7 @@ class Engine:
         neighbours: Iterable[Judged] = ()
         if req.lookup and vector is not None:
             neighbours = self._neighbours(req, scope_hash, vector, now, SEMANTIC_CANDIDATES)
-        decision = decide(itertools.chain([exact] if exact else [], neighbours))
+        decision = decide(itertools.chain([exact] if exact else [], neighbours), req.margin)
         if req.lookup:
             timer.lap("semantic")
         if decision.served is not None:
@@ -336,7 +350,7 @@ class Engine:
             vector = self._embed_vector(query, req)
         neighbours = list(self._neighbours(req, scope_hash, vector, now, max(limit, SEMANTIC_CANDIDATES)))
         considered = neighbours[:SEMANTIC_CANDIDATES]
-        decision = decide(itertools.chain([exact] if exact else [], considered))
+        decision = decide(itertools.chain([exact] if exact else [], considered), req.margin)
         return Explanation(decision, exact, neighbours[:limit], len(considered))
 
     def _judge(self, source: str, entry: Entry, similarity: float, req: AskRequest, now: float) -> Judged:
@@ -439,6 +453,7 @@ def request_from(settings: Settings, query: str, format: Any = None, **flags: bo
         ttl=settings.ttl,
         max_query_chars=settings.max_query_chars,
         guards=settings.guards,
+        margin=settings.margin,
         wait_s=settings.timeout,
         **flags,
     )

@@ -20,6 +20,7 @@ EXPIRED = "expired"
 POISONED = "poisoned"
 LOW_CONFIDENCE = "low_confidence"
 BYPASS = "bypass"
+AMBIGUOUS = "ambiguous"  # margin rule: two different answers nearly tied
 GUARD_PREFIX = "guard:"  # guard:negation, guard:number, ...
 
 # Default weights of the confidence score: similarity matters most, freshness decays
@@ -97,6 +98,11 @@ def freshness(created_at: float, ttl: float | None, now: float) -> float:
 
 def confidence(similarity: float, fresh: float) -> float:
     return SIMILARITY_WEIGHT * similarity + FRESHNESS_WEIGHT * fresh
+
+
+def tied(best: float, runner_up: float, margin: float) -> bool:
+    """The margin rule's test: the runner-up is within `margin` of the best (0: off)."""
+    return margin > 0 and runner_up >= best - margin
 
 
 def poison_reason(response: str | None, done_reason: str | None) -> str | None:

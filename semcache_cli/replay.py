@@ -320,9 +320,17 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
                                 before[pos] if m else None, stored_index, within[pos, new_rows] if new_rows else None,
                                 [block[r] for r in new_rows]):
                             verdict = judged(similarity, item.query, items[candidate].query)
+                            if served is not None:  # the runner-up of a winner: the margin rule
+                                if verdict.serve and policy.tied(served[1], similarity, settings.margin):
+                                    first_rejection = (served[1], policy.Verdict(False, policy.AMBIGUOUS,
+                                                                                 served[2].confidence))
+                                    served = None
+                                break
                             if verdict.serve:
                                 served = (candidate, similarity, verdict)
-                                break
+                                if settings.margin <= 0:
+                                    break
+                                continue
                             if verdict.reason == policy.NO_MATCH:
                                 break
                             first_rejection = first_rejection or (similarity, verdict)

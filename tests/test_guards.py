@@ -120,3 +120,46 @@ def test_inspect_similar_shows_which_guard_fired(twofa: FakeOllama) -> None:
     lines = result.stdout.splitlines()
     assert lines[1].split("\t")[6] == "guard:negation"
     assert lines[-1] == "ask would miss (guard:negation, similarity 0.960) and call the model"
+
+
+# -- the margin rule ----------------------------------------------------------------------
+
+def on_axis(cosine: float, axis: int) -> np.ndarray:
+    vector = np.zeros(384)
+    vector[0], vector[axis] = cosine, np.sqrt(1 - cosine**2)
+    return vector
+
+
+@pytest.fixture
+def near_tie(ollama: FakeOllama, isolated_env: Path) -> FakeOllama:
+    ollama.table.update({"the probe question": on_axis(1.0, 1), "first stored": on_axis(0.95, 2),
+                         "second stored": on_axis(0.948, 3)})
+    for question in ("first stored", "second stored"):  # --no-cache: the second must not hit the first
+        assert run_cli("ask", "-q", question, "--embed-model", "all-minilm", "--no-cache").exit_code == 0
+    return ollama
+
+
+def ask_probe(*flags: str) -> dict:
+    return json.loads(run_cli("ask", "the probe question", "--embed-model", "all-minilm", "--json", "--no-store",
+                              *flags).stdout)
+
+
+def test_a_near_tie_between_two_answers_is_a_miss(near_tie: FakeOllama) -> None:
+    assert ask_probe()["source"] == "semantic"  # off by default
+    tied = ask_probe("--margin", "0.005")
+    assert (tied["source"], tied["miss_reason"]) == ("model", "ambiguous")
+    assert tied["similarity"] == pytest.approx(0.95, abs=1e-5)
+    clear = ask_probe("--margin", "0.001")  # 0.002 apart: not a tie at this margin
+    assert (clear["source"], clear["entry_id"]) == ("semantic", 1)
+    explained = json.loads(run_cli("inspect", "--similar", "the probe question", "--embed-model", "all-minilm",
+                                   "--margin", "0.005", "--json").stdout)
+    assert explained["decision"]["miss_reason"] == "ambiguous"
+
+
+def test_a_near_tie_with_the_same_answer_is_still_a_hit(ollama: FakeOllama, isolated_env: Path) -> None:
+    ollama.table.update({"the probe question": on_axis(1.0, 1), "first stored": on_axis(0.95, 2),
+                         "second stored": on_axis(0.948, 3)})
+    ollama.replies.update({"first stored": "Same answer.", "second stored": "same answer"})
+    for question in ("first stored", "second stored"):
+        run_cli("ask", "-q", question, "--embed-model", "all-minilm", "--no-cache")
+    assert ask_probe("--margin", "0.005")["source"] == "semantic"
