@@ -13,7 +13,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from semcache_cli import policy
 from semcache_cli.errors import (
@@ -112,8 +112,7 @@ class _Timer:
         return {**self.laps, "total": round((time.perf_counter() - self.start) * 1000, 3)}
 
 
-@dataclass(frozen=True)
-class Judged:
+class Judged(NamedTuple):
     """A stored entry offered by a layer, with the reuse gate's verdict on it."""
 
     source: str  # exact | semantic
@@ -122,8 +121,7 @@ class Judged:
     verdict: policy.Verdict
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     served: Judged | None
     miss_reason: str | None
     similarity: float | None  # of the served entry, or what explains the miss

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from semcache_cli.errors import StoreError, UsageError
 
@@ -134,8 +134,7 @@ def rebuild_search_chunks(conn: sqlite3.Connection) -> None:
                          (scope, embed_model, dims, chunk, len(part), ids, codes))
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     id: int
     scope: str
     exact_key: str

@@ -250,3 +250,22 @@ def test_vectors_only_when_asked_on_every_form(neighbours: Path) -> None:
     assert [len(r["entry"]["vector"]) for r in rows] == [384, 384, 384]
     plain = run_cli("inspect", "--similar", "the probe", "--embed-model", "all-minilm", "--json").stdout
     assert all("vector" not in c["entry"] for c in json.loads(plain)["candidates"])
+
+
+def test_a_reader_that_stops_early_is_not_an_error(isolated_env: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    for i in range(700):  # more than a pipe buffer of listing
+        seed(isolated_env, f"question number {i} " + "with a longer text to fill the pipe " * 3, age=i)
+    proc = subprocess.Popen([sys.executable, "-m", "semcache_cli", "inspect", "--limit", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=os.environ.copy(), cwd=REPO)
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"id\t")
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read() if proc.stderr else b""
+    proc.wait(timeout=60)
+    proc.stderr.close() if proc.stderr else None
+    assert proc.returncode == 0 and err == b""
