@@ -60,13 +60,22 @@ def _has(tokens: list[str], joined: str, phrase: str) -> bool:
     return f" {phrase} " in joined if " " in phrase else phrase in tokens
 
 
+# Each word that starts an opposite: most question pairs contain none, and are done at once.
+_OPPOSITE_STARTS = frozenset(word.split()[0] for pair in OPPOSITES for word in pair)
+
+
 def polarity_differs(query: str, stored: str) -> bool:
     """One question is negated and the other is not, or they ask for opposites."""
     a, b = words(query), words(stored)
     if _negations(a) % 2 != _negations(b) % 2:
         return True
+    present = (set(a) | set(b)) & _OPPOSITE_STARTS
+    if not present:
+        return False
     ja, jb = f" {' '.join(a)} ", f" {' '.join(b)} "
     for x, y in OPPOSITES:
+        if x.split()[0] not in present and y.split()[0] not in present:
+            continue
         ax, ay, bx, by = _has(a, ja, x), _has(a, ja, y), _has(b, jb, x), _has(b, jb, y)
         if (ax and not ay and by and not bx) or (ay and not ax and bx and not by):
             return True
