@@ -32,6 +32,13 @@ SCHEMA_VERSION = 4
 SEARCH_CHUNK = 1024  # entries per search chunk row
 BUSY_TIMEOUT_S = 30.0
 
+ENTRY_COLUMNS = (
+    "scope", "exact_key", "namespace", "model", "system", "options", "format", "query", "response", "embed_model",
+    "dims", "created_at", "ttl", "expires_at", "hits", "last_hit_at", "prompt_tokens", "completion_tokens",
+    "generation_s", "done_reason", "metadata",
+)
+INSERT_ENTRY = (f"INSERT INTO entries ({', '.join(ENTRY_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in ENTRY_COLUMNS)})")
 REQUEST_COLUMNS = (
     "at", "namespace", "model", "embed_model", "scope", "exact_key", "query", "path", "entry_id",
     "similarity", "confidence", "miss_reason", "latency_ms", "saved_s", "saved_tokens", "error",
@@ -115,6 +122,31 @@ def _migrations() -> Any:
     return migrations
 
 
+def append_codes(conn: sqlite3.Connection, scope: str, embed_model: str, dims: int,
+                 ids: list[int], codes: list[bytes]) -> None:
+    """Append ids and sign codes to the group's last search chunk until it is full, then
+    start new chunks. The one writer of search_chunks."""
+    last = conn.execute(
+        "SELECT chunk, count, ids, codes FROM search_chunks WHERE scope = ? AND embed_model = ? AND dims = ? "
+        "ORDER BY chunk DESC LIMIT 1", (scope, embed_model, dims),
+    ).fetchone()
+    chunk, count, id_blob, code_blob = (last[0], last[1], last[2], last[3]) if last else (-1, SEARCH_CHUNK, b"", b"")
+    position = 0
+    while position < len(ids):
+        if count >= SEARCH_CHUNK:
+            chunk, count, id_blob, code_blob = chunk + 1, 0, b"", b""
+        room = min(SEARCH_CHUNK - count, len(ids) - position)
+        taken = range(position, position + room)
+        id_blob += b"".join(int(ids[i]).to_bytes(8, "little", signed=True) for i in taken)
+        code_blob += b"".join(codes[i] for i in taken)
+        count += room
+        position += room
+        conn.execute(
+            "INSERT OR REPLACE INTO search_chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (scope, embed_model, dims, chunk, count, id_blob, code_blob),
+        )
+
+
 def rebuild_search_chunks(conn: sqlite3.Connection) -> None:
     """(Re)derive every search chunk from entry_vectors, the authoritative vectors."""
     from semcache_cli import vectors
@@ -126,12 +158,8 @@ def rebuild_search_chunks(conn: sqlite3.Connection) -> None:
             "SELECT entry_id, vector FROM entry_vectors WHERE scope = ? AND embed_model = ? AND dims = ? "
             "ORDER BY entry_id", (scope, embed_model, dims),
         ).fetchall()
-        for chunk, start in enumerate(range(0, len(rows), SEARCH_CHUNK)):
-            part = rows[start:start + SEARCH_CHUNK]
-            ids = b"".join(int(r[0]).to_bytes(8, "little", signed=True) for r in part)
-            codes = b"".join(vectors.sign_code(vectors.decode(r[1])) for r in part)
-            conn.execute("INSERT INTO search_chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (scope, embed_model, dims, chunk, len(part), ids, codes))
+        codes = vectors.sign_codes(vectors.decode(b"".join(r[1] for r in rows)).reshape(len(rows), dims))
+        append_codes(conn, scope, embed_model, dims, [r[0] for r in rows], [c.tobytes() for c in codes])
 
 
 class Entry(NamedTuple):
@@ -197,6 +225,20 @@ class NewEntry:
     embed_model: str | None = None
     vector: bytes | None = None
     dims: int | None = None
+
+    def column_values(self) -> tuple[Any, ...]:
+        """The values of ENTRY_COLUMNS for this answer: a new entry has no hits yet."""
+        has_vector = self.vector is not None
+        return (
+            self.scope, self.exact_key, self.namespace, self.model, self.system,
+            json.dumps(self.options, sort_keys=True),
+            json.dumps(self.format) if self.format is not None else None,
+            self.query, self.response,
+            self.embed_model if has_vector else None, self.dims if has_vector else None,
+            self.created_at, self.ttl, None if self.ttl is None else self.created_at + self.ttl,
+            0, None, self.prompt_tokens, self.completion_tokens, self.generation_s, self.done_reason,
+            json.dumps(self.metadata or {}, sort_keys=True),
+        )
 
 
 def _create_private_file(path: Path, create_parent: bool) -> None:
@@ -359,11 +401,7 @@ class Store:
         """Upsert on (scope, exact key): a fresh answer replaces the old one, same id."""
         with self.transaction():
             entry_id = self.conn.execute(
-                """
-                INSERT INTO entries (scope, exact_key, namespace, model, system, options, format,
-                    query, response, embed_model, dims, created_at, ttl, expires_at, hits,
-                    last_hit_at, prompt_tokens, completion_tokens, generation_s, done_reason, metadata)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?, ?)
+                INSERT_ENTRY + """
                 ON CONFLICT (scope, exact_key) DO UPDATE SET
                     namespace = excluded.namespace, model = excluded.model,
                     system = excluded.system, options = excluded.options,
@@ -377,18 +415,7 @@ class Store:
                     metadata = excluded.metadata
                 RETURNING id
                 """,
-                (
-                    new.scope, new.exact_key, new.namespace, new.model, new.system,
-                    json.dumps(new.options, sort_keys=True),
-                    json.dumps(new.format) if new.format is not None else None,
-                    new.query, new.response,
-                    new.embed_model if new.vector is not None else None,
-                    new.dims if new.vector is not None else None,
-                    new.created_at, new.ttl,
-                    None if new.ttl is None else new.created_at + new.ttl,
-                    new.prompt_tokens, new.completion_tokens, new.generation_s, new.done_reason,
-                    json.dumps(new.metadata or {}, sort_keys=True),
-                ),
+                new.column_values(),
             ).fetchone()[0]
             if new.vector is not None:
                 self.conn.execute(
@@ -399,7 +426,7 @@ class Store:
                 from semcache_cli import vectors  # a vector to store means numpy is loaded already
 
                 code = vectors.sign_code(vectors.decode(new.vector))
-                self._append_codes(new.scope, new.embed_model or "", new.dims or 0, [entry_id], [code])
+                append_codes(self.conn, new.scope, new.embed_model or "", new.dims or 0, [entry_id], [code])
             else:
                 # The old answer's vector belongs to the old row state; drop it.
                 self.conn.execute("DELETE FROM entry_vectors WHERE entry_id = ?", (entry_id,))
@@ -417,16 +444,8 @@ class Store:
         with self.transaction():
             for new in news:
                 ids.append(self.conn.execute(
-                    "INSERT INTO entries (scope, exact_key, namespace, model, system, options, format, query, "
-                    "response, embed_model, dims, created_at, ttl, expires_at, hits, prompt_tokens, "
-                    "completion_tokens, generation_s, done_reason, metadata) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING id",
-                    (new.scope, new.exact_key, new.namespace, new.model, new.system,
-                     json.dumps(new.options, sort_keys=True), json.dumps(new.format) if new.format is not None else None,
-                     new.query, new.response, new.embed_model if new.vector else None,
-                     new.dims if new.vector else None, new.created_at, new.ttl,
-                     None if new.ttl is None else new.created_at + new.ttl, new.prompt_tokens,
-                     new.completion_tokens, new.generation_s, new.done_reason, json.dumps(new.metadata or {})),
+                    INSERT_ENTRY + " RETURNING id",
+                    new.column_values(),
                 ).fetchone()[0])
             with_vectors = [(i, n) for i, n in zip(ids, news, strict=True) if n.vector is not None]
             self.conn.executemany(
@@ -438,30 +457,8 @@ class Store:
                 groups.setdefault((new.scope, new.embed_model or "", new.dims or 0), []).append((entry_id, new.vector or b""))
             for (scope, embed_model, dims), members in groups.items():
                 codes = vectors.sign_codes(vectors.decode(b"".join(v for _, v in members)).reshape(len(members), dims))
-                self._append_codes(scope, embed_model, dims, [i for i, _ in members], [c.tobytes() for c in codes])
+                append_codes(self.conn, scope, embed_model, dims, [i for i, _ in members], [c.tobytes() for c in codes])
         return ids
-
-    def _append_codes(self, scope: str, embed_model: str, dims: int, ids: list[int], codes: list[bytes]) -> None:
-        """Append to the group's last chunk until it is full, then start new chunks."""
-        last = self.conn.execute(
-            "SELECT chunk, count, ids, codes FROM search_chunks WHERE scope = ? AND embed_model = ? AND dims = ? "
-            "ORDER BY chunk DESC LIMIT 1", (scope, embed_model, dims),
-        ).fetchone()
-        chunk, count, id_blob, code_blob = (last[0], last[1], last[2], last[3]) if last else (-1, SEARCH_CHUNK, b"", b"")
-        position = 0
-        while position < len(ids):
-            if count >= SEARCH_CHUNK:
-                chunk, count, id_blob, code_blob = chunk + 1, 0, b"", b""
-            room = min(SEARCH_CHUNK - count, len(ids) - position)
-            taken = range(position, position + room)
-            id_blob += b"".join(int(ids[i]).to_bytes(8, "little", signed=True) for i in taken)
-            code_blob += b"".join(codes[i] for i in taken)
-            count += room
-            position += room
-            self.conn.execute(
-                "INSERT OR REPLACE INTO search_chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (scope, embed_model, dims, chunk, count, id_blob, code_blob),
-            )
 
     def compact_search(self) -> None:
         """Drop ids of deleted entries and superseded codes from the search chunks (after
@@ -486,14 +483,7 @@ class Store:
                         kept[entry_id] = codes[width * i:width * (i + 1)]
                 self.conn.execute("DELETE FROM search_chunks WHERE scope = ? AND embed_model = ? AND dims = ?",
                                   (scope, embed_model, dims))
-                items = list(kept.items())
-                for chunk, start in enumerate(range(0, len(items), SEARCH_CHUNK)):
-                    part = items[start:start + SEARCH_CHUNK]
-                    self.conn.execute(
-                        "INSERT INTO search_chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (scope, embed_model, dims, chunk, len(part),
-                         b"".join(i.to_bytes(8, "little", signed=True) for i, _ in part), b"".join(c for _, c in part)),
-                    )
+                append_codes(self.conn, scope, embed_model, dims, list(kept), list(kept.values()))
 
     def _insert_request(self, request: dict[str, Any]) -> None:
         row = {column: request.get(column) for column in REQUEST_COLUMNS}
