@@ -1,8 +1,8 @@
 """The ask pipeline: validate, scope, exact layer, embed, semantic layer, reuse gate,
 model call, store, request log. Returns an Outcome used by `ask` (and by replay).
 
-Cheap first: an exact hit touches only SQLite, so numpy and httpx are imported lazily,
-on the first path that needs them. Embedding failures degrade the cache instead of
+Cheap first: an exact hit touches only SQLite, so the HTTP client is imported lazily,
+on the first path that needs it, and numpy only for a cache large enough to need it. Embedding failures degrade the cache instead of
 breaking the user's script: the exact layer and the model call still work, and the
 answer is stored without a vector.
 """
@@ -298,7 +298,7 @@ class Engine:
                     generation_s=generation.total_s, done_reason=generation.done_reason,
                     embed_model=policy.canonical_model(req.embed_model) if vector is not None else None,
                     vector=vectors.encode(vector) if vector is not None else None,
-                    dims=int(vector.size) if vector is not None else None,
+                    dims=len(vector) if vector is not None else None,
                     metadata=req.metadata,
                 ),
                 request_row,
@@ -370,9 +370,9 @@ class Engine:
         from semcache_cli import vectors
 
         embed_model = policy.canonical_model(req.embed_model)
-        ids, codes = self.store.search_codes(scope_hash, embed_model, vector.size)
+        ids, codes = self.store.search_codes(scope_hash, embed_model, len(vector))
         candidates = vectors.hamming_candidates(vector, ids, codes, max(limit, vectors.CANDIDATES))
-        found, blob = self.store.vectors_by_id(candidates, scope_hash, embed_model, vector.size)
+        found, blob = self.store.vectors_by_id(candidates, scope_hash, embed_model, len(vector))
         for entry_id, similarity in vectors.top_matches(vector, found, blob, limit):
             entry = self.store.get(entry_id)
             if entry is not None:  # None: purged since the vectors were read

@@ -13,9 +13,10 @@ import os
 import sys
 import time
 import types
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 # httpx imports its optional command-line tool (click, rich and pygments: ~75 ms measured)
 # whenever those happen to be installed, and they are here (sqlite-utils needs click).
@@ -23,9 +24,6 @@ from typing import TYPE_CHECKING, Any
 sys.modules.setdefault("httpx._main", types.ModuleType("httpx._main"))
 
 import httpx  # noqa: E402
-
-if TYPE_CHECKING:
-    import numpy as np
 
 from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable  # noqa: E402
 
@@ -118,10 +116,10 @@ class OllamaClient:
 
     # -- embeddings --------------------------------------------------------------------
 
-    def embed(self, model: str, texts: list[str]) -> np.ndarray:
-        """One float32 row per text, in order (batched through /api/embed's list input).
-        The reply is parsed once and checked as a whole by numpy: a batch of 256
-        vectors is a megabyte of JSON, and per-number Python checks cost more than it."""
+    def embed(self, model: str, texts: list[str]) -> list[array]:
+        """One float32 array per text, in order, all of one length (batched through
+        /api/embed's list input). array('f') converts and checks a row in C: a batch of
+        256 vectors is a megabyte of JSON, and numpy would cost a fresh ask ~90 ms."""
         if not self._legacy_embed:
             response = self._post("/api/embed", {"model": model, "input": texts, "truncate": False})
             text, is_json = _error_text(response) if response.status_code != 200 else ("", True)
@@ -152,19 +150,18 @@ class OllamaClient:
             raise OllamaError(f"Ollama at {self.base_url} sent a reply that is not a JSON object")
         return body
 
-    def _checked_vectors(self, vectors: Any, count: int) -> np.ndarray:
-        import numpy as np
-
+    def _checked_vectors(self, vectors: Any, count: int) -> list[array]:
         malformed = OllamaError(f"Ollama at {self.base_url} sent malformed embeddings")
-        if not isinstance(vectors, list) or len(vectors) != count:
+        if not isinstance(vectors, list) or len(vectors) != count or not all(isinstance(v, list) for v in vectors):
             raise malformed
         try:
-            matrix = np.asarray(vectors, dtype=np.float32) if count else np.empty((0, 0), dtype=np.float32)
-        except (TypeError, ValueError):  # ragged rows, or something that is not a number
+            rows = [array("f", row) for row in vectors]
+        except (TypeError, ValueError, OverflowError):  # something that is not a number
             raise malformed from None
-        if matrix.ndim != 2 or (count and matrix.shape[1] == 0):
+        lengths = {len(row) for row in rows}
+        if len(lengths) > 1 or 0 in lengths:  # ragged or empty rows
             raise malformed
-        return matrix
+        return rows
 
     # -- chat --------------------------------------------------------------------------
 

@@ -247,8 +247,10 @@ def embed_all(client: Any, embed_model: str, texts: list[str], progress: Callabl
         batch = [embedding_text(embed_model, t) for t in texts[start:start + EMBED_BATCH]]
         block = client.embed(embed_model, batch)
         if out is None:
-            out = np.empty((len(texts), block.shape[1]), dtype=np.float32)
-        out[start:start + len(batch)] = block
+            out = np.empty((len(texts), len(block[0])), dtype=np.float32)
+        if len(block[0]) != out.shape[1]:
+            raise SemcacheError(f"{embed_model} returned embeddings of different lengths")
+        out[start:start + len(batch)] = np.frombuffer(b"".join(block), dtype=np.float32).reshape(len(batch), -1)
         progress(len(batch))
     if out is None:
         return np.empty((0, 0), dtype=np.float32)

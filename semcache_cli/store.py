@@ -158,8 +158,8 @@ def rebuild_search_chunks(conn: sqlite3.Connection) -> None:
             "SELECT entry_id, vector FROM entry_vectors WHERE scope = ? AND embed_model = ? AND dims = ? "
             "ORDER BY entry_id", (scope, embed_model, dims),
         ).fetchall()
-        codes = vectors.sign_codes(vectors.decode(b"".join(r[1] for r in rows)).reshape(len(rows), dims))
-        append_codes(conn, scope, embed_model, dims, [r[0] for r in rows], [c.tobytes() for c in codes])
+        codes = vectors.sign_codes(b"".join(r[1] for r in rows), dims)
+        append_codes(conn, scope, embed_model, dims, [r[0] for r in rows], codes)
 
 
 class Entry(NamedTuple):
@@ -423,7 +423,7 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?)",
                     (entry_id, new.scope, new.embed_model, new.dims, new.vector),
                 )
-                from semcache_cli import vectors  # a vector to store means numpy is loaded already
+                from semcache_cli import vectors
 
                 code = vectors.sign_code(vectors.decode(new.vector))
                 append_codes(self.conn, new.scope, new.embed_model or "", new.dims or 0, [entry_id], [code])
@@ -456,8 +456,8 @@ class Store:
             for entry_id, new in with_vectors:
                 groups.setdefault((new.scope, new.embed_model or "", new.dims or 0), []).append((entry_id, new.vector or b""))
             for (scope, embed_model, dims), members in groups.items():
-                codes = vectors.sign_codes(vectors.decode(b"".join(v for _, v in members)).reshape(len(members), dims))
-                append_codes(self.conn, scope, embed_model, dims, [i for i, _ in members], [c.tobytes() for c in codes])
+                codes = vectors.sign_codes(b"".join(v for _, v in members), dims)
+                append_codes(self.conn, scope, embed_model, dims, [i for i, _ in members], codes)
         return ids
 
     def compact_search(self) -> None:

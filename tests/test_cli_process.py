@@ -91,3 +91,19 @@ def test_a_reader_that_goes_away_does_not_lose_the_answer(ollama: FakeOllama, is
     conn = sqlite3.connect(isolated_env)
     assert conn.execute("SELECT response FROM entries").fetchone()[0] == "word " * 5000
     conn.close()
+
+
+def _imported(stderr: str) -> set[str]:
+    return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_a_small_cache_asks_stores_and_matches_without_numpy(ollama: FakeOllama) -> None:
+    # Importing numpy would cost each fresh ask ~90 ms; a small cache is searched without it.
+    trace = {"PYTHONPROFILEIMPORTTIME": "1"}
+    miss = run_proc("ask", Q, env=trace)
+    hit = run_proc("ask", "--json", "What is semantic caching exactly?", env=trace)
+    assert (miss.exit_code, hit.exit_code) == (0, 0)
+    assert json.loads(hit.stdout)["source"] == "semantic"
+    for result in (miss, hit):
+        assert "semcache_cli.vectors" in _imported(result.stderr)
+        assert "numpy" not in _imported(result.stderr)

@@ -5,6 +5,8 @@ and purges: the fast path must find the same entry and never a deleted one."""
 from __future__ import annotations
 
 import time
+from array import array
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ SCOPE = policy.Scope("default", "llama3.2").hash
 MODEL = "all-minilm:latest"
 
 
-def new(key: str, vector: np.ndarray, created: float | None = None) -> NewEntry:
+def new(key: str, vector: array, created: float | None = None) -> NewEntry:
     return NewEntry(
         scope=SCOPE, exact_key=key, namespace="default", model="llama3.2:latest", system=None, options={},
         format=None, query=key, response=f"answer {key}", created_at=created or time.time(), ttl=None,
@@ -29,31 +31,38 @@ def new(key: str, vector: np.ndarray, created: float | None = None) -> NewEntry:
     )
 
 
-def put(store: Store, key: str, vector: np.ndarray) -> int:
+def put(store: Store, key: str, vector: array) -> int:
     return store.store_answer(new(key, vector))
 
 
-def exact_best(store: Store, query: np.ndarray) -> tuple[int, float]:
+def exact_best(store: Store, query: array) -> tuple[int, float]:
+    """The reference: every stored vector scored in numpy, the best one."""
     ids, blob = store.vectors(SCOPE, MODEL, DIMS)
-    return vectors.top_matches(query, ids, blob, 1)[0]
+    scores = np.frombuffer(blob, "<f4").reshape(len(ids), DIMS).astype(np.float64) @ np.asarray(query, np.float64)
+    best = int(scores.argmax())
+    return ids[best], float(scores[best])
 
 
-def fast_best(engine: Engine, query: np.ndarray) -> tuple[int, float]:
+def fast_best(engine: Engine, query: array) -> tuple[int, float]:
     request = request_from(config.load_settings({"embed_model": "all-minilm"}), "unused")
     judged = next(engine._neighbours(request, SCOPE, query, time.time(), 1))
     return judged.entry.id, judged.similarity
 
 
-def noisy(vector: np.ndarray, rng: np.random.Generator, cosine: float) -> np.ndarray:
+def noisy(vector: Sequence[float], rng: np.random.Generator, cosine: float) -> array:
     """A unit vector at about `cosine` from vector: a paraphrase, as a cache sees it."""
+    vector = np.asarray(vector, dtype=np.float64)
     noise = rng.standard_normal(DIMS)
     noise -= noise @ vector * vector
     noise /= np.linalg.norm(noise)
     return vectors.unit_vector(cosine * vector + np.sqrt(1 - cosine**2) * noise)
 
 
-@pytest.fixture
-def filled(tmp_path: Path) -> tuple[Store, Engine, dict[int, np.ndarray], np.random.Generator]:
+@pytest.fixture(params=["python", "numpy"])
+def filled(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+           ) -> tuple[Store, Engine, dict[int, array], np.random.Generator]:
+    # Both search paths: plain Python (a fresh `ask` on a small cache) and numpy.
+    monkeypatch.setattr(vectors, "use_numpy", lambda count: request.param == "numpy")
     rng = np.random.default_rng(42)
     store = Store.open(tmp_path / "c.db")
     matrix = [vectors.unit_vector(v) for v in rng.standard_normal((2 * SEARCH_CHUNK + 300, DIMS))]
@@ -66,7 +75,7 @@ def filled(tmp_path: Path) -> tuple[Store, Engine, dict[int, np.ndarray], np.ran
     store.close()
 
 
-def agreement(engine: Engine, store: Store, stored: dict[int, np.ndarray], rng: np.random.Generator,
+def agreement(engine: Engine, store: Store, stored: dict[int, array], rng: np.random.Generator,
               count: int = 100) -> None:
     ids = list(stored)
     for _ in range(count):
@@ -122,3 +131,37 @@ def test_after_restores_deletes_and_purges(filled) -> None:
 def test_codes_match_their_vectors() -> None:
     vector = np.array([0.5, -0.1, 0.0, 0.3, -0.7, 0.2, 0.1, -0.2, 0.4], dtype="<f4")
     assert vectors.sign_code(vector) == bytes([0b10010110, 0b10000000])
+    rng = np.random.default_rng(7)
+    matrix = rng.standard_normal((50, 389)).astype("<f4")  # not a whole number of bytes
+    matrix[0, :5] = 0.0
+    assert vectors.sign_codes(matrix.tobytes(), 389) == [vectors.sign_code(row) for row in matrix]
+    assert vectors.sign_codes(matrix.tobytes(), 389) == [np.packbits(row > 0).tobytes() for row in matrix]
+
+
+def test_python_and_numpy_paths_pick_the_same_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(11)
+    matrix = rng.standard_normal((3000, 96)).astype("<f4")
+    ids = np.arange(100, 3100, dtype="<i8").tobytes()
+    codes = [vectors.sign_code(row) for row in matrix]
+    queries = [vectors.unit_vector(matrix[q] + rng.standard_normal(96) * 0.3 * (q % 3)) for q in range(20)]
+
+    def hamming(query: array, entry_id: int) -> int:
+        return (int.from_bytes(vectors.sign_code(query)) ^ int.from_bytes(codes[entry_id - 100])).bit_count()
+
+    found = {}
+    for path in ("python", "numpy"):
+        monkeypatch.setattr(vectors, "use_numpy", lambda count, path=path: path == "numpy")
+        for q, query in enumerate(queries):
+            candidates = vectors.hamming_candidates(query, ids, b"".join(codes), 64)
+            blob = b"".join(vectors.encode(vectors.unit_vector(matrix[i - 100])) for i in candidates)
+            distances = sorted(hamming(query, i) for i in candidates)
+            found[path, q] = (distances, vectors.top_matches(query, candidates, blob, 5))
+    for q in range(20):
+        # the same nearest codes (which of several equally near ones is taken may differ) ...
+        assert len(found["python", q][0]) == 64 and found["python", q][0] == found["numpy", q][0]
+        # ... the same best entry, the vector the query was made from, and the same score
+        # for every entry both paths ranked
+        assert found["python", q][1][0][0] == found["numpy", q][1][0][0] == 100 + q
+        python_scores, numpy_scores = dict(found["python", q][1]), dict(found["numpy", q][1])
+        for entry_id in python_scores.keys() & numpy_scores.keys():
+            assert python_scores[entry_id] == pytest.approx(numpy_scores[entry_id], abs=1e-12)

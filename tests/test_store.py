@@ -21,7 +21,7 @@ def new_entry(query: str = "q", response: str = "a", vector: np.ndarray | None =
                   done_reason="stop", completion_tokens=12, prompt_tokens=5, generation_s=2.5)
     fields.update(kw)
     if vector is not None:
-        fields.update(embed_model="all-minilm:latest", vector=vectors.encode(vector), dims=vector.size)
+        fields.update(embed_model="all-minilm:latest", vector=vectors.encode(vector), dims=len(vector))
     return NewEntry(**fields)  # type: ignore[arg-type]
 
 
