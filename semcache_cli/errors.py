@@ -2,7 +2,7 @@
 
 Each class carries its exit code, so the CLI maps errors to codes in one place
 (`SemcacheError.exit_code`) and every message is a single line that says what to do.
-httpx and sqlite3 errors are translated into these at the edge (ollama.py, store.py).
+Connection and sqlite3 errors are translated into these at the edge (ollama.py, store.py).
 """
 
 from __future__ import annotations

@@ -1,31 +1,29 @@
-"""The Ollama HTTP client (httpx): embeddings, streaming chat, and error mapping.
+"""The Ollama HTTP client: embeddings, streaming chat, and error mapping.
 
-Every httpx error and every Ollama error body is translated here into the exception
+Every connection error and every Ollama error body is translated here into the exception
 tree of errors.py, with a one-line message that says what to do. Timeouts are explicit:
 a short connect timeout (an absent server answers fast) and a long read timeout (a cold
 model load can take minutes before the first token).
+
+Built on the standard library's http.client, one kept-alive connection per client (a
+client belongs to one thread): semcache makes two kinds of POST, and importing httpx
+with httpcore cost every fresh process ~100 ms, more than its whole semantic lookup.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
-import sys
 import time
-import types
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
-# httpx imports its optional command-line tool (click, rich and pygments: ~75 ms measured)
-# whenever those happen to be installed, and they are here (sqlite-utils needs click).
-# semcache never runs that tool; an empty stand-in module makes httpx skip it.
-sys.modules.setdefault("httpx._main", types.ModuleType("httpx._main"))
-
-import httpx  # noqa: E402
-
-from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable  # noqa: E402
+from semcache_cli import __version__
+from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable
 
 CONNECT_TIMEOUT_S = 5.0
 BUSY_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
@@ -34,6 +32,10 @@ BUSY_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 class EmbedInputTooLong(OllamaError):
     """The query is longer than the embedding model's context (sent with truncate=false,
     so a long query is never silently cut and matched on its first part only)."""
+
+
+class _Dropped(Exception):
+    """The connection failed after the request was sent (reset, closed, cut short)."""
 
 
 @dataclass
@@ -45,15 +47,20 @@ class Generation:
     total_s: float | None
 
 
-def _error_text(response: httpx.Response) -> tuple[str, bool]:
-    """The `error` value of an Ollama error body, and whether the body was JSON."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip(), False
-    if isinstance(body, dict) and "error" in body:
-        return str(body["error"]), True
-    return response.text.strip(), True
+class Reply(NamedTuple):
+    status: int
+    body: bytes
+
+    def error_text(self) -> tuple[str, bool]:
+        """The `error` value of an Ollama error body, and whether the body was JSON."""
+        text = self.body.decode("utf-8", "replace").strip()
+        try:
+            body = json.loads(self.body)
+        except ValueError:
+            return text, False
+        if isinstance(body, dict) and "error" in body:
+            return str(body["error"]), True
+        return text, True
 
 
 class OllamaClient:
@@ -62,26 +69,82 @@ class OllamaClient:
         self.timeout = timeout
         self._sleep = sleep
         self._legacy_embed = False
-        headers = {}
+        url = urlsplit(base_url)
+        self._https = url.scheme == "https"
+        self._host = url.hostname or "127.0.0.1"
+        self._port = url.port or (443 if self._https else 80)
+        self._prefix = url.path.rstrip("/")
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json",
+                         "User-Agent": f"semcache/{__version__}"}
         if os.environ.get("OLLAMA_API_KEY"):
-            headers["Authorization"] = f"Bearer {os.environ['OLLAMA_API_KEY']}"
-        self._http = httpx.Client(
-            base_url=base_url,
-            headers=headers,
-            # Certificates are loaded only for https: building the default SSL context
-            # costs ~85 ms per process, and plain http (the usual loopback) never uses it.
-            verify=base_url.startswith("https://"),
-            timeout=httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=timeout, write=timeout, pool=CONNECT_TIMEOUT_S),
-            trust_env=False,
-        )
+            self._headers["Authorization"] = f"Bearer {os.environ['OLLAMA_API_KEY']}"
+        self._conn: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
-        self._http.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- transport -----------------------------------------------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        """The open connection, or a new one: connected within the connect timeout, then
+        reading with the (long) read timeout."""
+        if self._conn is not None and self._conn.sock is not None:
+            return self._conn
+        self.close()
+        if self._https:
+            import ssl  # certificates are loaded only for https (~85 ms)
+
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self._host, self._port, timeout=CONNECT_TIMEOUT_S, context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=CONNECT_TIMEOUT_S)
+        try:
+            conn.connect()
+        except OSError:  # refused, unknown host, no route, connect timeout, bad certificate
+            conn.close()
+            raise self._unreachable(timed_out=False) from None
+        assert conn.sock is not None
+        conn.sock.settimeout(self.timeout)
+        self._conn = conn
+        return conn
+
+    def _send(self, path: str, body: dict[str, Any]) -> http.client.HTTPResponse:
+        """POST a JSON body; the response with its status and headers read. A kept-alive
+        connection the server closed meanwhile is reopened once: the request never got there."""
+        data = json.dumps(body).encode()
+        for fresh_only in (False, True):
+            reused = self._conn is not None and self._conn.sock is not None
+            conn = self._connection()
+            try:
+                conn.request("POST", self._prefix + path, body=data, headers=self._headers)
+                return conn.getresponse()
+            except TimeoutError:
+                self.close()
+                raise self._unreachable(timed_out=True) from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if reused and not fresh_only and isinstance(
+                        exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
+                    continue
+                raise _Dropped() from None
+        raise AssertionError("unreachable")  # the second try returns or raises
+
+    def _read(self, response: http.client.HTTPResponse) -> Reply:
+        try:
+            return Reply(response.status, response.read())
+        except TimeoutError:
+            self.close()
+            raise self._unreachable(timed_out=True) from None
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise _Dropped() from None
 
     # -- error mapping -----------------------------------------------------------------
 
-    def _unreachable(self, exc: Exception) -> OllamaUnreachable:
-        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+    def _unreachable(self, timed_out: bool) -> OllamaUnreachable:
+        if timed_out:
             return OllamaUnreachable(
                 f"Ollama at {self.base_url} timed out after {self.timeout:g} s without replying "
                 "(a cold model load can be slow: raise --timeout)"
@@ -91,9 +154,9 @@ class OllamaClient:
             "(set OLLAMA_HOST if it runs elsewhere)"
         )
 
-    def _status_error(self, response: httpx.Response, model: str) -> OllamaError:
-        text, _ = _error_text(response)
-        status = response.status_code
+    def _status_error(self, reply: Reply, model: str) -> OllamaError:
+        text, _ = reply.error_text()
+        status = reply.status
         if status == 404 and "not found" in text:
             return ModelNotFound(model, f"model '{model}' not found on Ollama at {self.base_url}: run `ollama pull {model}`")
         if status == 400 and "does not support" in text:
@@ -102,15 +165,15 @@ class OllamaClient:
             return OllamaError(f"Ollama at {self.base_url} is busy ({text}); try again later")
         return OllamaError(f"Ollama at {self.base_url} failed: {text or 'no reason given'} (HTTP {status})")
 
-    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    def _post(self, path: str, body: dict[str, Any]) -> Reply:
         """POST with bounded retries on 503 "server busy" (safe: nothing was done)."""
         for delay in (*BUSY_RETRY_DELAYS_S, None):
             try:
-                response = self._http.post(path, json=body)
-            except httpx.TransportError as exc:
-                raise self._unreachable(exc) from None
-            if response.status_code != 503 or delay is None:
-                return response
+                reply = self._read(self._send(path, body))
+            except _Dropped:
+                raise self._unreachable(timed_out=False) from None
+            if reply.status != 503 or delay is None:
+                return reply
             self._sleep(delay)
         raise AssertionError("unreachable")  # the loop always returns
 
@@ -121,29 +184,28 @@ class OllamaClient:
         /api/embed's list input). array('f') converts and checks a row in C: a batch of
         256 vectors is a megabyte of JSON, and numpy would cost a fresh ask ~90 ms."""
         if not self._legacy_embed:
-            response = self._post("/api/embed", {"model": model, "input": texts, "truncate": False})
-            text, is_json = _error_text(response) if response.status_code != 200 else ("", True)
-            if response.status_code == 404 and not is_json:
+            reply = self._post("/api/embed", {"model": model, "input": texts, "truncate": False})
+            text, is_json = reply.error_text() if reply.status != 200 else ("", True)
+            if reply.status == 404 and not is_json:
                 # Servers before v0.2.6 have no /api/embed: plain-text 404 page.
                 self._legacy_embed = True
-            elif response.status_code == 400 and "context length" in text:
+            elif reply.status == 400 and "context length" in text:
                 raise EmbedInputTooLong(f"the query is longer than {model}'s context; semantic layer skipped")
-            elif response.status_code != 200:
-                raise self._status_error(response, model)
+            elif reply.status != 200:
+                raise self._status_error(reply, model)
             else:
-                vectors = self._json(response).get("embeddings")
-                return self._checked_vectors(vectors, len(texts))
+                return self._checked_vectors(self._json(reply.body).get("embeddings"), len(texts))
         vectors = []
         for text in texts:
-            response = self._post("/api/embeddings", {"model": model, "prompt": text})
-            if response.status_code != 200:
-                raise self._status_error(response, model)
-            vectors.append(self._json(response).get("embedding"))
+            reply = self._post("/api/embeddings", {"model": model, "prompt": text})
+            if reply.status != 200:
+                raise self._status_error(reply, model)
+            vectors.append(self._json(reply.body).get("embedding"))
         return self._checked_vectors(vectors, len(texts))
 
-    def _json(self, response: httpx.Response) -> dict[str, Any]:
+    def _json(self, data: bytes) -> dict[str, Any]:
         try:
-            body = response.json()
+            body = json.loads(data)
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -182,50 +244,70 @@ class OllamaClient:
             body["format"] = format
         for delay in (*BUSY_RETRY_DELAYS_S, None):
             try:
-                with self._http.stream("POST", "/api/chat", json=body) as response:
-                    if response.status_code == 503 and delay is not None:
-                        response.read()
+                response = self._send("/api/chat", body)
+                if response.status != 200:
+                    reply = self._read(response)
+                    if reply.status == 503 and delay is not None:
                         self._sleep(delay)
                         continue
-                    if response.status_code != 200:
-                        response.read()
-                        raise self._status_error(response, model)
-                    return self._read_stream(response, on_token)
-            except httpx.TimeoutException as exc:
-                raise self._unreachable(exc) from None
-            except httpx.ConnectError as exc:
-                raise self._unreachable(exc) from None
-            except httpx.TransportError:
+                    raise self._status_error(reply, model)
+                return self._read_stream(response, on_token)
+            except _Dropped:
                 raise GenerationFailed(
                     f"the connection to Ollama at {self.base_url} dropped mid-answer; nothing was stored"
                 ) from None
         raise AssertionError("unreachable")  # the loop always returns or raises
 
-    def _read_stream(self, response: httpx.Response, on_token: Callable[[str], None]) -> Generation:
+    def _read_stream(self, response: http.client.HTTPResponse, on_token: Callable[[str], None]) -> Generation:
+        """The answer's NDJSON lines up to done:true. The connection is kept for the next
+        call only when the whole response was read; any failure closes it."""
         parts: list[str] = []
-        for line in response.iter_lines():
-            if not line.strip():
-                continue
-            try:
-                chunk = json.loads(line)
-            except ValueError:
-                raise GenerationFailed("Ollama sent malformed JSON mid-answer; nothing was stored") from None
-            if not isinstance(chunk, dict):
-                raise GenerationFailed("Ollama sent malformed JSON mid-answer; nothing was stored")
-            if "error" in chunk:
-                raise GenerationFailed(f"Ollama failed mid-answer: {chunk['error']}; nothing was stored")
-            message = chunk.get("message") or {}
-            piece = message.get("content") or ""
-            if piece:
-                parts.append(piece)
-                on_token(piece)
-            if chunk.get("done"):
-                total = chunk.get("total_duration")
-                return Generation(
-                    text="".join(parts),
-                    done_reason=chunk.get("done_reason"),
-                    prompt_tokens=chunk.get("prompt_eval_count"),
-                    completion_tokens=chunk.get("eval_count"),
-                    total_s=total / 1e9 if isinstance(total, (int, float)) else None,
-                )
-        raise GenerationFailed("Ollama's answer stream ended before it finished; nothing was stored")
+        try:
+            while line := self._stream_line(response):
+                if not line.strip():
+                    continue
+                try:
+                    chunk = json.loads(line)
+                except ValueError:
+                    raise GenerationFailed("Ollama sent malformed JSON mid-answer; nothing was stored") from None
+                if not isinstance(chunk, dict):
+                    raise GenerationFailed("Ollama sent malformed JSON mid-answer; nothing was stored")
+                if "error" in chunk:
+                    raise GenerationFailed(f"Ollama failed mid-answer: {chunk['error']}; nothing was stored")
+                message = chunk.get("message") or {}
+                piece = message.get("content") or ""
+                if piece:
+                    parts.append(piece)
+                    on_token(piece)
+                if chunk.get("done"):
+                    self._finish(response)
+                    total = chunk.get("total_duration")
+                    return Generation(
+                        text="".join(parts),
+                        done_reason=chunk.get("done_reason"),
+                        prompt_tokens=chunk.get("prompt_eval_count"),
+                        completion_tokens=chunk.get("eval_count"),
+                        total_s=total / 1e9 if isinstance(total, (int, float)) else None,
+                    )
+            # http.client ends a chunked body cut short like a complete one: either way
+            # the answer never reached done:true.
+            raise _Dropped()
+        except BaseException:
+            self.close()  # mid-stream: the rest of this response must never be read as the next one
+            raise
+
+    def _finish(self, response: http.client.HTTPResponse) -> None:
+        """Read the end of a complete answer's body, so the connection can be reused; an
+        answer already complete is never failed by how its connection ends."""
+        try:
+            response.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+
+    def _stream_line(self, response: http.client.HTTPResponse) -> bytes:
+        try:
+            return response.readline()
+        except TimeoutError:
+            raise self._unreachable(timed_out=True) from None
+        except (OSError, http.client.HTTPException):
+            raise _Dropped() from None

@@ -64,6 +64,7 @@ class Faults:
     done_reason: str = "stop"
     chunk_delay: float = 0.0  # seconds between chunks
     legacy: bool = False  # a server before v0.2.6: no /api/embed
+    idle_close: bool = False  # close every kept-alive connection after its reply, unannounced
 
 
 @dataclass
@@ -81,6 +82,7 @@ class FakeOllama:
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
+        self.connections = 0  # TCP connections accepted
         self.stopping = threading.Event()
         self.chat_started = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -118,6 +120,7 @@ class FakeOllama:
         with self.lock:
             self.counts.clear()
             self.requests.clear()
+            self.connections = 0
             self._table_json.clear()
         self.faults = Faults()
 
@@ -159,6 +162,8 @@ class _Server(ThreadingHTTPServer):
         # Go's net/http (real Ollama) sets TCP_NODELAY; without it Nagle's algorithm and
         # delayed ACKs add ~40 ms to every small keep-alive reply.
         conn, addr = super().get_request()
+        with self.RequestHandlerClass.fake.lock:  # type: ignore[attr-defined]
+            self.RequestHandlerClass.fake.connections += 1  # type: ignore[attr-defined]
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn, addr
 
@@ -190,6 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+        self.close_connection = self.close_connection or self.fake.faults.idle_close
 
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json; charset=utf-8")
@@ -216,6 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+        self.close_connection = self.close_connection or self.fake.faults.idle_close
 
     def _drop(self) -> None:
         self.wfile.flush()

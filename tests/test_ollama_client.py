@@ -1,4 +1,4 @@
-"""semcache's httpx client against the test server: embeddings, streaming, error mapping."""
+"""semcache's HTTP client against the test server: embeddings, streaming, error mapping."""
 
 from __future__ import annotations
 
@@ -109,3 +109,42 @@ def test_final_chunk_metrics_are_kept(client: OllamaClient) -> None:
     generation = client.chat("llama3.2", USER, {"temperature": 0.0})
     assert (generation.prompt_tokens, generation.completion_tokens) == (4, 9)
     assert generation.total_s == pytest.approx(4.935886791)
+
+
+def test_one_connection_serves_many_calls(client: OllamaClient, ollama: FakeOllama) -> None:
+    for i in range(3):
+        client.embed("all-minilm", [f"question {i}"])
+        assert client.chat("llama3.2", USER, {}).text == "This is the answer to: one two three four"
+    assert ollama.connections == 1
+
+
+def test_a_connection_the_server_closed_is_reopened(client: OllamaClient, ollama: FakeOllama) -> None:
+    ollama.faults.idle_close = True  # as a server does with a kept-alive connection left idle
+    for _ in range(3):
+        assert len(client.embed("all-minilm", ["x"])[0]) == 384
+        assert client.chat("llama3.2", USER, {}).done_reason == "stop"
+    assert ollama.counts["/api/chat"] == 3 and ollama.connections == 6
+
+
+def test_the_read_timeout_is_not_the_connect_timeout(ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("semcache_cli.ollama.CONNECT_TIMEOUT_S", 0.2)
+    ollama.faults.delay = 0.6  # longer than connecting may take, well within the read timeout
+    c = OllamaClient(ollama.url, timeout=5.0)
+    assert c.chat("llama3.2", USER, {}).done_reason == "stop"
+    ollama.faults.idle_close = True  # and again on a reopened connection
+    assert c.chat("llama3.2", USER, {}).done_reason == "stop"
+    assert c.chat("llama3.2", USER, {}).done_reason == "stop"
+    c.close()
+
+
+def test_an_interrupted_answer_never_leaks_into_the_next_one(client: OllamaClient, ollama: FakeOllama) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop_at_first_piece(_: str) -> None:
+        raise Stop()
+
+    with pytest.raises(Stop):
+        client.chat("llama3.2", USER, {}, on_token=stop_at_first_piece)
+    other = [{"role": "user", "content": "five six"}]
+    assert client.chat("llama3.2", other, {}).text == "This is the answer to: five six"
