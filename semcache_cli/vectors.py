@@ -52,6 +52,10 @@ def unit_vector(values: Sequence[float]) -> array:
 
 
 def encode(vector: Sequence[float]) -> bytes:
+    if use_numpy(0):  # converts a numpy row (replay) at once, and an array('f') as well
+        import numpy as np
+
+        return np.asarray(vector, dtype=DTYPE).tobytes()
     values = array("f", vector)
     if _BIG_ENDIAN:
         values.byteswap()
@@ -68,6 +72,10 @@ def decode(blob: bytes) -> array:
 def sign_code(vector: Sequence[float]) -> bytes:
     """One bit per dimension, set where the component is positive, first dimension in
     the high bit of the first byte (numpy.packbits' order), zero-padded to whole bytes."""
+    if use_numpy(0):
+        import numpy as np
+
+        return np.packbits(np.asarray(vector, dtype=np.float32) > 0).tobytes()
     bits = "".join("1" if x > 0 else "0" for x in vector)
     pad = -len(bits) % 8
     return (int(bits, 2) << pad).to_bytes((len(bits) + pad) // 8, "big") if bits else b""

@@ -154,3 +154,25 @@ def test_signal_mid_stream_stores_nothing_and_leaves_nothing_behind(
     ollama.faults.chunk_delay = 0.0
     assert run_cli("ask", "-q", question).stdout == LONG_ANSWER + "\n"  # the next ask answers and stores
     assert db_rows(isolated_env, "SELECT count(*) FROM entries")[0][0] == 1
+
+
+def test_a_claim_is_renewed_while_held_and_free_once_released(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from semcache_cli import singleflight
+    from semcache_cli.store import Store
+
+    # A lease shorter than the wait below; longer than a renewal round already under way.
+    monkeypatch.setattr(singleflight, "LEASE_S", 3.5)
+    monkeypatch.setattr(singleflight, "RENEW_EVERY_S", 0.1)
+    mine, theirs = Store.open(tmp_path / "c.db"), Store.open(tmp_path / "c.db")
+    claim = singleflight.Claim(mine, "scope", "key")
+    assert claim.try_take()
+    first_expiry = db_rows(tmp_path / "c.db", "SELECT expires_at FROM claims")[0][0]
+    time.sleep(4.0)  # past the lease it was taken with
+    assert db_rows(tmp_path / "c.db", "SELECT expires_at FROM claims")[0][0] > first_expiry + 0.3
+    assert not singleflight.Claim(theirs, "scope", "key").try_take()  # still held: renewed
+    claim.release()
+    again = singleflight.Claim(theirs, "scope", "key")
+    assert again.try_take()
+    again.release()
+    mine.close()
+    theirs.close()

@@ -134,8 +134,14 @@ def test_codes_match_their_vectors() -> None:
     rng = np.random.default_rng(7)
     matrix = rng.standard_normal((50, 389)).astype("<f4")  # not a whole number of bytes
     matrix[0, :5] = 0.0
-    assert vectors.sign_codes(matrix.tobytes(), 389) == [vectors.sign_code(row) for row in matrix]
-    assert vectors.sign_codes(matrix.tobytes(), 389) == [np.packbits(row > 0).tobytes() for row in matrix]
+    expected = [np.packbits(row > 0).tobytes() for row in matrix]
+    assert vectors.sign_codes(matrix.tobytes(), 389) == expected
+    with_numpy = ([vectors.sign_code(row) for row in matrix], [vectors.encode(array("f", row)) for row in matrix])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vectors, "use_numpy", lambda count: False)
+        plain = ([vectors.sign_code(array("f", row)) for row in matrix], [vectors.encode(array("f", row)) for row in matrix])
+    assert with_numpy[0] == plain[0] == expected
+    assert with_numpy[1] == plain[1] == [row.astype("<f4").tobytes() for row in matrix]
 
 
 def test_python_and_numpy_paths_pick_the_same_entries(monkeypatch: pytest.MonkeyPatch) -> None:
