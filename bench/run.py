@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fake_ollama import FakeOllama, load_clinc_table  # noqa: E402
 
-from semcache_cli import config, policy  # noqa: E402
+from semcache_cli import config, policy, vectors  # noqa: E402
 from semcache_cli.engine import Engine, request_from  # noqa: E402
 from semcache_cli.store import NewEntry, Store  # noqa: E402
 
@@ -43,15 +43,22 @@ SEMCACHE = [sys.executable, "-m", "semcache_cli"]
 
 def wall(cmd: list[str], env: dict[str, str], runs: int) -> float:
     """Median wall time of a whole process, in ms (one warm-up run first)."""
-    subprocess.run(cmd, env=env, capture_output=True, stdin=subprocess.DEVNULL, check=False)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = subprocess.run(cmd, env=env, capture_output=True, stdin=subprocess.DEVNULL, check=False)
-        times.append((time.perf_counter() - start) * 1000)
-        if result.returncode not in (0,):
-            raise SystemExit(f"{cmd} failed: {result.stderr.decode()}")
-    return statistics.median(times)
+    return walls([cmd], env, runs)[0]
+
+
+def walls(cmds: list[list[str]], env: dict[str, str], runs: int) -> list[float]:
+    """Median wall times of whole processes, in ms, run in turn (one warm-up round
+    first): a case and its floor see the same moments of a noisy machine."""
+    times: list[list[float]] = [[] for _ in cmds]
+    for round_ in range(runs + 1):
+        for cmd, taken in zip(cmds, times, strict=True):
+            start = time.perf_counter()
+            result = subprocess.run(cmd, env=env, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+            if round_:
+                taken.append((time.perf_counter() - start) * 1000)
+            if result.returncode != 0:
+                raise SystemExit(f"{cmd} failed: {result.stderr.decode()}")
+    return [statistics.median(t) for t in times]
 
 
 def peak_rss_mb(cmd: list[str], env: dict[str, str]) -> float:
@@ -126,19 +133,26 @@ print(int((m @ q).argmax()))
 """
 
 
-def in_process_lookup(db: Path, query: np.ndarray, dims: int, runs: int) -> tuple[float, int]:
-    """The semantic layer alone, inside one process: codes, candidates, exact re-rank."""
+def in_process_lookup(db: Path, query: np.ndarray, dims: int, runs: int, path: str) -> tuple[float, int]:
+    """The semantic layer alone, inside one process: codes, candidates, exact re-rank,
+    on the numpy path or the plain-Python one (what a fresh ask on a small cache runs)."""
     store = Store.open(db)
     engine = Engine(store, lambda: None)  # type: ignore[arg-type,return-value]
     request = request_from(config.load_settings({"embed_model": EMBED[dims]}), "unused")
     scope = request.scope.hash
+    query_vector = vectors.unit_vector(query.tolist())
+    chosen = vectors.use_numpy
+    vectors.use_numpy = lambda count: path == "numpy"  # type: ignore[assignment]
     times = []
     best = -1
-    for _ in range(runs + 1):
-        start = time.perf_counter()
-        best = next(engine._neighbours(request, scope, query, time.time(), 1)).entry.id
-        times.append((time.perf_counter() - start) * 1000)
-    store.close()
+    try:
+        for _ in range(runs + 1):
+            start = time.perf_counter()
+            best = next(engine._neighbours(request, scope, query_vector, time.time(), 1)).entry.id
+            times.append((time.perf_counter() - start) * 1000)
+    finally:
+        vectors.use_numpy = chosen  # type: ignore[assignment]
+        store.close()
     return statistics.median(times[1:]), best
 
 
@@ -180,6 +194,7 @@ def bench_size(n: int, dims: int, args: argparse.Namespace, server: FakeOllama, 
     started = time.perf_counter()
     matrix = build(db, n, dims, rng)
     built_s = time.perf_counter() - started
+    os.sync()  # the build's writes reach the disk now, not during the timings
     env = {**os.environ, "SEMCACHE_DB": str(db), "OLLAMA_HOST": server.url, "SEMCACHE_EMBED_MODEL": EMBED[dims],
            "SEMCACHE_CONFIG": str(work / "none.toml")}
     target = int(rng.integers(n))
@@ -190,22 +205,27 @@ def bench_size(n: int, dims: int, args: argparse.Namespace, server: FakeOllama, 
     for text, layer in ((f"stored question {target}", "exact"), (question, "semantic")):  # time what we think we time
         answer = subprocess.run([*SEMCACHE, "ask", "--json", "--no-store", text], env=env, capture_output=True)
         assert json.loads(answer.stdout)["source"] == layer, answer.stdout
-    typer_ms = wall([sys.executable, "-c", "import typer"], env, args.runs)  # the floor, in the same conditions
-    exact_ms = wall([*SEMCACHE, "ask", "-q", f"stored question {target}"], env, args.runs)
-    semantic_ms = wall([*SEMCACHE, "ask", "-q", "--no-store", question], env, args.runs)
-    miss_ms = wall([*SEMCACHE, "ask", "-q", "--no-store", "a question nobody asked before"], env, args.runs)
-    lookup_ms, found = in_process_lookup(db, probe, dims, args.runs)
-    assert found == target + 1, (found, target)
     npy, qfile = work / f"floor-{n}-{dims}.npy", work / f"q-{dims}.npy"
     np.save(npy, matrix)
     np.save(qfile, probe)
-    floor_ms = wall([sys.executable, "-c", FLOOR, str(npy), str(qfile)], env, args.runs)
+    # each case beside its floor, measured in turn
+    typer_ms, exact_ms, floor_ms, semantic_ms, miss_ms = walls([
+        [sys.executable, "-c", "import typer"],
+        [*SEMCACHE, "ask", "-q", f"stored question {target}"],
+        [sys.executable, "-c", FLOOR, str(npy), str(qfile)],
+        [*SEMCACHE, "ask", "-q", "--no-store", question],
+        [*SEMCACHE, "ask", "-q", "--no-store", "a question nobody asked before"],
+    ], env, args.runs)
     npy.unlink()
+    lookups = {}
+    for path in ("numpy", "python"):
+        lookups[path], found = in_process_lookup(db, probe, dims, args.runs, path)
+        assert found == target + 1, (path, found, target)
     row: dict[str, object] = {
         "n": n, "dims": dims, "build_s": round(built_s, 1),
         "exact_ms": exact_ms, "exact_floor_ms": typer_ms,
         "semantic_ms": semantic_ms, "semantic_floor_ms": floor_ms,
-        "miss_ms": miss_ms, "lookup_ms": lookup_ms,
+        "miss_ms": miss_ms, "lookup_ms": lookups["numpy"], "lookup_py_ms": lookups["python"],
         "db_mb": db.stat().st_size / 1e6, "text_vec_mb": text_and_vector_bytes(db) / 1e6,
     }
     row["agree_near"], row["agree_random"] = agreement(db, matrix, dims, rng, args.agreement)
@@ -274,7 +294,7 @@ def main() -> None:
         print(f"floors: python -c pass {floors['python']:.0f}, import typer {floors['typer']:.0f}, "
               f"import numpy {floors['numpy']:.0f}")
         header = ("N", "dims", "exact", "x typer", "semantic", "floor", "x floor", "naive", "x naive", "miss",
-                  "lookup", "agree near", "agree rnd", "db MB", "x data", "RSS MB")
+                  "lookup np", "lookup py", "agree near", "agree rnd", "db MB", "x data", "RSS MB")
         print(" | ".join(header))
         for n in (int(x) for x in args.sizes.split(",")):
             for dims in (int(x) for x in args.dims.split(",")):
@@ -285,7 +305,7 @@ def main() -> None:
                     f"{r['semantic_ms']:.0f}", f"{r['semantic_floor_ms']:.0f}",
                     f"{r['semantic_ms'] / r['semantic_floor_ms']:.2f}",
                     f"{naive:.0f}" if naive else "-", f"{naive / r['semantic_ms']:.0f}x faster" if naive else "-",
-                    f"{r['miss_ms']:.0f}", f"{r['lookup_ms']:.1f}", f"{r['agree_near']:.1%}",
+                    f"{r['miss_ms']:.0f}", f"{r['lookup_ms']:.1f}", f"{r['lookup_py_ms']:.1f}", f"{r['agree_near']:.1%}",
                     f"{r['agree_random']:.1%}", f"{r['db_mb']:.0f}", f"{r['db_mb'] / r['text_vec_mb']:.2f}",
                     f"{r['semantic_rss_mb']:.0f}" if "semantic_rss_mb" in r else "-",
                 )), flush=True)

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from semcache_cli import policy
 from semcache_cli.errors import StoreError, UsageError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SEARCH_CHUNK = 1024  # entries per search chunk row
 BUSY_TIMEOUT_S = 30.0
 
@@ -119,6 +120,17 @@ def _migrations() -> Any:
         )
         if db.execute("SELECT count(*) FROM entry_vectors").fetchone()[0]:
             rebuild_search_chunks(db.conn)
+
+    @migrations()
+    def m005_short_keys(db: Any) -> None:
+        # Scope hashes and exact keys cut to policy's lengths (the leading characters of
+        # the same sha256), wherever they are stored. Claims are moments, not data.
+        scope, key = f"substr(scope, 1, {policy.SCOPE_HASH_HEX})", f"substr(exact_key, 1, {policy.EXACT_KEY_HEX})"
+        db.execute(f"UPDATE entries SET scope = {scope}, exact_key = {key}")
+        db.execute(f"UPDATE entry_vectors SET scope = {scope}")
+        db.execute(f"UPDATE search_chunks SET scope = {scope}")
+        db.execute(f"UPDATE requests SET scope = {scope}, exact_key = {key}")
+        db.execute("DELETE FROM claims")
 
     return migrations
 

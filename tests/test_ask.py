@@ -4,6 +4,7 @@ against a real SQLite file and the test server over loopback HTTP."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -299,3 +300,21 @@ def test_version_and_help_show_defaults_and_exit_codes() -> None:
     for needle in ("llama3.2", "nomic-embed-text", "default: 0.85", "default: 0.7", "default: 7d",
                    "3 miss under", "5 model not found"):
         assert needle in " ".join(text.split()), needle
+
+
+def test_a_cache_written_with_full_length_keys_keeps_answering(ollama: FakeOllama, isolated_env: Path) -> None:
+    run_cli("ask", Q)
+    conn = sqlite3.connect(isolated_env)  # back to schema 4: 64-character scope hashes and exact keys
+    for table, key in (("entries", True), ("entry_vectors", False), ("search_chunks", False), ("requests", True)):
+        conn.execute(f"UPDATE {table} SET scope = scope || '{'a' * 48}'"
+                     + (f", exact_key = exact_key || '{'b' * 32}'" if key else ""))
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm005_short_keys'")
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    assert ask_json(Q)["source"] == "exact"
+    assert ask_json(PARAPHRASE)["source"] == "semantic"
+    assert ollama.counts["/api/chat"] == 1
+    for table in ("entries", "entry_vectors", "search_chunks", "requests"):
+        assert {len(r[0]) for r in db_rows(isolated_env, f"SELECT scope FROM {table}")} == {16}, table
+    assert {len(r[0]) for r in db_rows(isolated_env, "SELECT exact_key FROM entries")} == {32}
