@@ -261,14 +261,14 @@ class Engine:
                 return served(answered)
             claim = answered
         try:
-            return self._answer(req, query, scope_hash, key, vector, miss_log, warnings, timer, on_token, failed)
+            return self._answer(req, query, scope_hash, key, vector, miss_log, warnings, timer, on_token, failed, claim)
         finally:
             if claim is not None:
-                claim.release()  # after the answer is stored: waiters find it
+                claim.release()  # unless the store released it with the answer: after a failure
 
     def _answer(self, req: AskRequest, query: str, scope_hash: str, key: str, vector: Any, miss_log: dict[str, Any],
                 warnings: list[str], timer: _Timer, on_token: Callable[[str], None],
-                failed: Callable[[SemcacheError, dict[str, Any]], None]) -> Outcome:
+                failed: Callable[[SemcacheError, dict[str, Any]], None], claim: Claim | None) -> Outcome:
         """The miss path: ask the model, store a clean answer, log the request."""
         try:
             generation = self._generate(query, req, on_token)
@@ -302,7 +302,10 @@ class Engine:
                     metadata=req.metadata,
                 ),
                 request_row,
+                claim.owner if claim is not None else None,
             )
+            if claim is not None:
+                claim.released_with_answer()
             outcome.stored = True
             timer.lap("store")
         else:

@@ -116,6 +116,11 @@ class Claim:
         _leases.hold(self)
         return True
 
+    def released_with_answer(self) -> None:
+        """The store deleted this claim in the transaction that stored the answer."""
+        self.held = False
+        _leases.drop(self)
+
     def release(self) -> None:
         if not self.held:
             return

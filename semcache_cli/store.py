@@ -30,8 +30,9 @@ from typing import Any, NamedTuple
 from semcache_cli import policy
 from semcache_cli.errors import StoreError, UsageError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SEARCH_CHUNK = 1024  # entries per search chunk row
+SEARCH_TAIL = 64  # a single store appends to a tail row this small (see append_codes)
 BUSY_TIMEOUT_S = 30.0
 
 ENTRY_COLUMNS = (
@@ -112,7 +113,7 @@ def _migrations() -> Any:
     @migrations()
     def m004_search_chunks(db: Any) -> None:
         # The derived search layout: ids and sign codes of every vector of a (scope,
-        # embedding model, dims), SEARCH_CHUNK to a row, appended on every store.
+        # embedding model, dims), up to SEARCH_CHUNK to a row, appended on every store.
         db.execute(
             "CREATE TABLE search_chunks (scope TEXT NOT NULL, embed_model TEXT NOT NULL, dims INTEGER NOT NULL, "
             "chunk INTEGER NOT NULL, count INTEGER NOT NULL, ids BLOB NOT NULL, codes BLOB NOT NULL, "
@@ -132,32 +133,53 @@ def _migrations() -> Any:
         db.execute(f"UPDATE requests SET scope = {scope}, exact_key = {key}")
         db.execute("DELETE FROM claims")
 
+    @migrations()
+    def m006_claims_without_rowid(db: Any) -> None:
+        # Claims keyed by their primary key alone: taking or releasing one writes one
+        # b-tree page, not a table page and an index page. Claims are moments, not data.
+        db.execute("DROP TABLE claims")
+        db.execute(
+            "CREATE TABLE claims (scope TEXT NOT NULL, exact_key TEXT NOT NULL, owner TEXT NOT NULL, "
+            "host TEXT NOT NULL, pid INTEGER NOT NULL, claimed_at REAL NOT NULL, expires_at REAL NOT NULL, "
+            "PRIMARY KEY (scope, exact_key)) WITHOUT ROWID"
+        )
+
     return migrations
 
 
 def append_codes(conn: sqlite3.Connection, scope: str, embed_model: str, dims: int,
                  ids: list[int], codes: list[bytes]) -> None:
-    """Append ids and sign codes to the group's last search chunk until it is full, then
-    start new chunks. The one writer of search_chunks."""
-    last = conn.execute(
+    """Append ids and sign codes to the group's search chunks. The one writer of
+    search_chunks. Bulk appends fill rows of SEARCH_CHUNK. A few codes (one store) go to
+    a tail row of at most SEARCH_TAIL, folded into the row before it once full: a store
+    then rewrites a few KB, not a whole chunk of up to 96 KB (16 KB pages in the WAL)."""
+    group = (scope, embed_model, dims)
+    rows = conn.execute(
         "SELECT chunk, count, ids, codes FROM search_chunks WHERE scope = ? AND embed_model = ? AND dims = ? "
-        "ORDER BY chunk DESC LIMIT 1", (scope, embed_model, dims),
-    ).fetchone()
-    chunk, count, id_blob, code_blob = (last[0], last[1], last[2], last[3]) if last else (-1, SEARCH_CHUNK, b"", b"")
+        "ORDER BY chunk DESC LIMIT 2", group,
+    ).fetchall()
+    capacity = SEARCH_CHUNK if len(ids) >= SEARCH_TAIL else SEARCH_TAIL
+    chunk, count, id_blob, code_blob = rows[0] if rows else (-1, capacity, b"", b"")
+    before = rows[1] if len(rows) > 1 else None  # the row before the one being filled
     position = 0
     while position < len(ids):
-        if count >= SEARCH_CHUNK:
+        if count >= capacity:
+            before = (chunk, count, id_blob, code_blob) if chunk >= 0 else None
             chunk, count, id_blob, code_blob = chunk + 1, 0, b"", b""
-        room = min(SEARCH_CHUNK - count, len(ids) - position)
+        room = min(capacity - count, len(ids) - position)
         taken = range(position, position + room)
         id_blob += b"".join(int(ids[i]).to_bytes(8, "little", signed=True) for i in taken)
         code_blob += b"".join(codes[i] for i in taken)
         count += room
         position += room
-        conn.execute(
-            "INSERT OR REPLACE INTO search_chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (scope, embed_model, dims, chunk, count, id_blob, code_blob),
-        )
+        conn.execute("INSERT OR REPLACE INTO search_chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (*group, chunk, count, id_blob, code_blob))
+    if capacity == SEARCH_TAIL and count >= SEARCH_TAIL and before is not None \
+            and before[1] + count <= SEARCH_CHUNK:  # fold the full tail into the row before it
+        conn.execute("INSERT OR REPLACE INTO search_chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (*group, before[0], before[1] + count, before[2] + id_blob, before[3] + code_blob))
+        conn.execute("DELETE FROM search_chunks WHERE scope = ? AND embed_model = ? AND dims = ? AND chunk = ?",
+                     (*group, chunk))
 
 
 def rebuild_search_chunks(conn: sqlite3.Connection) -> None:
@@ -411,9 +433,14 @@ class Store:
         with self.transaction():
             self._insert_request(request)
 
-    def store_answer(self, new: NewEntry, request: dict[str, Any] | None = None) -> int:
-        """Upsert on (scope, exact key): a fresh answer replaces the old one, same id."""
+    def store_answer(self, new: NewEntry, request: dict[str, Any] | None = None, claim_owner: str | None = None) -> int:
+        """Upsert on (scope, exact key): a fresh answer replaces the old one, same id. With
+        claim_owner, that single-flight claim on the question goes in the same transaction:
+        waiters see the answer and the free claim at once, and a miss commits once."""
         with self.transaction():
+            if claim_owner is not None:
+                self.conn.execute("DELETE FROM claims WHERE scope = ? AND exact_key = ? AND owner = ?",
+                                  (new.scope, new.exact_key, claim_owner))
             entry_id = self.conn.execute(
                 INSERT_ENTRY + """
                 ON CONFLICT (scope, exact_key) DO UPDATE SET

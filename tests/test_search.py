@@ -16,7 +16,7 @@ from semcache_cli import config, policy, vectors
 from semcache_cli.engine import Engine, request_from
 from semcache_cli.purge import plan, purge
 from semcache_cli.selector import Selector
-from semcache_cli.store import SEARCH_CHUNK, NewEntry, Store
+from semcache_cli.store import SEARCH_CHUNK, SEARCH_TAIL, NewEntry, Store
 
 DIMS = 384
 SCOPE = policy.Scope("default", "llama3.2").hash
@@ -66,7 +66,7 @@ def filled(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
     rng = np.random.default_rng(42)
     store = Store.open(tmp_path / "c.db")
     matrix = [vectors.unit_vector(v) for v in rng.standard_normal((2 * SEARCH_CHUNK + 300, DIMS))]
-    # three chunks, the last one part-full; one transaction (store_many), then single stores
+    # 2,000 in one transaction (store_many), then 348 single stores
     ids = store.store_many([new(f"k{i}", v, time.time() - 10_000 + i) for i, v in enumerate(matrix[:2000])])
     ids += [put(store, f"k{i}", v) for i, v in enumerate(matrix[2000:], start=2000)]
     stored = dict(zip(ids, matrix, strict=True))
@@ -89,7 +89,9 @@ def agreement(engine: Engine, store: Store, stored: dict[int, array], rng: np.ra
 def test_fast_path_agrees_with_an_exact_scan(filled) -> None:
     store, engine, stored, rng = filled
     chunks = store.conn.execute("SELECT count, length(codes) FROM search_chunks ORDER BY chunk").fetchall()
-    assert [tuple(r) for r in chunks] == [(1024, 1024 * 48), (1024, 1024 * 48), (300, 300 * 48)]
+    # the bulk fills whole rows; single stores fill 64-code tails, each full tail folded
+    # into the row before it while that has room (64 + 64 + ... = 320), then a new tail
+    assert [tuple(r) for r in chunks] == [(1024, 1024 * 48), (976, 976 * 48), (320, 320 * 48), (28, 28 * 48)]
     agreement(engine, store, stored, rng)
 
 
@@ -171,3 +173,15 @@ def test_python_and_numpy_paths_pick_the_same_entries(monkeypatch: pytest.Monkey
         python_scores, numpy_scores = dict(found["python", q][1]), dict(found["numpy", q][1])
         for entry_id in python_scores.keys() & numpy_scores.keys():
             assert python_scores[entry_id] == pytest.approx(numpy_scores[entry_id], abs=1e-12)
+
+
+def test_single_stores_fill_small_tails_that_fold_into_whole_rows(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    store = Store.open(tmp_path / "c.db")
+    stored = {put(store, f"k{i}", v): v for i, v in enumerate(vectors.unit_vector(r) for r in rng.standard_normal((1100, DIMS)))}
+    rows = store.conn.execute("SELECT count FROM search_chunks ORDER BY chunk").fetchall()
+    assert [r[0] for r in rows] == [SEARCH_CHUNK, SEARCH_TAIL, 1100 - SEARCH_CHUNK - SEARCH_TAIL]
+    ids, codes = store.search_codes(SCOPE, MODEL, DIMS)
+    assert np.frombuffer(ids, "<i8").tolist() == sorted(stored)  # each once, in order
+    assert codes == b"".join(vectors.sign_code(stored[i]) for i in sorted(stored))
+    store.close()

@@ -35,7 +35,8 @@ def test_fresh_database_is_private_wal_and_versioned(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     applied = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'semcache'")]
-    assert applied == ["m001_initial", "m002_claims", "m003_request_query", "m004_search_chunks", "m005_short_keys"]
+    assert applied == ["m001_initial", "m002_claims", "m003_request_query", "m004_search_chunks", "m005_short_keys",
+                       "m006_claims_without_rowid"]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"entries", "entry_vectors", "requests", "claims"} <= tables
 
@@ -47,7 +48,7 @@ def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None
     store.close()
     store = Store.open(path)
     assert store.get(entry_id).response == "a"  # type: ignore[union-attr]
-    assert len(db_rows(path, "SELECT * FROM _sqlite_migrations")) == SCHEMA_VERSION == 5
+    assert len(db_rows(path, "SELECT * FROM _sqlite_migrations")) == SCHEMA_VERSION == 6
 
 
 def test_a_version_1_file_is_upgraded_in_place_keeping_its_entries(tmp_path: Path) -> None:
@@ -59,17 +60,17 @@ def test_a_version_1_file_is_upgraded_in_place_keeping_its_entries(tmp_path: Pat
     conn.execute("DROP TABLE claims")
     conn.execute("DROP TABLE search_chunks")
     conn.execute("ALTER TABLE requests DROP COLUMN query")
-    conn.execute("DELETE FROM _sqlite_migrations WHERE name IN ('m002_claims', 'm003_request_query', "
-                 "'m004_search_chunks')")
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name != 'm001_initial'")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
     store = Store.open(path)
     assert store.get(entry_id).query == "kept"  # type: ignore[union-attr]
-    assert db_rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 5
+    assert db_rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 6
     ids, codes = store.search_codes("s1", "all-minilm:latest", 2)  # derived from the old vectors
     assert np.frombuffer(ids, "<i8").tolist() == [entry_id] and codes == bytes([0b10000000])
     assert db_rows(path, "SELECT count(*) FROM claims")[0][0] == 0
+    assert "WITHOUT ROWID" in db_rows(path, "SELECT sql FROM sqlite_master WHERE name = 'claims'")[0][0]
     assert db_rows(path, "SELECT count(query) FROM requests")[0][0] == 0
     store.close()
 
