@@ -194,7 +194,6 @@ def bench_size(n: int, dims: int, args: argparse.Namespace, server: FakeOllama, 
     started = time.perf_counter()
     matrix = build(db, n, dims, rng)
     built_s = time.perf_counter() - started
-    os.sync()  # the build's writes reach the disk now, not during the timings
     env = {**os.environ, "SEMCACHE_DB": str(db), "OLLAMA_HOST": server.url, "SEMCACHE_EMBED_MODEL": EMBED[dims],
            "SEMCACHE_CONFIG": str(work / "none.toml")}
     target = int(rng.integers(n))
@@ -208,6 +207,7 @@ def bench_size(n: int, dims: int, args: argparse.Namespace, server: FakeOllama, 
     npy, qfile = work / f"floor-{n}-{dims}.npy", work / f"q-{dims}.npy"
     np.save(npy, matrix)
     np.save(qfile, probe)
+    os.sync()  # an ask's own fsync must not flush the benchmark's files
     # each case beside its floor, measured in turn
     typer_ms, exact_ms, floor_ms, semantic_ms, miss_ms = walls([
         [sys.executable, "-c", "import typer"],
