@@ -94,6 +94,8 @@ class Reply:
         length = fields.get("content-length")
         if not self._chunked and length is not None and not length.isdigit():
             raise Broken(f"malformed Content-Length: {length!r}")
+        if status in (204, 304):  # never a body, whatever the headers say
+            self._chunked, length = False, "0"
         self._left = int(length) if not self._chunked and length is not None else None  # None: chunked or to the end
         self._chunk_left = 0
         self.done = self._left == 0

@@ -100,6 +100,12 @@ def test_content_length_close_and_read_to_the_end(serve) -> None:
     assert post(conn).read() == b"until the end" and not conn.idle()
 
 
+def test_a_reply_without_a_body_is_done_at_once(serve) -> None:
+    server, conn = serve(b"HTTP/1.1 204 No Content\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert post(conn).read() == b"" and conn.idle()
+    assert (post(conn).status, server.connections) == (200, 1)
+
+
 def test_interim_replies_are_skipped(serve) -> None:
     _, conn = serve(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
     reply = post(conn)
