@@ -2,9 +2,9 @@
 model call, store, request log. Returns an Outcome used by `ask` (and by replay).
 
 Cheap first: an exact hit touches only SQLite, so the HTTP client is imported lazily,
-on the first path that needs it, and numpy only for a cache large enough to need it. Embedding failures degrade the cache instead of
-breaking the user's script: the exact layer and the model call still work, and the
-answer is stored without a vector.
+on the first path that needs it, and numpy only for a cache large enough to need it.
+Embedding failures degrade the cache instead of breaking the user's script: the exact
+layer and the model call still work, and the answer is stored without a vector.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class Connection:
         name = f"[{host}]" if ":" in host else host
         self._host = name if port == default_port else f"{name}:{port}"
         self.reusable = True  # until the server says close or a reply is left unread
-        self.reply: Reply | None = None
+        self.response: Response | None = None
 
     def close(self) -> None:
         self.reusable = False
@@ -47,9 +47,9 @@ class Connection:
 
     def idle(self) -> bool:
         """Ready for another request: open, and the last reply read to its end."""
-        return self.reusable and (self.reply is None or self.reply.done)
+        return self.reusable and (self.response is None or self.response.done)
 
-    def post(self, target: str, headers: dict[str, str], body: bytes) -> Reply:
+    def post(self, target: str, headers: dict[str, str], body: bytes) -> Response:
         """Send a POST and read the reply's status and headers."""
         lines = [f"POST {target} HTTP/1.1", f"Host: {self._host}", *(f"{k}: {v}" for k, v in headers.items()),
                  f"Content-Length: {len(body)}", "", ""]
@@ -57,8 +57,8 @@ class Connection:
         while True:
             status, fields = self._head()
             if status >= 200:  # 1xx replies are interim: the real one follows
-                self.reply = Reply(self, status, fields)
-                return self.reply
+                self.response = Response(self, status, fields)
+                return self.response
 
     def _head(self) -> tuple[int, dict[str, str]]:
         line = self._in.readline(MAX_LINE)
@@ -82,7 +82,7 @@ class Connection:
         return line
 
 
-class Reply:
+class Response:
     """A reply's status, headers and body; the body is read at most once."""
 
     def __init__(self, conn: Connection, status: int, fields: dict[str, str]) -> None:

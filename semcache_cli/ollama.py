@@ -98,7 +98,7 @@ class OllamaClient:
             raise self._unreachable(timed_out=False) from None
         return self._conn
 
-    def _send(self, path: str, body: dict[str, Any]) -> http11.Reply:
+    def _send(self, path: str, body: dict[str, Any]) -> http11.Response:
         """POST a JSON body; the reply with its status and headers read. A kept-alive
         connection the server closed meanwhile is reopened once: the request never got there."""
         data = json.dumps(body).encode()
@@ -117,9 +117,9 @@ class OllamaClient:
                 raise _Dropped() from None
         raise AssertionError("unreachable")  # the second try returns or raises
 
-    def _read(self, reply: http11.Reply) -> Reply:
+    def _read(self, response: http11.Response) -> Reply:
         try:
-            return Reply(reply.status, reply.read())
+            return Reply(response.status, response.read())
         except TimeoutError:
             self.close()
             raise self._unreachable(timed_out=True) from None
@@ -244,7 +244,7 @@ class OllamaClient:
                 ) from None
         raise AssertionError("unreachable")  # the loop always returns or raises
 
-    def _read_stream(self, response: http11.Reply, on_token: Callable[[str], None]) -> Generation:
+    def _read_stream(self, response: http11.Response, on_token: Callable[[str], None]) -> Generation:
         """The answer's NDJSON lines up to done:true. The connection is kept for the next
         call only when the whole response was read; any failure closes it."""
         parts: list[str] = []
@@ -280,7 +280,7 @@ class OllamaClient:
             self.close()  # mid-stream: the rest of this response must never be read as the next one
             raise
 
-    def _finish(self, response: http11.Reply) -> None:
+    def _finish(self, response: http11.Response) -> None:
         """Read the end of a complete answer's body, so the connection can be reused; an
         answer already complete is never failed by how its connection ends."""
         try:
@@ -288,7 +288,7 @@ class OllamaClient:
         except OSError:
             self.close()
 
-    def _stream_line(self, response: http11.Reply) -> bytes:
+    def _stream_line(self, response: http11.Response) -> bytes:
         try:
             return response.readline()
         except TimeoutError:
