@@ -90,12 +90,11 @@ class Response:
         self.fields = fields
         self._conn = conn
         self._in = conn._in
-        self._chunked = "chunked" in fields.get("transfer-encoding", "").lower()
-        length = fields.get("content-length")
+        no_body = status in (204, 304)  # whatever the headers say
+        self._chunked = not no_body and "chunked" in fields.get("transfer-encoding", "").lower()
+        length = "0" if no_body else fields.get("content-length")
         if not self._chunked and length is not None and not length.isdigit():
             raise Broken(f"malformed Content-Length: {length!r}")
-        if status in (204, 304):  # never a body, whatever the headers say
-            self._chunked, length = False, "0"
         self._left = int(length) if not self._chunked and length is not None else None  # None: chunked or to the end
         self._chunk_left = 0
         self.done = self._left == 0
@@ -127,7 +126,7 @@ class Response:
             if not piece:
                 raise Broken("the reply ended mid-chunk")
             self._chunk_left -= len(piece)
-            if self._chunk_left == 0 and self._in.read(2) not in (b"\r\n",):
+            if self._chunk_left == 0 and self._in.read(2) != b"\r\n":
                 raise Broken("a chunk did not end with CRLF")
             return piece
         if self._left is not None:

@@ -118,8 +118,13 @@ class OllamaClient:
         raise AssertionError("unreachable")  # the second try returns or raises
 
     def _read(self, response: http11.Response) -> Reply:
+        return Reply(response.status, self._receive(response.read))
+
+    def _receive(self, read: Callable[[], bytes]) -> bytes:
+        """Body bytes from the connection; on a failure the connection is closed, so the
+        rest of that reply is never read as the next one."""
         try:
-            return Reply(response.status, response.read())
+            return read()
         except TimeoutError:
             self.close()
             raise self._unreachable(timed_out=True) from None
@@ -249,7 +254,7 @@ class OllamaClient:
         call only when the whole response was read; any failure closes it."""
         parts: list[str] = []
         try:
-            while line := self._stream_line(response):
+            while line := self._receive(response.readline):
                 if not line.strip():
                     continue
                 try:
@@ -287,11 +292,3 @@ class OllamaClient:
             response.read()
         except OSError:
             self.close()
-
-    def _stream_line(self, response: http11.Response) -> bytes:
-        try:
-            return response.readline()
-        except TimeoutError:
-            raise self._unreachable(timed_out=True) from None
-        except OSError:
-            raise _Dropped() from None

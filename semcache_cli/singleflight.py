@@ -73,7 +73,7 @@ class _LeaseKeeper:
                 path = claim.store.path
                 try:
                     if path not in connections:  # mode=rw: never create a file that is gone
-                        connections[path] = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=rw", uri=True,
+                        connections[path] = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True,
                                                             timeout=BUSY_TIMEOUT_S, isolation_level=None)
                     connections[path].execute(
                         "UPDATE claims SET expires_at = ? WHERE scope = ? AND exact_key = ? AND owner = ?",

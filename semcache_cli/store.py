@@ -568,10 +568,11 @@ class _WriteTransaction:
             raise StoreError("cannot write to the cache database: another thread held it too long")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-        except BaseException as exc:
+        except sqlite3.OperationalError as exc:
             self.writer.release()
-            if isinstance(exc, sqlite3.OperationalError):
-                raise StoreError(f"cannot write to the cache database: {exc}") from None
+            raise StoreError(f"cannot write to the cache database: {exc}") from None
+        except BaseException:
+            self.writer.release()
             raise
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -21,7 +21,7 @@ import heapq
 import math
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from operator import mul
 
 DTYPE = "<f4"
@@ -96,11 +96,12 @@ def hamming_candidates(query: Sequence[float], ids: bytes, codes: bytes, k: int 
     if count == 0:
         return []
     width = len(codes) // count
-    mine = sign_code(query)
-    if use_numpy(count):
-        chosen = _nearest_codes_numpy(mine, codes, count, width, k)
+    if count <= k:
+        chosen: Iterable[int] = range(count)
+    elif use_numpy(count):
+        chosen = _nearest_codes_numpy(sign_code(query), codes, count, width, k)
     else:
-        chosen = _nearest_codes_python(mine, codes, count, width, k)
+        chosen = _nearest_codes_python(sign_code(query), codes, count, width, k)
     all_ids = array("q", ids)
     if _BIG_ENDIAN:
         all_ids.byteswap()
@@ -113,14 +114,10 @@ def _nearest_codes_numpy(mine: bytes, codes: bytes, count: int, width: int, k: i
     lane = "<u8" if width % 8 == 0 else np.uint8  # count bits 64 at a time where the width allows
     stored = np.frombuffer(codes, dtype=lane).reshape(count, -1)
     distance = np.bitwise_count(stored ^ np.frombuffer(mine, dtype=lane)).sum(axis=1, dtype=np.int32)
-    if count <= k:
-        return list(range(count))
     return np.argpartition(distance, k - 1)[:k].tolist()
 
 
 def _nearest_codes_python(mine: bytes, codes: bytes, count: int, width: int, k: int) -> list[int]:
-    if count <= k:
-        return list(range(count))
     query = int.from_bytes(mine, "little")
     take = int.from_bytes
     distance = [(query ^ take(codes[i:i + width], "little")).bit_count() for i in range(0, count * width, width)]
