@@ -255,15 +255,18 @@ class Engine:
             raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set")
 
         claim: Claim | None = None
-        if req.lookup and req.store:
-            answered = self._claim_or_wait(req, scope_hash, key)
-            if isinstance(answered, Judged):
-                return served(answered)
-            claim = answered
         try:
-            return self._answer(req, query, scope_hash, key, vector, miss_log, warnings, timer, on_token, failed, claim)
+            if req.lookup and req.store:
+                from semcache_cli.singleflight import Claim
+
+                claim = Claim(self.store, scope_hash, key, self.clock)
+                answered = self._claim_or_wait(req, claim)
+                if answered is not None:
+                    return served(answered)
+            held = claim if claim is not None and claim.held else None
+            return self._answer(req, query, scope_hash, key, vector, miss_log, warnings, timer, on_token, failed, held)
         finally:
-            if claim is not None:
+            if claim is not None:  # held from before its row is committed, so a signal cannot strand it
                 claim.release()  # unless the store released it with the answer: after a failure
 
     def _answer(self, req: AskRequest, query: str, scope_hash: str, key: str, vector: Any, miss_log: dict[str, Any],
@@ -313,22 +316,20 @@ class Engine:
         outcome.timings_ms = timer.total()
         return outcome
 
-    def _claim_or_wait(self, req: AskRequest, scope_hash: str, key: str) -> Judged | Claim | None:
-        """Single-flight: take the claim on this question and answer it, or wait for the
-        process holding it and serve its answer. None: waited too long, answer anyway."""
-        from semcache_cli.singleflight import POLL_S, Claim
+    def _claim_or_wait(self, req: AskRequest, claim: Claim) -> Judged | None:
+        """Single-flight: take the claim on this question, or wait for the process holding
+        it and serve its answer. None: answer it (holding the claim, or not when the wait
+        ran out). The caller releases the claim."""
+        from semcache_cli.singleflight import POLL_S
 
-        claim = Claim(self.store, scope_hash, key, self.clock)
+        scope_hash, key = claim.scope, claim.key
         deadline = time.monotonic() + req.wait_s
         delays = iter(POLL_S)
         while True:
             if claim.try_take():
                 # The answer may have been stored between our lookup and the claim.
                 exact = self._exact(req, scope_hash, key, self.clock())
-                if exact is not None and exact.verdict.serve:
-                    claim.release()
-                    return exact
-                return claim
+                return exact if exact is not None and exact.verdict.serve else None
             if time.monotonic() >= deadline:
                 self.warn(f"waited {req.wait_s:.0f} s for another semcache process asking the same question; "
                           "asking the model directly")

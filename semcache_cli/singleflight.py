@@ -112,7 +112,9 @@ class Claim:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (self.scope, self.key, self.owner, HOST, os.getpid(), now, now + LEASE_S),
             )
-        self.held = True
+            # Before the commit: a signal raised between it and the return still leaves
+            # `release` a row to delete (deleting one never committed is harmless).
+            self.held = True
         _leases.hold(self)
         return True
 
