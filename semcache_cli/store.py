@@ -311,9 +311,7 @@ class Store:
             raise StoreError(f"cannot read and write the database {path}: permission denied "
                              "(semcache writes on every ask; check the file's owner and mode)")
         try:
-            # check_same_thread=False: replay's worker threads each own one Store, and
-            # the main thread closes them after the workers are done.
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             conn.row_factory = sqlite3.Row
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
@@ -402,11 +400,13 @@ class Store:
         """The float vectors of these entries that still exist in this scope, model and dims."""
         found: list[int] = []
         blobs: list[bytes] = []
+        cursor = self.conn.cursor()
+        cursor.row_factory = None  # plain tuples: sqlite3.Row objects cost 0.1 ms per 256 here
         for start in range(0, len(ids), 500):
             batch = ids[start:start + 500]
             # Unary + keeps the planner on the primary key: through the (scope, embed_model,
             # dims) index each id costs two b-tree searches (measured 0.88 vs 0.48 ms for 256).
-            rows = self.conn.execute(
+            rows = cursor.execute(
                 f"SELECT entry_id, vector FROM entry_vectors WHERE entry_id IN ({', '.join('?' for _ in batch)}) "
                 "AND +scope = ? AND +embed_model = ? AND +dims = ?", (*batch, scope, embed_model, dims),
             ).fetchall()
@@ -549,10 +549,16 @@ _writers_lock = threading.Lock()
 
 def _writer_for(path: Path) -> threading.RLock:
     """The lock a process's threads queue on to write one file. SQLite's busy handler
-    would have them poll and sleep in steps of milliseconds instead, which made four
-    replay workers slower than one."""
+    would have them poll and sleep in steps of milliseconds instead (1, 2, 5 ms ...)."""
     with _writers_lock:
         return _writers.setdefault(str(path.resolve()), threading.RLock())
+
+
+def share_writer(path: Path, lock: Any) -> None:
+    """Writers of this process queue on `lock` for this file: a multiprocessing lock that
+    replay's worker processes share, so that they too wake as soon as the file is free."""
+    with _writers_lock:
+        _writers[str(path.resolve())] = lock
 
 
 class _WriteTransaction:
