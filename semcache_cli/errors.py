@@ -64,6 +64,9 @@ class ModelNotFound(OllamaError):
         super().__init__(message)
         self.model = model
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # to cross from a replay worker process
+        return type(self), (self.model, str(self))
+
 
 class GenerationFailed(OllamaError):
     """The answer stream broke off: mid-stream error, dropped connection, bad JSON,

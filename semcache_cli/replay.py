@@ -2,7 +2,7 @@
 
 Three modes share one input parser and one report:
 - live: every query goes through `Engine.ask` (the same pipeline as `ask`), embeddings
-  batched through /api/embed's list input, model calls on N worker threads, each with
+  batched through /api/embed's list input, queries on N worker processes, each with
   its own database connection. Single-flight keeps duplicate questions to one call.
 - dry run: `Engine.explain` for every query: reads only, no model call, no write.
 - simulate: the insert-on-miss protocol of ../shared/data/README.md in memory, never
@@ -16,17 +16,26 @@ Three modes share one input parser and one report:
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from semcache_cli import guards, policy
 from semcache_cli.engine import SEMANTIC_CANDIDATES, embedding_text, open_engine, request_from
-from semcache_cli.errors import ModelNotFound, OllamaUnreachable, SemcacheError, UsageError
+from semcache_cli.errors import (
+    EXIT_TERMINATED,
+    ModelNotFound,
+    OllamaUnreachable,
+    SemcacheError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -388,61 +397,175 @@ class Stopped(BaseException):
 
 def run_live(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray | None, jobs: int,
              on_row: Callable[[Row], None], stop: threading.Event, warn: Callable[[str], None]) -> None:
-    """Each query through `Engine.ask` on `jobs` threads; rows reported as they finish."""
-    local = threading.local()
-    engines: list[Any] = []
-    lock = threading.Lock()
+    """Each query through `Engine.ask` in up to `jobs` worker processes, each with its own
+    engine and database connection, coordinated as separate `ask` processes are (claims,
+    busy timeout); rows reported as they finish.
 
-    def engine() -> Any:
-        if not hasattr(local, "engine"):
-            local.engine = open_engine(settings, warn)
-            with lock:
-                engines.append(local.engine)
-        return local.engine
+    Processes, not threads: against a model that answers at once a miss is ~3.5 ms of
+    interpreter time, and threads of one interpreter queue for its lock (measured on 2
+    cores: 4 threads were slower than 1, 4 processes ~1.4x faster)."""
+    from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 
-    def check_stop(_: str) -> None:
-        if stop.is_set():
-            raise Stopped()
+    from semcache_cli.store import Store
 
-    def one(index: int) -> Row:
-        item = items[index]
-        if stop.is_set():
-            raise Stopped()
-        request = request_from(settings_for(settings, item), item.query)
-        request.metadata = {"label": item.label} if item.label is not None else None
-        try:
-            outcome = engine().ask(request, check_stop, vectors[index] if vectors is not None else None)
-        except (OllamaUnreachable, ModelNotFound):
-            raise  # every other query would fail the same way
-        except SemcacheError as exc:
-            return Row(item.line, item.query, item.label, "error", error=str(exc))
-        return Row(item.line, item.query, item.label, outcome.source, miss_reason=outcome.miss_reason,
-                   matched=outcome.entry_id if outcome.hit else None,
-                   matched_label=outcome.metadata.get("label") if outcome.hit else None,
-                   similarity=outcome.similarity, confidence=outcome.confidence,
-                   saved_s=outcome.saved_s, saved_tokens=outcome.saved_tokens)
+    # Created or migrated once, here: a bad path is a one-line error, not a broken worker.
+    Store.open(settings.db, create_parent=settings.db_is_default, warn=warn).close()
+    context = _worker_context()
+    worker_stop = context.Event()
+    pool = ProcessPoolExecutor(max_workers=max(1, min(jobs, len(items))), mp_context=context,
+                               initializer=_start_worker, initargs=(settings, worker_stop, context.RLock()))
+    pending: set[Future[tuple[Row, list[str]]]] = set()
 
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="semcache-replay")
-    pending: set[Future[Row]] = set()
+    def submit(indexes: list[int]) -> None:
+        for index in indexes:
+            vector = vectors[index].tobytes() if vectors is not None else None
+            pending.add(pool.submit(_ask_in_worker, items[index], vector))
+
     feed = iter(range(len(items)))
     try:
-        for index in _take(feed, jobs * 2):
-            pending.add(pool.submit(one, index))
+        with _sigterm_blocked():  # the first submits start the fork server and the workers
+            submit(_take(feed, jobs * 2))
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for future in done:
-                on_row(future.result())
+                row, warnings = future.result()
+                for message in warnings:
+                    warn(message)
+                on_row(row)
                 if not stop.is_set():
-                    for index in _take(feed, 1):
-                        pending.add(pool.submit(one, index))
+                    submit(_take(feed, 1))
+    except BrokenProcessPool:
+        stop.set()
+        worker_stop.set()
+        raise SemcacheError("a replay worker process ended unexpectedly; answers stored so far are kept") from None
     except BaseException:
         stop.set()
+        worker_stop.set()  # answers being streamed end at their next token, unstored
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        for engine_ in engines:
-            engine_.close()
-            engine_.store.close()
+        # Dropped now, while an error may still hold this frame: the CLI leaves with
+        # os._exit, and a lock or event not collected by then is reported as leaked.
+        del pool, worker_stop
+
+
+def _worker_context() -> Any:
+    """Workers forked from a server process that imported this module and numpy once,
+    not spawned one by one (each a fresh interpreter importing them)."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__, "numpy"])
+    return context
+
+
+@contextmanager
+def _sigterm_blocked() -> Iterator[None]:
+    """SIGTERM held back (pending, not lost) while the fork server starts, so that it and
+    every worker it forks start with SIGTERM blocked. Workers unblock it once their
+    handler is in place; the fork server never does: SIGTERM sent to the whole group
+    (a supervisor stopping it) would end it, and the pool would take that for the death
+    of every worker and kill them mid-answer, claims held."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+_worker: dict[str, Any] = {}  # in a worker process: its settings, stop flag, engine, warnings
+
+
+def _start_worker(settings: Settings, stop: Any, writer: Any) -> None:
+    """Set up one worker process. Ctrl-C is the parent's to handle: it sets `stop`, and
+    answers being streamed end at their next token, unstored. `writer`: one lock for the
+    workers' writes (store.share_writer)."""
+    import multiprocessing
+    from multiprocessing.util import Finalize
+
+    import numpy  # noqa: F401  -- a long-lived worker ranks vectors faster with it (vectors.use_numpy)
+
+    from semcache_cli.store import share_writer
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_terminated)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # see _sigterm_blocked
+    share_writer(settings.db, writer)
+    _worker.update(settings=settings, stop=stop, engine=None, warnings=[], asking=False, terminated=False)
+    Finalize(None, _close_worker, exitpriority=10)  # run as the worker exits (atexit is not)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with(parent_sentinel: int) -> None:
+    """A worker outlives no parent: killed outright (SIGKILL), the parent cannot tell it
+    to stop, and it would wait for work forever."""
+    from multiprocessing.connection import wait as wait_for
+
+    wait_for([parent_sentinel])
+    os._exit(EXIT_TERMINATED)
+
+
+def _worker_terminated(signum: int, frame: Any) -> None:
+    """SIGTERM (a supervisor stopping the whole group, or the pool ending a broken run):
+    a question in hand ends at its next token, unstored, its claim released, and then
+    the worker exits. Only flags here: a second SIGTERM must not cut that unwinding short."""
+    if not _worker.get("asking"):
+        os._exit(EXIT_TERMINATED)
+    _worker["terminated"] = True
+
+
+def _close_worker() -> None:
+    engine = _worker.get("engine")
+    if engine is not None:
+        engine.close()
+        engine.store.close()
+
+
+def _ask_in_worker(item: ReplayQuery, vector: bytes | None) -> tuple[Row, list[str]]:
+    """One query, in a worker process: its row and the warnings raised on the way."""
+    from array import array
+
+    settings, stop, warnings = _worker["settings"], _worker["stop"], _worker["warnings"]
+    if stop.is_set():
+        raise Stopped()
+
+    def check_stop(_: str) -> None:
+        if stop.is_set() or _worker["terminated"]:
+            raise Stopped()
+
+    request = request_from(settings_for(settings, item), item.query)
+    request.metadata = {"label": item.label} if item.label is not None else None
+    _worker["asking"] = True
+    try:
+        if _worker["engine"] is None:
+            _worker["engine"] = open_engine(settings, warnings.append)
+        outcome = _worker["engine"].ask(request, check_stop, array("f", vector) if vector is not None else None)
+    except (OllamaUnreachable, ModelNotFound):
+        raise  # every other query would fail the same way
+    except SemcacheError as exc:
+        row = Row(item.line, item.query, item.label, "error", error=str(exc))
+    else:
+        row = Row(item.line, item.query, item.label, outcome.source, miss_reason=outcome.miss_reason,
+                  matched=outcome.entry_id if outcome.hit else None,
+                  matched_label=outcome.metadata.get("label") if outcome.hit else None,
+                  similarity=outcome.similarity, confidence=outcome.confidence,
+                  saved_s=outcome.saved_s, saved_tokens=outcome.saved_tokens)
+    finally:
+        _worker["asking"] = False
+        if _worker.get("terminated"):
+            _close_worker()
+            os._exit(EXIT_TERMINATED)
+    raised = warnings[:]
+    warnings.clear()
+    return row, raised
 
 
 def _take(iterator: Iterator[int], count: int) -> list[int]:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, db_rows, run_cli, run_proc
+from conftest import REPO, SHARED_DATA, db_rows, run_cli, run_proc
 from fake_ollama import FakeOllama, load_clinc_table
 
 from semcache_cli.replay import parse_lines, parse_thresholds
@@ -254,38 +259,111 @@ def test_simulate_reproduces_the_clinc_baseline(ollama: FakeOllama, tmp_path: Pa
 
 
 def test_ctrl_c_stops_cleanly_keeping_what_was_stored(ollama: FakeOllama, tmp_path: Path, isolated_env: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import REPO
-
-    questions = [f"interrupted replay {n}x{n}" for n in range(40)]
-    path = write(tmp_path / "q.txt", questions)
-    ollama.faults.chunk_delay = 0.05  # each answer streams for about 0.4 s
-    proc = subprocess.Popen([sys.executable, "-m", "semcache_cli", "replay", str(path), "-j", "2"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=os.environ.copy(), cwd=REPO)
-    def stored_count() -> int:
-        try:
-            return db_rows(isolated_env, "SELECT count(*) FROM entries")[0][0]
-        except sqlite3.OperationalError:  # the schema is not there yet
-            return 0
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and stored_count() < 2:
-        time.sleep(0.05)
+    proc = _slow_replay(ollama, tmp_path, isolated_env)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
-    assert "Traceback" not in err.decode()
+    assert err.decode() == ""
     assert out.decode().startswith("replay (live, interrupted): ")
-    stored = db_rows(isolated_env, "SELECT query, response FROM entries")
-    assert 2 <= len(stored) < 40
-    assert all(response == f"This is the answer to: {query}" for query, response in stored)  # none partial
+    assert 2 <= len(_all_complete(isolated_env)) < 40
     assert db_rows(isolated_env, "SELECT count(*) FROM claims")[0][0] == 0
+    assert _gone(proc.pid)
+
+
+def _slow_replay(ollama: FakeOllama, tmp_path: Path, isolated_env: Path) -> subprocess.Popen[bytes]:
+    """A live replay of 40 questions in a process group of its own, each answer streaming
+    for about 0.4 s, once it has stored two answers."""
+    path = write(tmp_path / "q.txt", [f"slow replay {n}x{n}" for n in range(40)])
+    ollama.faults.chunk_delay = 0.05
+    proc = subprocess.Popen([sys.executable, "-m", "semcache_cli", "replay", str(path), "-j", "2"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=os.environ.copy(), cwd=REPO, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _stored_count(isolated_env) < 2:
+        time.sleep(0.05)
+    return proc
+
+
+def _stored_count(db: Path) -> int:
+    if not db.exists():  # not created here: sqlite3 would make it with the test's umask
+        return 0
+    try:
+        return db_rows(db, "SELECT count(*) FROM entries")[0][0]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+
+
+def _group(pgid: int) -> dict[int, int]:
+    """Live (not zombie) processes of a process group: pid -> parent pid."""
+    members = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members[int(stat.parent.name)] = int(fields[1])
+    return members
+
+
+def _all_complete(db: Path) -> list[sqlite3.Row]:
+    stored = db_rows(db, "SELECT query, response FROM entries")
+    assert all(response == f"This is the answer to: {query}" for query, response in stored)  # none partial
+    return stored
+
+
+def _gone(pgid: int, within_s: float = 10) -> bool:
+    deadline = time.monotonic() + within_s
+    while _group(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _group(pgid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
+def test_sigterm_to_the_whole_group_ends_every_worker_cleanly(ollama: FakeOllama, tmp_path: Path,
+                                                              isolated_env: Path) -> None:
+    proc = _slow_replay(ollama, tmp_path, isolated_env)
+    assert len(_group(proc.pid)) >= 3  # the replay, its fork server and workers
+    os.killpg(proc.pid, signal.SIGTERM)  # as a supervisor stopping a service does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert err.decode() == "semcache: error: terminated; nothing partial was stored\n"
+    assert 2 <= len(_all_complete(isolated_env)) < 40
+    assert db_rows(isolated_env, "SELECT count(*) FROM claims")[0][0] == 0  # released, not left to expire
+    assert _gone(proc.pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
+def test_a_worker_killed_outright_is_a_one_line_error(ollama: FakeOllama, tmp_path: Path,
+                                                      isolated_env: Path) -> None:
+    proc = _slow_replay(ollama, tmp_path, isolated_env)
+    members = _group(proc.pid)
+    workers = [pid for pid, parent in members.items() if parent not in (proc.pid, 1) and pid != proc.pid]
+    assert workers
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert err.decode().strip().splitlines() == [
+        "semcache: error: a replay worker process ended unexpectedly; answers stored so far are kept"]
+    assert len(_all_complete(isolated_env)) >= 2
+    assert _gone(proc.pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
+def test_workers_do_not_outlive_a_replay_killed_outright(ollama: FakeOllama, tmp_path: Path,
+                                                         isolated_env: Path) -> None:
+    proc = _slow_replay(ollama, tmp_path, isolated_env)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert _gone(proc.pid)
+    _all_complete(isolated_env)
+
+
+def test_a_missing_model_stops_the_replay_with_its_exit_code(ollama: FakeOllama, tmp_path: Path) -> None:
+    path = write(tmp_path / "q.txt", ["one", "two", "three"])
+    result = run_proc("replay", str(path), "--model", "llama9", "-j", "2")
+    assert result.exit_code == 5, result.stderr
+    assert result.stderr.count("\n") == 1 and "ollama pull llama9" in result.stderr
 
 
 def test_piped_runs_draw_no_progress(ollama: FakeOllama, tmp_path: Path) -> None:
