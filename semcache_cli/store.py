@@ -554,13 +554,6 @@ def _writer_for(path: Path) -> threading.RLock:
         return _writers.setdefault(str(path.resolve()), threading.RLock())
 
 
-def share_writer(path: Path, lock: Any) -> None:
-    """Writers of this process queue on `lock` for this file: a multiprocessing lock that
-    replay's worker processes share, so that they too wake as soon as the file is free."""
-    with _writers_lock:
-        _writers[str(path.resolve())] = lock
-
-
 class _WriteTransaction:
     """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front (waiting out the busy
     timeout) so a transaction never fails half-way on a lock upgrade."""

@@ -258,6 +258,10 @@ def test_simulate_reproduces_the_clinc_baseline(ollama: FakeOllama, tmp_path: Pa
     assert ollama.generations == 0 and not isolated_env.exists()
 
 
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
+
+
+@needs_proc
 def test_ctrl_c_stops_cleanly_keeping_what_was_stored(ollama: FakeOllama, tmp_path: Path, isolated_env: Path) -> None:
     proc = _slow_replay(ollama, tmp_path, isolated_env)
     proc.send_signal(signal.SIGINT)
@@ -319,7 +323,7 @@ def _gone(pgid: int, within_s: float = 10) -> bool:
     return not _group(pgid)
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
+@needs_proc
 def test_sigterm_to_the_whole_group_ends_every_worker_cleanly(ollama: FakeOllama, tmp_path: Path,
                                                               isolated_env: Path) -> None:
     proc = _slow_replay(ollama, tmp_path, isolated_env)
@@ -333,7 +337,7 @@ def test_sigterm_to_the_whole_group_ends_every_worker_cleanly(ollama: FakeOllama
     assert _gone(proc.pid)
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
+@needs_proc
 def test_a_worker_killed_outright_is_a_one_line_error(ollama: FakeOllama, tmp_path: Path,
                                                       isolated_env: Path) -> None:
     proc = _slow_replay(ollama, tmp_path, isolated_env)
@@ -349,7 +353,7 @@ def test_a_worker_killed_outright_is_a_one_line_error(ollama: FakeOllama, tmp_pa
     assert _gone(proc.pid)
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
+@needs_proc
 def test_workers_do_not_outlive_a_replay_killed_outright(ollama: FakeOllama, tmp_path: Path,
                                                          isolated_env: Path) -> None:
     proc = _slow_replay(ollama, tmp_path, isolated_env)
