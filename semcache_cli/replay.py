@@ -247,27 +247,33 @@ def recommend(reports: list[Report], target_error: float) -> Report | None:
 
 # -- embeddings ----------------------------------------------------------------------------
 
+def embed_batches(client: Any, embed_model: str, texts: list[str]) -> Iterator[np.ndarray]:
+    """Unit float32 vectors of the texts, a block per /api/embed call of EMBED_BATCH."""
+    import numpy as np
+
+    dims: int | None = None
+    for start in range(0, len(texts), EMBED_BATCH):
+        batch = [embedding_text(embed_model, t) for t in texts[start:start + EMBED_BATCH]]
+        block = client.embed(embed_model, batch)
+        if dims is not None and len(block[0]) != dims:
+            raise SemcacheError(f"{embed_model} returned embeddings of different lengths")
+        dims = len(block[0])
+        matrix = np.frombuffer(b"".join(block), dtype=np.float32).reshape(len(batch), -1)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise SemcacheError(f"{embed_model} returned an empty or zero embedding")
+        yield matrix / norms  # unit length, as vectors.unit_vector makes them one at a time
+
+
 def embed_all(client: Any, embed_model: str, texts: list[str], progress: Callable[[int], None]) -> np.ndarray:
     """Unit float32 vectors for every text, batched through /api/embed."""
     import numpy as np
 
-    out: np.ndarray | None = None
-    for start in range(0, len(texts), EMBED_BATCH):
-        batch = [embedding_text(embed_model, t) for t in texts[start:start + EMBED_BATCH]]
-        block = client.embed(embed_model, batch)
-        if out is None:
-            out = np.empty((len(texts), len(block[0])), dtype=np.float32)
-        if len(block[0]) != out.shape[1]:
-            raise SemcacheError(f"{embed_model} returned embeddings of different lengths")
-        out[start:start + len(batch)] = np.frombuffer(b"".join(block), dtype=np.float32).reshape(len(batch), -1)
-        progress(len(batch))
-    if out is None:
-        return np.empty((0, 0), dtype=np.float32)
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-        raise SemcacheError(f"{embed_model} returned an empty or zero embedding")
-    out /= norms  # unit length, as vectors.unit_vector makes them one at a time
-    return out
+    blocks = []
+    for block in embed_batches(client, embed_model, texts):
+        blocks.append(block)
+        progress(len(block))
+    return np.concatenate(blocks) if blocks else np.empty((0, 0), dtype=np.float32)
 
 
 # -- simulate ------------------------------------------------------------------------------
@@ -395,7 +401,67 @@ class Stopped(BaseException):
     partial answer is dropped (never stored) and the claim released."""
 
 
-def run_live(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray | None, jobs: int,
+NOT_YET = object()  # LiveEmbeddings.vector: that query is not embedded yet
+
+
+class LiveEmbeddings:
+    """The live replay's query vectors, embedded batch by batch on a thread of its own
+    while the workers already ask the queries before them (embedding 2,000 queries
+    up front left a core idle for ~1 s). When a batch fails (a missing embedding model,
+    a bad reply), the queries left get no vector here and `Engine.ask` embeds each
+    itself, falling back to the exact layer as `ask` does. An unreachable server stops
+    the replay."""
+
+    def __init__(self, settings: Settings, texts: list[str], progress: Callable[[int], None],
+                 warn: Callable[[str], None], stop: threading.Event) -> None:
+        self._rows: list[bytes] = []  # float32 vectors, in query order
+        self._done = False
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._embed, args=(settings, texts, progress, warn, stop),
+                                        name="semcache-embed", daemon=True)
+        self._thread.start()
+
+    def _embed(self, settings: Settings, texts: list[str], progress: Callable[[int], None],
+               warn: Callable[[str], None], stop: threading.Event) -> None:
+        from semcache_cli.errors import OllamaError
+        from semcache_cli.ollama import OllamaClient
+
+        client = OllamaClient(settings.ollama_url, settings.timeout)
+        try:
+            for block in embed_batches(client, settings.embed_model, texts):
+                with self._changed:
+                    self._rows.extend(row.tobytes() for row in block)
+                    self._changed.notify_all()
+                progress(len(block))
+                if stop.is_set():
+                    return
+        except OllamaUnreachable as exc:
+            self._error = exc
+        except (ModelNotFound, OllamaError) as exc:
+            left = "each query is" if not self._rows else f"the {len(texts) - len(self._rows):,} queries left are"
+            warn(f"batch embedding failed ({exc}); {left} embedded one at a time, as `ask` does")
+        except BaseException as exc:  # handed to the replay's own thread, which reports it
+            self._error = exc
+        finally:
+            client.close()
+            with self._changed:
+                self._done = True
+                self._changed.notify_all()
+
+    def vector(self, index: int, wait_s: float) -> Any:
+        """The index-th query's vector (bytes), None when it gets none (exact layer only),
+        or NOT_YET when it is not embedded within wait_s. Raises what stopped embedding."""
+        with self._changed:
+            self._changed.wait_for(lambda: index < len(self._rows) or self._done, wait_s)
+            if index < len(self._rows):
+                return self._rows[index]
+            if self._error is not None:
+                raise self._error
+            return None if self._done else NOT_YET
+
+
+def run_live(settings: Settings, items: list[ReplayQuery], embeddings: LiveEmbeddings, jobs: int,
              on_row: Callable[[Row], None], stop: threading.Event, warn: Callable[[str], None]) -> None:
     """Each query through `Engine.ask` in up to `jobs` worker processes, each with its own
     engine and database connection, coordinated as separate `ask` processes are (claims,
@@ -415,25 +481,31 @@ def run_live(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray |
     pool = ProcessPoolExecutor(max_workers=max(1, min(jobs, len(items))), mp_context=context,
                                initializer=_start_worker, initargs=(settings, worker_stop))
     pending: set[Future[tuple[Row, list[str]]]] = set()
+    submitted = 0
 
-    def submit(indexes: list[int]) -> None:
-        for index in indexes:
-            vector = vectors[index].tobytes() if vectors is not None else None
-            pending.add(pool.submit(_ask_in_worker, items[index], vector))
+    def submit_ready() -> None:
+        """Keep 2 x jobs queries in hand, each as soon as its vector is embedded."""
+        nonlocal submitted
+        while submitted < len(items) and len(pending) < jobs * 2 and not stop.is_set():
+            vector = embeddings.vector(submitted, wait_s=0.0 if pending else 0.2)
+            if vector is NOT_YET:
+                return
+            pending.add(pool.submit(_ask_in_worker, items[submitted], vector))
+            submitted += 1
 
-    feed = iter(range(len(items)))
     try:
         with _sigterm_blocked():  # the first submits start the fork server and the workers
-            submit(_take(feed, jobs * 2))
+            while not pending and submitted < len(items) and not stop.is_set():
+                submit_ready()
         while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=0.05 if submitted < len(items) else 0.2,
+                                 return_when=FIRST_COMPLETED)
             for future in done:
                 row, warnings = future.result()
                 for message in warnings:
                     warn(message)
                 on_row(row)
-                if not stop.is_set():
-                    submit(_take(feed, 1))
+            submit_ready()
     except BrokenProcessPool:
         stop.set()
         worker_stop.set()
@@ -566,16 +638,6 @@ def _ask_in_worker(item: ReplayQuery, vector: bytes | None) -> tuple[Row, list[s
     return row, raised
 
 
-def _take(iterator: Iterator[int], count: int) -> list[int]:
-    taken = []
-    for _ in range(count):
-        value = next(iterator, None)
-        if value is None:
-            break
-        taken.append(value)
-    return taken
-
-
 def run_dry(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray | None,
             on_row: Callable[[Row], None], stop: threading.Event) -> None:
     """What each query would get from the cache as it is now: reads only."""
@@ -638,8 +700,12 @@ def execute(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: 
 
         order = np.random.default_rng(plan.shuffle).permutation(len(items))
         items = [items[int(i)] for i in order]
-    vectors = _embed_for(settings, items, plan, progress, warn)
     reports: list[Report] = []
+    if plan.mode == "live":  # embedded while the first queries are asked
+        embeddings = LiveEmbeddings(settings, [item.query for item in items],
+                                    progress(f"embedding with {settings.embed_model}", len(items)), warn, stop)
+    else:
+        vectors = _embed_for(settings, items, progress)
     if plan.mode == "simulate":
         for threshold in plan.thresholds:
             report, rows = simulate(items, vectors, settings, threshold,
@@ -660,7 +726,7 @@ def execute(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: 
 
     try:
         if plan.mode == "live":
-            run_live(settings, items, vectors, plan.jobs, record, stop, warn)
+            run_live(settings, items, embeddings, plan.jobs, record, stop, warn)
         else:
             run_dry(settings, items, vectors, record, stop)
     except (KeyboardInterrupt, Stopped):
@@ -670,11 +736,8 @@ def execute(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: 
     return [report]
 
 
-def _embed_for(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: ProgressFactory,
-               warn: Callable[[str], None]) -> np.ndarray | None:
-    """All embeddings up front, in batches. Live replay degrades like `ask` when the
-    embedding model is missing (exact layer only); the other modes cannot."""
-    from semcache_cli.errors import OllamaError
+def _embed_for(settings: Settings, items: list[ReplayQuery], progress: ProgressFactory) -> np.ndarray | None:
+    """All embeddings up front, in batches (simulate and dry run: both need them all)."""
     from semcache_cli.ollama import OllamaClient
 
     if not items:
@@ -683,10 +746,5 @@ def _embed_for(settings: Settings, items: list[ReplayQuery], plan: Plan, progres
     try:
         return embed_all(client, settings.embed_model, [item.query for item in items],
                          progress(f"embedding with {settings.embed_model}", len(items)))
-    except (ModelNotFound, OllamaError) as exc:
-        if plan.mode != "live" or isinstance(exc, OllamaUnreachable):
-            raise
-        warn(f"embedding failed ({exc}); each query falls back to the exact layer")
-        return None
     finally:
         client.close()

@@ -65,6 +65,7 @@ def _word_direction(word: str, dims: int) -> np.ndarray:
 class Faults:
     chat_status: tuple[int, str] | None = None  # error before any output
     embed_status: tuple[int, str] | None = None
+    embed_status_after: int = 0  # embed_status only once this many embedding requests were answered
     busy: int = 0  # the next N model requests get 503 server busy
     delay: float = 0.0  # seconds before the first chat chunk (cold load)
     hang: bool = False  # chat never answers
@@ -341,7 +342,7 @@ class _Handler(BaseHTTPRequestHandler):
         model = str(body.get("model", ""))
         if fake.take_busy():
             return self._error(503, BUSY_TEXT)
-        if fake.faults.embed_status:
+        if fake.faults.embed_status and fake.counts[path] > fake.faults.embed_status_after:
             return self._error(*fake.faults.embed_status)
         if canonical(model) not in fake.embed_models:
             return self._error(404, f'model "{model}" not found, try pulling it first')

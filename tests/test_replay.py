@@ -130,6 +130,35 @@ def test_live_stops_on_an_unreachable_server(isolated_env: Path, tmp_path: Path)
     assert result.exit_code == 4 and "cannot reach Ollama" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_live_without_the_embedding_model_falls_back_to_the_exact_layer(ollama: FakeOllama, tmp_path: Path,
+                                                                         isolated_env: Path) -> None:
+    path = write(tmp_path / "q.txt", ["first question", "second question", "first question"])
+    result = run_proc("replay", str(path), "--embed-model", "mxbai-embed-large", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines() == [  # each warning once, however many queries and workers
+        "semcache: warning: batch embedding failed (model 'mxbai-embed-large' not found on Ollama at "
+        f"{ollama.url}: run `ollama pull mxbai-embed-large`); each query is embedded one at a time, as `ask` does",
+        "semcache: warning: embedding model 'mxbai-embed-large' not found: run `ollama pull mxbai-embed-large`; "
+        "semantic layer skipped"]
+    report = json.loads(result.stdout)["reports"][0]
+    assert (report["model_calls"], report["hits"]["exact"], report["hits"]["semantic"]) == (2, 1, 0)
+    assert db_rows(isolated_env, "SELECT count(*) FROM entries WHERE dims IS NULL")[0][0] == 2
+
+
+def test_live_embedding_failing_part_way_leaves_the_rest_to_ask_s_own_fallback(ollama: FakeOllama, tmp_path: Path,
+                                                                          isolated_env: Path) -> None:
+    # The first batch (256 queries) is embedded and asked while the second fails.
+    ollama.faults.embed_status, ollama.faults.embed_status_after = (500, "embedding runner crashed"), 1
+    path = write(tmp_path / "q.txt", [f"part way {n}x{n}" for n in range(300)])
+    result = run_proc("replay", str(path), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "the 44 queries left are embedded one at a time" in result.stderr
+    assert "embedding runner crashed (HTTP 500)); semantic layer skipped" in result.stderr
+    assert json.loads(result.stdout)["reports"][0]["queries"] == 300
+    assert db_rows(isolated_env, "SELECT count(*) FROM entries WHERE dims = 768")[0][0] == 256
+    assert db_rows(isolated_env, "SELECT count(*) FROM entries WHERE dims IS NULL")[0][0] == 44
+
+
 # -- dry run and simulate ------------------------------------------------------------------
 
 @pytest.fixture
