@@ -368,7 +368,7 @@ def replay_text(reports: list[dict[str, Any]], recommended: float | None, target
         rate = f" ({r['queries_per_s']:,.0f} queries/s)" if r["queries_per_s"] else ""
         lines = [
             f"replay ({r['mode']}{', interrupted' if r['interrupted'] else ''}): "
-            f"{r['queries']:,} queries in {r['seconds']:.1f} s{rate}",
+            f"{r['queries']:,} {'query' if r['queries'] == 1 else 'queries'} in {r['seconds']:.1f} s{rate}",
             f"  hits         {r['hits']['total']:,} ({_percent(r['hit_rate'])}): exact {r['hits']['exact']:,}, "
             f"semantic {r['hits']['semantic']:,}",
             f"  misses       {sum(r['misses'].values()):,}: {_breakdown(r['misses'])}",

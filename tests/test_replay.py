@@ -399,6 +399,11 @@ def test_a_missing_model_stops_the_replay_with_its_exit_code(ollama: FakeOllama,
     assert result.stderr.count("\n") == 1 and "ollama pull llama9" in result.stderr
 
 
+def test_a_single_query_is_reported_in_the_singular(ollama: FakeOllama, tmp_path: Path) -> None:
+    result = run_cli("replay", str(write(tmp_path / "q.txt", ["only one"])))
+    assert result.exit_code == 0 and result.stdout.startswith("replay (live): 1 query in ")
+
+
 def test_piped_runs_draw_no_progress(ollama: FakeOllama, tmp_path: Path) -> None:
     path = write(tmp_path / "q.txt", ["quiet one", "quiet two"])
     result = run_proc("replay", str(path))
