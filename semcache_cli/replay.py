@@ -3,7 +3,8 @@
 Three modes share one input parser and one report:
 - live: every query goes through `Engine.ask` (the same pipeline as `ask`), embeddings
   batched through /api/embed's list input, queries on N worker processes, each with
-  its own database connection. Single-flight keeps duplicate questions to one call.
+  its own database connection (live_replay.py). Single-flight keeps duplicate
+  questions to one call.
 - dry run: `Engine.explain` for every query: reads only, no model call, no write.
 - simulate: the insert-on-miss protocol of ../shared/data/README.md in memory, never
   the user's file and never a model call. Only the embeddings come from Ollama. The
@@ -16,26 +17,16 @@ Three modes share one input parser and one report:
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from semcache_cli import guards, policy
 from semcache_cli.engine import SEMANTIC_CANDIDATES, embedding_text, open_engine, request_from
-from semcache_cli.errors import (
-    EXIT_TERMINATED,
-    ModelNotFound,
-    OllamaUnreachable,
-    SemcacheError,
-    UsageError,
-)
+from semcache_cli.errors import SemcacheError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -401,243 +392,6 @@ class Stopped(BaseException):
     partial answer is dropped (never stored) and the claim released."""
 
 
-NOT_YET = object()  # LiveEmbeddings.vector: that query is not embedded yet
-
-
-class LiveEmbeddings:
-    """The live replay's query vectors, embedded batch by batch on a thread of its own
-    while the workers already ask the queries before them (embedding 2,000 queries
-    up front left a core idle for ~1 s). When a batch fails (a missing embedding model,
-    a bad reply), the queries left get no vector here and `Engine.ask` embeds each
-    itself, falling back to the exact layer as `ask` does. An unreachable server stops
-    the replay."""
-
-    def __init__(self, settings: Settings, texts: list[str], progress: Callable[[int], None],
-                 warn: Callable[[str], None], stop: threading.Event) -> None:
-        self._rows: list[bytes] = []  # float32 vectors, in query order
-        self._done = False
-        self._error: BaseException | None = None
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._embed, args=(settings, texts, progress, warn, stop),
-                                        name="semcache-embed", daemon=True)
-        self._thread.start()
-
-    def _embed(self, settings: Settings, texts: list[str], progress: Callable[[int], None],
-               warn: Callable[[str], None], stop: threading.Event) -> None:
-        from semcache_cli.errors import OllamaError
-        from semcache_cli.ollama import OllamaClient
-
-        client = OllamaClient(settings.ollama_url, settings.timeout)
-        try:
-            for block in embed_batches(client, settings.embed_model, texts):
-                with self._changed:
-                    self._rows.extend(row.tobytes() for row in block)
-                    self._changed.notify_all()
-                progress(len(block))
-                if stop.is_set():
-                    return
-        except OllamaUnreachable as exc:
-            self._error = exc
-        except (ModelNotFound, OllamaError) as exc:
-            left = "each query is" if not self._rows else f"the {len(texts) - len(self._rows):,} queries left are"
-            warn(f"batch embedding failed ({exc}); {left} embedded one at a time, as `ask` does")
-        except BaseException as exc:  # handed to the replay's own thread, which reports it
-            self._error = exc
-        finally:
-            client.close()
-            with self._changed:
-                self._done = True
-                self._changed.notify_all()
-
-    def vector(self, index: int, wait_s: float) -> Any:
-        """The index-th query's vector (bytes), None when it gets none (exact layer only),
-        or NOT_YET when it is not embedded within wait_s. Raises what stopped embedding."""
-        with self._changed:
-            self._changed.wait_for(lambda: index < len(self._rows) or self._done, wait_s)
-            if index < len(self._rows):
-                return self._rows[index]
-            if self._error is not None:
-                raise self._error
-            return None if self._done else NOT_YET
-
-
-def run_live(settings: Settings, items: list[ReplayQuery], embeddings: LiveEmbeddings, jobs: int,
-             on_row: Callable[[Row], None], stop: threading.Event, warn: Callable[[str], None]) -> None:
-    """Each query through `Engine.ask` in up to `jobs` worker processes, each with its own
-    engine and database connection, coordinated as separate `ask` processes are (claims,
-    busy timeout); rows reported as they finish.
-
-    Processes, not threads: against a model that answers at once a miss is ~3.5 ms of
-    interpreter time, and threads of one interpreter queue for its lock (2,000 instant
-    misses on 2 cores, timed in turn: 4 threads 218-248 queries/s, 4 processes 251-280)."""
-    from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
-
-    from semcache_cli.store import Store
-
-    # Created or migrated once, here: a bad path is a one-line error, not a broken worker.
-    Store.open(settings.db, create_parent=settings.db_is_default, warn=warn).close()
-    context = _worker_context()
-    worker_stop = context.Event()
-    pool = ProcessPoolExecutor(max_workers=max(1, min(jobs, len(items))), mp_context=context,
-                               initializer=_start_worker, initargs=(settings, worker_stop))
-    pending: set[Future[tuple[Row, list[str]]]] = set()
-    submitted = 0
-
-    def submit_ready() -> None:
-        """Keep 2 x jobs queries in hand, each as soon as its vector is embedded."""
-        nonlocal submitted
-        while submitted < len(items) and len(pending) < jobs * 2 and not stop.is_set():
-            vector = embeddings.vector(submitted, wait_s=0.0 if pending else 0.2)
-            if vector is NOT_YET:
-                return
-            pending.add(pool.submit(_ask_in_worker, items[submitted], vector))
-            submitted += 1
-
-    try:
-        with _sigterm_blocked():  # the first submits start the fork server and the workers
-            while not pending and submitted < len(items) and not stop.is_set():
-                submit_ready()
-        while pending:
-            done, pending = wait(pending, timeout=0.05 if submitted < len(items) else 0.2,
-                                 return_when=FIRST_COMPLETED)
-            for future in done:
-                row, warnings = future.result()
-                for message in warnings:
-                    warn(message)
-                on_row(row)
-            submit_ready()
-    except BrokenProcessPool:
-        stop.set()
-        worker_stop.set()
-        raise SemcacheError("a replay worker process ended unexpectedly; answers stored so far are kept") from None
-    except BaseException:
-        stop.set()
-        worker_stop.set()  # answers being streamed end at their next token, unstored
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        # Dropped now, while an error may still hold this frame: the CLI leaves with
-        # os._exit, and a lock or event not collected by then is reported as leaked.
-        del pool, worker_stop
-
-
-def _worker_context() -> Any:
-    """Workers forked from a server process that imported this module and numpy once,
-    not spawned one by one (each a fresh interpreter importing them)."""
-    import multiprocessing
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", __name__, "numpy"])
-    return context
-
-
-@contextmanager
-def _sigterm_blocked() -> Iterator[None]:
-    """SIGTERM held back (pending, not lost) while the fork server starts, so that it and
-    every worker it forks start with SIGTERM blocked. Workers unblock it once their
-    handler is in place; the fork server never does: SIGTERM sent to the whole group
-    (a supervisor stopping it) would end it, and the pool would take that for the death
-    of every worker and kill them mid-answer, claims held."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-
-_worker: dict[str, Any] = {}  # in a worker process: its settings, stop flag, engine, warnings
-
-
-def _start_worker(settings: Settings, stop: Any) -> None:
-    """Set up one worker process. Ctrl-C is the parent's to handle: it sets `stop`, and
-    answers being streamed end at their next token, unstored. Writes are arbitrated by
-    SQLite's own file locks, which a worker killed outright cannot leave held (a shared
-    multiprocessing lock was ~5% faster, but one that dies with its holder stalls all)."""
-    import multiprocessing
-    from multiprocessing.util import Finalize
-
-    import numpy  # noqa: F401  -- a long-lived worker ranks vectors faster with it (vectors.use_numpy)
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _worker_terminated)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # see _sigterm_blocked
-    _worker.update(settings=settings, stop=stop, engine=None, warnings=[], asking=False, terminated=False)
-    Finalize(None, _close_worker, exitpriority=10)  # run as the worker exits (atexit is not)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
-
-
-def _exit_with(parent_sentinel: int) -> None:
-    """A worker outlives no parent: killed outright (SIGKILL), the parent cannot tell it
-    to stop, and it would wait for work forever."""
-    from multiprocessing.connection import wait as wait_for
-
-    wait_for([parent_sentinel])
-    os._exit(EXIT_TERMINATED)
-
-
-def _worker_terminated(signum: int, frame: Any) -> None:
-    """SIGTERM (a supervisor stopping the whole group, or the pool ending a broken run):
-    a question in hand ends at its next token, unstored, its claim released, and then
-    the worker exits. Only flags here: a second SIGTERM must not cut that unwinding short."""
-    if not _worker.get("asking"):
-        os._exit(EXIT_TERMINATED)
-    _worker["terminated"] = True
-
-
-def _close_worker() -> None:
-    engine = _worker.get("engine")
-    if engine is not None:
-        engine.close()
-        engine.store.close()
-
-
-def _ask_in_worker(item: ReplayQuery, vector: bytes | None) -> tuple[Row, list[str]]:
-    """One query, in a worker process: its row and the warnings raised on the way."""
-    from array import array
-
-    settings, stop, warnings = _worker["settings"], _worker["stop"], _worker["warnings"]
-    if stop.is_set():
-        raise Stopped()
-
-    def check_stop(_: str) -> None:
-        if stop.is_set() or _worker["terminated"]:
-            raise Stopped()
-
-    request = request_from(settings_for(settings, item), item.query)
-    request.metadata = {"label": item.label} if item.label is not None else None
-    _worker["asking"] = True
-    try:
-        if _worker["engine"] is None:
-            _worker["engine"] = open_engine(settings, warnings.append)
-        outcome = _worker["engine"].ask(request, check_stop, array("f", vector) if vector is not None else None)
-    except (OllamaUnreachable, ModelNotFound):
-        raise  # every other query would fail the same way
-    except SemcacheError as exc:
-        row = Row(item.line, item.query, item.label, "error", error=str(exc))
-    else:
-        row = Row(item.line, item.query, item.label, outcome.source, miss_reason=outcome.miss_reason,
-                  matched=outcome.entry_id if outcome.hit else None,
-                  matched_label=outcome.metadata.get("label") if outcome.hit else None,
-                  similarity=outcome.similarity, confidence=outcome.confidence,
-                  saved_s=outcome.saved_s, saved_tokens=outcome.saved_tokens)
-    finally:
-        _worker["asking"] = False
-        if _worker.get("terminated"):
-            _close_worker()
-            os._exit(EXIT_TERMINATED)
-    raised = warnings[:]
-    warnings.clear()
-    return row, raised
-
-
 def run_dry(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray | None,
             on_row: Callable[[Row], None], stop: threading.Event) -> None:
     """What each query would get from the cache as it is now: reads only."""
@@ -702,6 +456,8 @@ def execute(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: 
         items = [items[int(i)] for i in order]
     reports: list[Report] = []
     if plan.mode == "live":  # embedded while the first queries are asked
+        from semcache_cli.live_replay import LiveEmbeddings, run_live
+
         embeddings = LiveEmbeddings(settings, [item.query for item in items],
                                     progress(f"embedding with {settings.embed_model}", len(items)), warn, stop)
     else:
