@@ -20,7 +20,6 @@ import json
 import os
 import sqlite3
 import stat
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -299,7 +298,6 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
-        self._writer = _writer_for(path)
 
     @classmethod
     def open(cls, path: Path, create_parent: bool = False, warn: Callable[[str], None] | None = None) -> Store:
@@ -426,7 +424,7 @@ class Store:
     # -- writes ------------------------------------------------------------------------
 
     def transaction(self) -> _WriteTransaction:
-        return _WriteTransaction(self.conn, self._writer)
+        return _WriteTransaction(self.conn)
 
     def record_hit(self, entry_id: int, now: float, request: dict[str, Any]) -> None:
         with self.transaction():
@@ -543,44 +541,20 @@ class Store:
         )
 
 
-_writers: dict[str, threading.RLock] = {}
-_writers_lock = threading.Lock()
-
-
-def _writer_for(path: Path) -> threading.RLock:
-    """The lock a process's threads queue on to write one file. SQLite's busy handler
-    would have them poll and sleep in steps of milliseconds instead (1, 2, 5 ms ...)."""
-    with _writers_lock:
-        return _writers.setdefault(str(path.resolve()), threading.RLock())
-
-
 class _WriteTransaction:
     """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front (waiting out the busy
     timeout) so a transaction never fails half-way on a lock upgrade."""
 
-    def __init__(self, conn: sqlite3.Connection, writer: threading.RLock) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.writer = writer
 
     def __enter__(self) -> None:
-        if not self.writer.acquire(timeout=BUSY_TIMEOUT_S):
-            raise StoreError("cannot write to the cache database: another thread held it too long")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            self.writer.release()
             raise StoreError(f"cannot write to the cache database: {exc}") from None
-        except BaseException:
-            self.writer.release()
-            raise
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            self._finish(exc_type, exc)
-        finally:
-            self.writer.release()
-
-    def _finish(self, exc_type: Any, exc: Any) -> None:
         if exc_type is None:
             try:
                 self.conn.execute("COMMIT")
