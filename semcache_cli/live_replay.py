@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from semcache_cli.engine import open_engine, request_from
-from semcache_cli.errors import EXIT_TERMINATED, ModelNotFound, OllamaUnreachable, SemcacheError
+from semcache_cli.errors import EXIT_TERMINATED, ModelNotFound, OllamaError, OllamaUnreachable, SemcacheError
 from semcache_cli.replay import ReplayQuery, Row, Stopped, embed_batches, settings_for
 
 if TYPE_CHECKING:
@@ -45,13 +45,11 @@ class LiveEmbeddings:
         self._done = False
         self._error: BaseException | None = None
         self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._embed, args=(settings, texts, progress, warn, stop),
-                                        name="semcache-embed", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._embed, args=(settings, texts, progress, warn, stop),
+                         name="semcache-embed", daemon=True).start()
 
     def _embed(self, settings: Settings, texts: list[str], progress: Callable[[int], None],
                warn: Callable[[str], None], stop: threading.Event) -> None:
-        from semcache_cli.errors import OllamaError
         from semcache_cli.ollama import OllamaClient
 
         client = OllamaClient(settings.ollama_url, settings.timeout)
