@@ -6,7 +6,7 @@ baseline (embeddings as JSON rows, scanned in a Python loop), measured in the sa
     python bench/run.py --sizes 1000000 --dims 768 --no-naive
     python bench/run.py --sizes "" --no-naive        # replay throughput only
 
-Caches are built through the project's own store code (Store.store_many) in a scratch
+Caches are built through the project's own store code (the store's store_many) in a scratch
 directory; the test server (tests/fake_ollama.py) answers embeddings and chats at once,
 so the numbers are semcache's own cost. Medians of --runs runs (default 5).
 """
@@ -33,9 +33,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fake_ollama import FakeOllama, load_clinc_table  # noqa: E402
 
-from semcache_cli import config, policy, vectors  # noqa: E402
-from semcache_cli.engine import Engine, request_from  # noqa: E402
-from semcache_cli.store import NewEntry, Store  # noqa: E402
+from semcache_cli import policy, vectors  # noqa: E402
+from semcache_cli.storage.models import NewEntry  # noqa: E402
+from semcache_cli.storage.sqlite import SQLiteStore  # noqa: E402
 
 EMBED = {384: "all-minilm", 768: "nomic-embed-text"}
 SHARED = REPO.parent / "shared" / "data"
@@ -84,9 +84,9 @@ def near(vector: np.ndarray, rng: np.random.Generator, cosine: float) -> np.ndar
 
 
 def build(db: Path, n: int, dims: int, rng: np.random.Generator) -> np.ndarray:
-    """A cache of n entries in the default scope, through Store.store_many."""
+    """A cache of n entries in the default scope, through the store's store_many."""
     scope = policy.Scope("default", "llama3.2").hash
-    store = Store.open(db)
+    store = SQLiteStore.open(db)
     matrix = unit_rows(rng, n, dims)
     now = time.time()
     for start in range(0, n, 20_000):
@@ -96,7 +96,7 @@ def build(db: Path, n: int, dims: int, rng: np.random.Generator) -> np.ndarray:
             model="llama3.2:latest", system=None, options={}, format=None, query=f"stored question {i}",
             response=f"A stored answer of a realistic length for question {i}. " * 4, created_at=now, ttl=None,
             prompt_tokens=20, completion_tokens=120, generation_s=3.0, done_reason="stop",
-            embed_model=policy.canonical_model(EMBED[dims]), vector=matrix[i].tobytes(), dims=dims,
+            embed_model=policy.canonical_model(EMBED[dims]), vector=matrix[i],
         ) for i in part])
     store.close()
     return matrix
@@ -137,10 +137,8 @@ print(int((m @ q).argmax()))
 def in_process_lookup(db: Path, query: np.ndarray, dims: int, runs: int, path: str) -> tuple[float, int]:
     """The semantic layer alone, inside one process: codes, candidates, exact re-rank,
     on the numpy path or the plain-Python one (what a fresh ask on a small cache runs)."""
-    store = Store.open(db)
-    engine = Engine(store, lambda: None)  # type: ignore[arg-type,return-value]
-    request = request_from(config.load_settings({"embed_model": EMBED[dims]}), "unused")
-    scope = request.scope.hash
+    store = SQLiteStore.open(db)
+    scope, embed_model = policy.Scope("default", "llama3.2").hash, policy.canonical_model(EMBED[dims])
     query_vector = vectors.unit_vector(query.tolist())
     chosen = vectors.use_numpy
     vectors.use_numpy = lambda count: path == "numpy"  # type: ignore[assignment]
@@ -149,7 +147,7 @@ def in_process_lookup(db: Path, query: np.ndarray, dims: int, runs: int, path: s
     try:
         for _ in range(runs + 1):
             start = time.perf_counter()
-            best = next(engine._neighbours(request, scope, query_vector, time.time(), 1)).entry.id
+            best = store.nearest(scope, embed_model, query_vector, 1)[0][0]
             times.append((time.perf_counter() - start) * 1000)
     finally:
         vectors.use_numpy = chosen  # type: ignore[assignment]
@@ -160,10 +158,8 @@ def in_process_lookup(db: Path, query: np.ndarray, dims: int, runs: int, path: s
 def agreement(db: Path, matrix: np.ndarray, dims: int, rng: np.random.Generator, count: int) -> tuple[float, float]:
     """Top-1 agreement of the fast path with an exact scan: paraphrase-like queries
     (cosine 0.5-0.98 to a stored entry) and random ones."""
-    store = Store.open(db)
-    engine = Engine(store, lambda: None)  # type: ignore[arg-type,return-value]
-    request = request_from(config.load_settings({"embed_model": EMBED[dims]}), "unused")
-    scope = request.scope.hash
+    store = SQLiteStore.open(db)
+    scope, embed_model = policy.Scope("default", "llama3.2").hash, policy.canonical_model(EMBED[dims])
     results = []
     for kind in ("near", "random"):
         same = 0
@@ -173,7 +169,7 @@ def agreement(db: Path, matrix: np.ndarray, dims: int, rng: np.random.Generator,
             else:
                 query = unit_rows(rng, 1, dims)[0]
             exact = int((matrix @ query).argmax()) + 1  # ids follow insertion order
-            fast = next(engine._neighbours(request, scope, query, time.time(), 1)).entry.id
+            fast = store.nearest(scope, embed_model, query, 1)[0][0]
             same += fast == exact
         results.append(same / count)
     store.close()

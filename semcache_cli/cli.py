@@ -12,7 +12,6 @@ measured); real annotation objects are built once, when the module is imported.
 import io
 import json
 import os
-import sqlite3
 import stat
 import sys
 import time
@@ -110,10 +109,6 @@ def _errors_to_exit() -> Iterator[None]:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         raise typer.Exit(0) from None
-    except sqlite3.DatabaseError as exc:
-        _stderr(render.error_line(f"the cache database is damaged or unusable ({exc}); "
-                                  "move it aside (semcache starts a new one) or restore a backup"))
-        raise typer.Exit(EXIT_RUNTIME) from None
     except Exception as exc:
         if os.environ.get("SEMCACHE_DEBUG") == "1":
             raise
@@ -203,70 +198,91 @@ def _help(text: str, key: str | None = None, default: str | None = None) -> str:
     return f"{text} [{'; '.join(bits)}]" if bits else text
 
 
+# The options ask, replay and inspect share, declared once. Each names a setting of
+# config.py, so the flag overrides the config file and SEMCACHE_* variable of that name.
+Model = Annotated[str | None, typer.Option("-m", "--model", help=_help("Generation model.", "model"))]
+EmbedModel = Annotated[
+    str | None, typer.Option("--embed-model", help=_help("Embedding model for the semantic layer.", "embed_model"))
+]
+System = Annotated[
+    str | None, typer.Option("-s", "--system", help=_help("System prompt (part of the scope).", "system", "none"))
+]
+GenerationOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-o", "--option", metavar="KEY VALUE",
+        help="Generation option, typed as Ollama expects (e.g. -o temperature 0; KEY=VALUE also works). "
+        "Repeatable; part of the scope.",
+    ),
+]
+Format = Annotated[
+    str | None, typer.Option("--format", help="Ask for 'json' output or give a JSON schema (part of the scope).")
+]
+Namespace = Annotated[
+    str | None, typer.Option("-n", "--namespace", help=_help("Namespace: answers never cross namespaces.", "namespace"))
+]
+Ttl = Annotated[
+    str | None,
+    typer.Option("--ttl", help=_help("How long a new answer may be reused: 90s, 10m, 2h, 7d or never.", "ttl", "7d")),
+]
+Threshold = Annotated[
+    float | None, typer.Option("--threshold", help=_help("Least cosine similarity for a semantic hit.", "threshold"))
+]
+MinConfidence = Annotated[
+    float | None,
+    typer.Option(
+        "--min-confidence", help=_help("Least confidence (0.7*similarity + 0.3*freshness) to reuse.", "min_confidence")
+    ),
+]
+Timeout = Annotated[
+    str | None, typer.Option("--timeout", help=_help("How long to wait for Ollama to reply.", "timeout", "300s"))
+]
+Guards = Annotated[str | None, typer.Option("--guards", help=GUARDS_HELP)]
+Margin = Annotated[float | None, typer.Option("--margin", help=MARGIN_HELP)]
+Database = Annotated[
+    str | None, typer.Option("--db", metavar="PATH", help="Cache database file. [env SEMCACHE_DB]")
+]
+
+
+def _settings(flags: dict[str, Any], option: list[str] | None = None) -> config.Settings:
+    return config.load_settings(flags, [_option_pair(item) for item in option or []])
+
+
 @app.command(epilog=EXIT_CODES_HELP, no_args_is_help=False)
 def ask(
     question: Annotated[
         str | None,
         typer.Argument(help="The question. '-' or absent: read it from stdin when stdin is a pipe or file."),
     ] = None,
-    model: Annotated[str | None, typer.Option("-m", "--model", help=_help("Generation model.", "model"))] = None,
-    embed_model: Annotated[
-        str | None, typer.Option("--embed-model", help=_help("Embedding model for the semantic layer.", "embed_model"))
-    ] = None,
-    system: Annotated[
-        str | None, typer.Option("-s", "--system", help=_help("System prompt (part of the scope).", "system", "none"))
-    ] = None,
-    option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "-o", "--option", metavar="KEY VALUE",
-            help="Generation option, typed as Ollama expects (e.g. -o temperature 0; KEY=VALUE also works). "
-            "Repeatable; part of the scope.",
-        ),
-    ] = None,
-    format: Annotated[
-        str | None, typer.Option("--format", help="Ask for 'json' output or give a JSON schema (part of the scope).")
-    ] = None,
-    namespace: Annotated[
-        str | None, typer.Option("-n", "--namespace", help=_help("Namespace: answers never cross namespaces.", "namespace"))
-    ] = None,
-    ttl: Annotated[
-        str | None,
-        typer.Option("--ttl", help=_help("How long a new answer may be reused: 90s, 10m, 2h, 7d or never.", "ttl", "7d")),
-    ] = None,
-    threshold: Annotated[
-        float | None, typer.Option("--threshold", help=_help("Least cosine similarity for a semantic hit.", "threshold"))
-    ] = None,
-    min_confidence: Annotated[
-        float | None,
-        typer.Option(
-            "--min-confidence", help=_help("Least confidence (0.7*similarity + 0.3*freshness) to reuse.", "min_confidence")
-        ),
-    ] = None,
-    timeout: Annotated[
-        str | None, typer.Option("--timeout", help=_help("How long to wait for Ollama to reply.", "timeout", "300s"))
-    ] = None,
-    guards: Annotated[str | None, typer.Option("--guards", help=GUARDS_HELP)] = None,
-    margin: Annotated[float | None, typer.Option("--margin", help=MARGIN_HELP)] = None,
+    model: Model = None,
+    embed_model: EmbedModel = None,
+    system: System = None,
+    option: GenerationOption = None,
+    format: Format = None,
+    namespace: Namespace = None,
+    ttl: Ttl = None,
+    threshold: Threshold = None,
+    min_confidence: MinConfidence = None,
+    timeout: Timeout = None,
+    guards: Guards = None,
+    margin: Margin = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Skip the lookup, ask the model, still store.")] = False,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store a new answer.")] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Never call the model; exit 3 on a miss.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the raw answer.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No status line on stderr.")] = False,
-    db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
+    db: Database = None,
 ) -> None:
     """Answer from the cache when the same question, or one that means the same, was
     answered recently enough to trust; otherwise ask the model and store its answer."""
     with _errors_to_exit():
         if cache_only and no_cache:
             raise UsageError("--cache-only and --no-cache contradict each other")
-        settings = config.load_settings(
-            {
-                "model": model, "embed_model": embed_model, "system": system, "namespace": namespace,
-                "ttl": ttl, "threshold": threshold, "min_confidence": min_confidence,
-                "timeout": timeout, "db": db, "guards": guards, "margin": margin,
-            },
-            [_option_pair(item) for item in option or []],
+        settings = _settings(
+            {"model": model, "embed_model": embed_model, "system": system, "namespace": namespace, "ttl": ttl,
+             "threshold": threshold, "min_confidence": min_confidence, "timeout": timeout, "db": db,
+             "guards": guards, "margin": margin},
+            option,
         )
         text = read_question(question)
         writer = _AnswerWriter()
@@ -315,14 +331,12 @@ def purge(
     vacuum: Annotated[bool, typer.Option("--vacuum", help="Reclaim the freed space on disk afterwards.")] = False,
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask before deleting every entry.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
-    db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
+    db: Database = None,
 ) -> None:
     """Delete entries by selector (selectors combine with AND), bound the entry count or
     the bytes in use, trim the request log. Cron-safe: never prompts without a terminal."""
-    from semcache_cli.purge import plan
-    from semcache_cli.purge import purge as run_purge
-    from semcache_cli.selector import Selector
-    from semcache_cli.store import Store
+    from semcache_cli import purge as purging
+    from semcache_cli.storage.selector import Selector
 
     with _errors_to_exit():
         settings = config.load_settings({"db": db})
@@ -338,21 +352,18 @@ def purge(
                 "purge needs a selector (--expired, --older-than, --namespace, --model, --embed-model, --id, "
                 "--grep, --all) or a bound (--max-entries, --max-size, --log-older-than)"
             )
-        store = Store.open(settings.db, create_parent=settings.db_is_default, warn=_warn)
-        try:
-            now = time.time()
-            chosen = plan(store, selector, now, max_entries, max_bytes)
-            if chosen.deletes_everything and not (yes or dry_run):
-                if not (sys.stdin.isatty() and sys.stderr.isatty()):
-                    raise UsageError(
-                        f"this would delete all {chosen.total:,} entries; pass --yes to confirm (no terminal to ask)"
-                    )
-                if not typer.confirm(f"Delete all {chosen.total:,} entries of {settings.db}?", err=True):
-                    raise UsageError("nothing deleted")
-            report = run_purge(store, selector, now, chosen, log_older_than=log_age,
-                               dry_run=dry_run, vacuum=vacuum).as_dict()
-        finally:
-            store.close()
+
+        def confirm_all(total: int, location: str) -> None:
+            if yes:
+                return
+            if not (sys.stdin.isatty() and sys.stderr.isatty()):
+                raise UsageError(f"this would delete all {total:,} entries; pass --yes to confirm (no terminal to ask)")
+            if not typer.confirm(f"Delete all {total:,} entries of {location}?", err=True):
+                raise UsageError("nothing deleted")
+
+        report = purging.run(settings, selector, time.time(), max_entries=max_entries, max_bytes=max_bytes,
+                             log_older_than=log_age, dry_run=dry_run, vacuum=vacuum, confirm_all=confirm_all,
+                             warn=_warn).as_dict()
         if json_output:
             sys.stdout.write(json.dumps(report) + "\n")
         _stderr(render.purge_line(report))
@@ -365,21 +376,16 @@ def stats(
         float | None, typer.Option("--threshold", help=_help("Threshold the similarity histogram is drawn around.", "threshold"))
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
-    db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
+    db: Database = None,
 ) -> None:
     """What is stored, and what the cache did: hits by layer, misses by reason, time and
     tokens saved, latency, and the similarity of hits and near-misses."""
-    from semcache_cli.stats import collect
-    from semcache_cli.store import Store
+    from semcache_cli import stats as statistics
 
     with _errors_to_exit():
         settings = config.load_settings({"db": db, "threshold": threshold})
         window = config.parse_duration(since, "--since") if since else None
-        store = Store.open(settings.db, create_parent=settings.db_is_default, warn=_warn)
-        try:
-            figures = collect(store, time.time(), window, settings.threshold)
-        finally:
-            store.close()
+        figures = statistics.report(settings, time.time(), window, _warn)
         if json_output:
             sys.stdout.write(render.stats_json(figures) + "\n")
         else:
@@ -439,30 +445,25 @@ def replay(
     jobs: Annotated[int, typer.Option("-j", "--jobs", min=1, max=64, help="Live: model calls at once.")] = 4,
     strict: Annotated[bool, typer.Option("--strict", help="Abort (exit 2) on any bad line instead of skipping it.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Write one JSON line per query (and threshold) here.")] = None,
-    model: Annotated[str | None, typer.Option("-m", "--model", help=_help("Generation model.", "model"))] = None,
-    embed_model: Annotated[str | None, typer.Option("--embed-model", help=_help("Embedding model.", "embed_model"))] = None,
-    system: Annotated[str | None, typer.Option("-s", "--system", help="System prompt.")] = None,
-    option: Annotated[
-        list[str] | None, typer.Option("-o", "--option", metavar="KEY VALUE", help="Generation option (repeatable).")
-    ] = None,
-    namespace: Annotated[str | None, typer.Option("-n", "--namespace", help=_help("Namespace.", "namespace"))] = None,
-    ttl: Annotated[str | None, typer.Option("--ttl", help=_help("TTL of new answers.", "ttl", "7d"))] = None,
-    threshold: Annotated[float | None, typer.Option("--threshold", help=_help("Similarity threshold.", "threshold"))] = None,
-    min_confidence: Annotated[
-        float | None, typer.Option("--min-confidence", help=_help("Least confidence.", "min_confidence"))
-    ] = None,
-    timeout: Annotated[str | None, typer.Option("--timeout", help=_help("Ollama reply timeout.", "timeout", "300s"))] = None,
-    guards: Annotated[str | None, typer.Option("--guards", help=GUARDS_HELP)] = None,
-    margin: Annotated[float | None, typer.Option("--margin", help=MARGIN_HELP)] = None,
+    model: Model = None,
+    embed_model: EmbedModel = None,
+    system: System = None,
+    option: GenerationOption = None,
+    namespace: Namespace = None,
+    ttl: Ttl = None,
+    threshold: Threshold = None,
+    min_confidence: MinConfidence = None,
+    timeout: Timeout = None,
+    guards: Guards = None,
+    margin: Margin = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
-    db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
+    db: Database = None,
 ) -> None:
     """Run many queries through the cache: warm it (live), see what it would do (--dry-run),
     or simulate from empty and sweep thresholds (--simulate)."""
     import threading
 
     from semcache_cli import replay as replaying
-    from semcache_cli.store import Store
 
     with _errors_to_exit():
         if dry_run and simulate:
@@ -471,20 +472,16 @@ def replay(
             raise UsageError("give a FILE of queries ('-' for stdin) or --from-log, not both")
         if not simulate and (thresholds or target_error is not None):
             raise UsageError("--thresholds and --target-error need --simulate")
-        settings = config.load_settings(
+        settings = _settings(
             {"model": model, "embed_model": embed_model, "system": system, "namespace": namespace, "ttl": ttl,
              "threshold": threshold, "min_confidence": min_confidence, "timeout": timeout, "db": db,
              "guards": guards, "margin": margin},
-            [_option_pair(item) for item in option or []],
+            option,
         )
         sweep = replaying.parse_thresholds(thresholds) if thresholds else [settings.threshold]
         if from_log:
             window = config.parse_duration(since, "--since") if since else None
-            store = Store.open(settings.db, create_parent=settings.db_is_default, warn=_warn)
-            try:
-                items, bad = replaying.from_log(store, time.time() - window if window else None), []
-            finally:
-                store.close()
+            items, bad = replaying.from_log(settings, time.time() - window if window else None), []
         else:
             items, bad = replaying.parse_lines(_read_lines(source or "-"), settings.max_query_chars)
         for problem in bad[:20]:
@@ -577,8 +574,8 @@ def inspect(
     similar: Annotated[
         str | None, typer.Option("--similar", metavar="TEXT", help="The nearest entries to TEXT and what ask would do.")
     ] = None,
-    namespace: Annotated[str | None, typer.Option("-n", "--namespace", help="Only this namespace.")] = None,
-    model: Annotated[str | None, typer.Option("-m", "--model", help="Only this generation model.")] = None,
+    namespace: Namespace = None,
+    model: Model = None,
     expired: Annotated[bool, typer.Option("--expired", help="Only entries past their TTL.")] = False,
     live: Annotated[bool, typer.Option("--live", help="Only entries not expired.")] = False,
     grep: Annotated[str | None, typer.Option("--grep", help="Only entries whose question or answer contains TEXT.")] = None,
@@ -586,29 +583,25 @@ def inspect(
         int | None, typer.Option("--limit", min=0, help="How many to list; 0 = all. [default: 20, 10 with --similar]")
     ] = None,
     sort: Annotated[str, typer.Option("--sort", help="newest, oldest, hits or last-hit.")] = "newest",
-    system: Annotated[str | None, typer.Option("-s", "--system", help="With --similar: the system prompt.")] = None,
-    option: Annotated[
-        list[str] | None, typer.Option("-o", "--option", metavar="KEY VALUE", help="With --similar: a generation option.")
-    ] = None,
-    format: Annotated[str | None, typer.Option("--format", help="With --similar: the output format.")] = None,
-    embed_model: Annotated[str | None, typer.Option("--embed-model", help="With --similar: the embedding model.")] = None,
-    threshold: Annotated[float | None, typer.Option("--threshold", help="With --similar: the threshold.")] = None,
-    min_confidence: Annotated[
-        float | None, typer.Option("--min-confidence", help="With --similar: the least confidence.")
-    ] = None,
-    guards: Annotated[str | None, typer.Option("--guards", help="With --similar: " + GUARDS_HELP)] = None,
-    margin: Annotated[float | None, typer.Option("--margin", help="With --similar: " + MARGIN_HELP)] = None,
+    system: System = None,
+    option: GenerationOption = None,
+    format: Format = None,
+    embed_model: EmbedModel = None,
+    threshold: Threshold = None,
+    min_confidence: MinConfidence = None,
+    guards: Guards = None,
+    margin: Margin = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON array (or object for ID).")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object a line, streamed.")] = False,
     with_vectors: Annotated[bool, typer.Option("--with-vectors", help="Include vectors in JSON output.")] = False,
-    db: Annotated[Path | None, typer.Option("--db", help="Cache database file. [env SEMCACHE_DB]")] = None,
+    db: Database = None,
 ) -> None:
     """List entries (newest first), show one whole (ID), or explain a lookup (--similar):
     the nearest entries of the scope with similarity, freshness, confidence and the
-    decision ask would make."""
+    decision ask would make. -n and -m filter the listing; with --similar they, and the
+    other options of ask, make the scope and the rules."""
     from semcache_cli import inspection
-    from semcache_cli.selector import Selector
-    from semcache_cli.store import Store
+    from semcache_cli.storage.selector import Selector
 
     with _errors_to_exit():
         if json_output and jsonl:
@@ -617,68 +610,54 @@ def inspect(
             raise UsageError("--expired and --live contradict each other")
         if entry_id is not None and similar is not None:
             raise UsageError("give an ID or --similar TEXT, not both")
-        settings = config.load_settings(
+        settings = _settings(
             {"db": db, "namespace": namespace, "model": model, "system": system, "embed_model": embed_model,
              "threshold": threshold, "min_confidence": min_confidence, "guards": guards, "margin": margin},
-            [_option_pair(item) for item in option or []],
+            option,
         )
         now = time.time()
         if similar is not None:
             _inspect_similar(settings, similar, config.parse_format(format), limit if limit is not None else 10,
                              json_output, jsonl, with_vectors, now)
             return
-        store = Store.open(settings.db, create_parent=settings.db_is_default, warn=_warn)
-        try:
-            if entry_id is not None:
-                entry, vector = inspection.get_entry(store, entry_id)
-                if json_output or jsonl:
-                    sys.stdout.write(json.dumps(render.entry_dict(entry, now, vector, with_vectors),
-                                                ensure_ascii=False) + "\n")
-                else:
-                    sys.stdout.write(render.entry_detail(entry, now) + "\n")
-                return
-            selector = Selector(expired=expired, live=live, namespace=namespace, model=model, grep=grep)
-            rows = inspection.list_entries(store, selector, now, sort, 20 if limit is None else limit, with_vectors)
+        if entry_id is not None:
+            entry, vector = inspection.show(settings, entry_id, _warn)
             if json_output or jsonl:
-                _write_json_stream((render.entry_dict(e, now, v, with_vectors) for e, v in rows), jsonl)
+                sys.stdout.write(json.dumps(render.entry_dict(entry, now, vector, with_vectors),
+                                            ensure_ascii=False) + "\n")
             else:
-                _write_table(render.LIST_COLUMNS, (render.list_row(e, now) for e, _ in rows), ("query", "response"))
-        finally:
-            store.close()
+                sys.stdout.write(render.entry_detail(entry, now) + "\n")
+            return
+        selector = Selector(expired=expired, live=live, namespace=namespace, model=model, grep=grep)
+        rows = inspection.listing(settings, selector, now, sort, 20 if limit is None else limit, with_vectors, _warn)
+        if json_output or jsonl:
+            _write_json_stream((render.entry_dict(e, now, v, with_vectors) for e, v in rows), jsonl)
+        else:
+            _write_table(render.LIST_COLUMNS, (render.list_row(e, now) for e, _ in rows), ("query", "response"))
 
 
 def _inspect_similar(settings: config.Settings, text: str, format: Any, limit: int,
                      json_output: bool, jsonl: bool, with_vectors: bool, now: float) -> None:
     from semcache_cli import inspection
-    from semcache_cli.engine import open_engine, request_from
+    from semcache_cli.engine import request_from
 
-    engine = open_engine(settings, warn=_warn)
-    engine.clock = lambda: now
-    try:
-        request = request_from(settings, text, format)
-        explanation = engine.explain(request, limit)
-        served = explanation.decision.served
-        candidates = ([explanation.exact] if explanation.exact else []) + explanation.neighbours
-        ranked = list(enumerate(candidates, start=1))
-        considered = explanation.considered + (1 if explanation.exact else 0)
-        if json_output or jsonl:
-            def rows() -> Iterator[dict[str, Any]]:
-                for rank, judged in ranked:
-                    vector = inspection.get_entry(engine.store, judged.entry.id)[1] if with_vectors else None
-                    yield render.candidate_dict(judged, served, rank, considered, now, with_vectors, vector)
-
-            if jsonl:
-                _write_json_stream(rows(), jsonl=True)
-            else:
-                sys.stdout.write(json.dumps(render.explanation_dict(
-                    explanation, request, list(rows())), ensure_ascii=False) + "\n")
-            return
-        _write_table(render.SIMILAR_COLUMNS,
-                     (render.similar_row(judged, served, rank, considered, now) for rank, judged in ranked), ("query",))
-        sys.stdout.write(render.decision_line(explanation, request.threshold) + "\n")
-    finally:
-        engine.close()
-        engine.store.close()
+    request = request_from(settings, text, format)
+    explanation, vectors = inspection.explain(settings, request, limit, now, with_vectors, _warn)
+    served = explanation.decision.served
+    candidates = ([explanation.exact] if explanation.exact else []) + explanation.neighbours
+    ranked = list(enumerate(candidates, start=1))
+    considered = explanation.considered + (1 if explanation.exact else 0)
+    if json_output or jsonl:
+        rows = [render.candidate_dict(judged, served, rank, considered, now, with_vectors, vectors.get(judged.entry.id))
+                for rank, judged in ranked]
+        if jsonl:
+            _write_json_stream(rows, jsonl=True)
+        else:
+            sys.stdout.write(json.dumps(render.explanation_dict(explanation, request, rows), ensure_ascii=False) + "\n")
+        return
+    _write_table(render.SIMILAR_COLUMNS,
+                 (render.similar_row(judged, served, rank, considered, now) for rank, judged in ranked), ("query",))
+    sys.stdout.write(render.decision_line(explanation, request.threshold) + "\n")
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

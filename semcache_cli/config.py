@@ -321,9 +321,20 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def is_database_url(location: str) -> bool:
+    return "://" in location
+
+
+def database_setting(value: Any, what: str) -> str:
+    """The database setting: a file path (~ expanded) or a URL such as
+    postgresql://user@host/db, kept as text: a Path would fold a URL's `//`."""
+    text = _text(value, what)
+    return text if is_database_url(text) else os.path.expanduser(text)
+
+
 @dataclass
 class Settings:
-    db: Path
+    db: str  # a file path, or a URL (database_setting)
     ollama_url: str
     model: str = DEFAULTS["model"]
     embed_model: str = DEFAULTS["embed_model"]
@@ -365,13 +376,13 @@ def load_settings(
         resolved[key] = value
 
     if "db" in flags:
-        db = Path(flags["db"]).expanduser()
+        db = database_setting(flags["db"], "--db")
     elif env.get("SEMCACHE_DB"):
-        db = Path(env["SEMCACHE_DB"]).expanduser()
+        db = database_setting(env["SEMCACHE_DB"], "SEMCACHE_DB")
     elif "db" in file_values:
-        db = Path(_text(file_values["db"], f"{path}: db")).expanduser()
+        db = database_setting(file_values["db"], f"{path}: db")
     else:
-        db = default_db_path()
+        db = str(default_db_path())
     db_is_default = not ("db" in flags or env.get("SEMCACHE_DB") or "db" in file_values)
 
     file_options = file_values.get("options", {})

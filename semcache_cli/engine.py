@@ -1,7 +1,7 @@
 """The ask pipeline: validate, scope, exact layer, embed, semantic layer, reuse gate,
 model call, store, request log. Returns an Outcome used by `ask` (and by replay).
 
-Cheap first: an exact hit touches only SQLite, so the HTTP client is imported lazily,
+Cheap first: an exact hit touches only the store, so the HTTP client is imported lazily,
 on the first path that needs it, and numpy only for a cache large enough to need it.
 Embedding failures degrade the cache instead of breaking the user's script: the exact
 layer and the model call still work, and the answer is stored without a vector.
@@ -25,12 +25,13 @@ from semcache_cli.errors import (
     SemcacheError,
     UsageError,
 )
-from semcache_cli.store import Entry, NewEntry, Store
+from semcache_cli.storage.models import Entry, LogRow, NewEntry
 
 if TYPE_CHECKING:
     from semcache_cli.config import Settings
     from semcache_cli.ollama import OllamaClient
     from semcache_cli.singleflight import Claim
+    from semcache_cli.storage.port import Store
 
 # How many nearest neighbours the semantic layer considers before giving up: enough
 # to step past an expired best match to a live one just below it.
@@ -160,6 +161,18 @@ def _too_close(best: Judged, runner_up: Judged, margin: float) -> bool:
             and policy.normalise(runner_up.entry.response) != policy.normalise(best.entry.response))
 
 
+def judge(source: str, entry: Entry, similarity: float, req: AskRequest, now: float) -> Judged:
+    """The reuse gate's verdict on one candidate, with the answer-safety guards on the two
+    questions for a semantic one: the same for ask, inspect and replay's simulation."""
+    candidate = policy.Candidate(entry.id, similarity, entry.created_at, entry.ttl, entry.response, entry.done_reason)
+    guard = None
+    if source == "semantic" and req.guards and similarity >= req.threshold:
+        from semcache_cli import guards
+
+        guard = guards.check(req.query, entry.query, req.guards)
+    return Judged(source, entry, similarity, policy.judge(candidate, now, req.min_confidence, req.threshold, guard))
+
+
 @dataclass
 class Explanation:
     """What `ask` would do with a query now, without doing it (inspect --similar)."""
@@ -170,7 +183,29 @@ class Explanation:
     considered: int  # how many of the neighbours ask looks at
 
 
+class _Asking:
+    """One ask in progress: its request and everything the steps share. A plain class:
+    a dataclass costs every process ~0.3 ms to define."""
+
+    __slots__ = ("req", "query", "scope_hash", "key", "now", "log", "on_token", "vector", "warnings", "timer")
+
+    def __init__(self, req: AskRequest, query: str, scope_hash: str, key: str, now: float, log: LogRow,
+                 on_token: Callable[[str], None], vector: Any = None) -> None:
+        self.req, self.query, self.scope_hash, self.key, self.now = req, query, scope_hash, key, now
+        self.log = log  # the request-log row so far
+        self.on_token = on_token
+        self.vector = vector
+        self.warnings: list[str] = []
+        self.timer = _Timer()
+
+    def log_row(self, path: str, **values: Any) -> LogRow:
+        return self.log._replace(path=path, latency_ms=self.timer.total()["total"], **values)
+
+
 class Engine:
+    """The pipeline over one store, which it owns: `with open_engine(settings) as engine`
+    closes the store and the Ollama connection."""
+
     def __init__(
         self,
         store: Store,
@@ -191,67 +226,54 @@ class Engine:
         return self._client
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        try:
+            if self._client is not None:
+                self._client.close()
+        finally:
+            self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def ask(self, req: AskRequest, on_token: Callable[[str], None] = lambda _: None, vector: Any = None) -> Outcome:
         """One ask. `vector`: the query's unit vector when the caller embedded it already
         (replay batches embeddings); otherwise it is embedded here when needed."""
         query = validate_query(req.query, req.max_query_chars)
-        timer = _Timer()
-        scope_hash = req.scope.hash
-        key = policy.exact_key(query)
-        now = self.clock()
-        warnings: list[str] = []
-        log = {
-            "at": now, "namespace": req.scope.namespace, "model": req.scope.model,
-            "embed_model": req.embed_model, "scope": scope_hash, "exact_key": key, "query": query,
-        }
-
-        def served(judged: Judged) -> Outcome:
-            entry = judged.entry
-            outcome = self._outcome(req, entry.response, judged.source, entry, judged.similarity,
-                                    judged.verdict.confidence, None, warnings, timer)
-            outcome.saved_s, outcome.saved_tokens, outcome.metadata = entry.generation_s, entry.saved_tokens, entry.metadata
-            self.store.record_hit(entry.id, now, {
-                **log, "path": judged.source, "entry_id": entry.id, "similarity": judged.similarity,
-                "confidence": judged.verdict.confidence, "latency_ms": outcome.timings_ms["total"],
-                "saved_s": entry.generation_s, "saved_tokens": entry.saved_tokens,
-            })
-            return outcome
+        scope_hash, key, now = req.scope.hash, policy.exact_key(query), self.clock()
+        log = LogRow(at=now, path="", namespace=req.scope.namespace, model=req.scope.model,
+                     embed_model=req.embed_model, scope=scope_hash, exact_key=key, query=query)
+        ask = _Asking(req, query, scope_hash, key, now, log, on_token, vector)
 
         exact = self._exact(req, scope_hash, key, now) if req.lookup else None
-        timer.lap("exact")
+        ask.timer.lap("exact")
         if exact is not None and exact.verdict.serve:
-            return served(exact)
+            return self._served(ask, exact)
 
-        def failed(exc: SemcacheError, extra: dict[str, Any]) -> None:
-            self.store.log_request({**log, **extra, "path": "error", "error": str(exc),
-                                    "latency_ms": timer.total()["total"]})
-
-        if vector is None and (req.lookup or req.store):
+        if ask.vector is None and (req.lookup or req.store):
             try:
-                vector = self._embed(query, req, warnings)
+                ask.vector = self._embed(query, req, ask.warnings)
             except SemcacheError as exc:
-                failed(exc, {"miss_reason": exact.verdict.reason if exact else None})
+                self._failed(ask, exc, miss_reason=exact.verdict.reason if exact else None)
                 raise
-            timer.lap("embed")
+            ask.timer.lap("embed")
 
         neighbours: Iterable[Judged] = ()
-        if req.lookup and vector is not None:
-            neighbours = self._neighbours(req, scope_hash, vector, now, SEMANTIC_CANDIDATES)
+        if req.lookup and ask.vector is not None:
+            neighbours = self._neighbours(req, scope_hash, ask.vector, now, SEMANTIC_CANDIDATES)
         decision = decide(itertools.chain([exact] if exact else [], neighbours), req.margin)
         if req.lookup:
-            timer.lap("semantic")
+            ask.timer.lap("semantic")
         if decision.served is not None:
-            return served(decision.served)
+            return self._served(ask, decision.served)
 
         miss_reason = decision.miss_reason if req.lookup else policy.BYPASS
-        similarity, confidence = decision.similarity, decision.confidence
-        miss_log = {**log, "miss_reason": miss_reason, "similarity": similarity, "confidence": confidence}
-
+        ask.log = ask.log._replace(miss_reason=miss_reason, similarity=decision.similarity,
+                                   confidence=decision.confidence)
         if req.cache_only:
-            self.store.log_request({**miss_log, "path": "miss", "latency_ms": timer.total()["total"]})
+            self.store.log_request(ask.log_row("miss"))
             raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set")
 
         claim: Claim | None = None
@@ -262,47 +284,55 @@ class Engine:
                 claim = Claim(self.store, scope_hash, key, self.clock)
                 answered = self._claim_or_wait(req, claim)
                 if answered is not None:
-                    return served(answered)
-            held = claim if claim is not None and claim.held else None
-            return self._answer(req, query, scope_hash, key, vector, miss_log, warnings, timer, on_token, failed, held)
+                    return self._served(ask, answered)
+            return self._answer(ask, claim if claim is not None and claim.held else None)
         finally:
             if claim is not None:  # held from before its row is committed, so a signal cannot strand it
                 claim.release()  # unless the store released it with the answer: after a failure
 
-    def _answer(self, req: AskRequest, query: str, scope_hash: str, key: str, vector: Any, miss_log: dict[str, Any],
-                warnings: list[str], timer: _Timer, on_token: Callable[[str], None],
-                failed: Callable[[SemcacheError, dict[str, Any]], None], claim: Claim | None) -> Outcome:
+    def _served(self, ask: _Asking, judged: Judged) -> Outcome:
+        entry = judged.entry
+        outcome = self._outcome(ask, entry.response, judged.source, entry, judged.similarity,
+                                judged.verdict.confidence, None)
+        outcome.saved_s, outcome.saved_tokens, outcome.metadata = entry.generation_s, entry.saved_tokens, entry.metadata
+        self.store.record_hit(entry.id, ask.now, ask.log._replace(
+            path=judged.source, entry_id=entry.id, similarity=judged.similarity,
+            confidence=judged.verdict.confidence, latency_ms=outcome.timings_ms["total"],
+            saved_s=entry.generation_s, saved_tokens=entry.saved_tokens,
+        ))
+        return outcome
+
+    def _failed(self, ask: _Asking, exc: SemcacheError, **values: Any) -> None:
+        self.store.log_request(ask.log_row("error", error=str(exc), **values))
+
+    def _answer(self, ask: _Asking, claim: Claim | None) -> Outcome:
         """The miss path: ask the model, store a clean answer, log the request."""
+        req = ask.req
         try:
-            generation = self._generate(query, req, on_token)
+            generation = self._generate(ask.query, req, ask.on_token)
         except SemcacheError as exc:
-            failed(exc, miss_log)
+            self._failed(ask, exc)
             raise
-        timer.lap("generate")
+        ask.timer.lap("generate")
 
         created = self.clock()
-        outcome = self._outcome(
-            req, generation.text, "model", None, miss_log["similarity"], miss_log["confidence"],
-            miss_log["miss_reason"], warnings, timer,
-        )
+        outcome = self._outcome(ask, generation.text, "model", None, ask.log.similarity, ask.log.confidence,
+                                ask.log.miss_reason)
         outcome.created_at = created
         outcome.expires_at = policy.expires_at(created, req.ttl)
-        request_row = {**miss_log, "path": "model", "latency_ms": outcome.timings_ms["total"]}
+        request_row = ask.log._replace(path="model", latency_ms=outcome.timings_ms["total"])
         if req.store:
-            from semcache_cli import vectors
-
+            vector = ask.vector
             outcome.entry_id = self.store.store_answer(
                 NewEntry(
-                    scope=scope_hash, exact_key=key, namespace=req.scope.namespace,
+                    scope=ask.scope_hash, exact_key=ask.key, namespace=req.scope.namespace,
                     model=policy.canonical_model(req.scope.model), system=req.scope.system, options=req.scope.options,
-                    format=req.scope.format, query=query, response=generation.text,
+                    format=req.scope.format, query=ask.query, response=generation.text,
                     created_at=created, ttl=req.ttl, prompt_tokens=generation.prompt_tokens,
                     completion_tokens=generation.completion_tokens,
                     generation_s=generation.total_s, done_reason=generation.done_reason,
                     embed_model=policy.canonical_model(req.embed_model) if vector is not None else None,
-                    vector=vectors.encode(vector) if vector is not None else None,
-                    dims=len(vector) if vector is not None else None,
-                    metadata=req.metadata,
+                    vector=vector, metadata=req.metadata,
                 ),
                 request_row,
                 claim.owner if claim is not None else None,
@@ -310,10 +340,10 @@ class Engine:
             if claim is not None:
                 claim.released_with_answer()
             outcome.stored = True
-            timer.lap("store")
+            ask.timer.lap("store")
         else:
             self.store.log_request(request_row)
-        outcome.timings_ms = timer.total()
+        outcome.timings_ms = ask.timer.total()
         return outcome
 
     def _claim_or_wait(self, req: AskRequest, claim: Claim) -> Judged | None:
@@ -355,43 +385,29 @@ class Engine:
         decision = decide(itertools.chain([exact] if exact else [], considered), req.margin)
         return Explanation(decision, exact, neighbours[:limit], len(considered))
 
-    def _judge(self, source: str, entry: Entry, similarity: float, req: AskRequest, now: float) -> Judged:
-        candidate = policy.Candidate(entry.id, similarity, entry.created_at, entry.ttl, entry.response, entry.done_reason)
-        guard = None
-        if source == "semantic" and req.guards and similarity >= req.threshold:
-            from semcache_cli import guards
-
-            guard = guards.check(req.query, entry.query, req.guards)
-        return Judged(source, entry, similarity, policy.judge(candidate, now, req.min_confidence, req.threshold, guard))
-
     def _exact(self, req: AskRequest, scope_hash: str, key: str, now: float) -> Judged | None:
         entry = self.store.find_exact(scope_hash, key)
-        return self._judge("exact", entry, 1.0, req, now) if entry is not None else None
+        return judge("exact", entry, 1.0, req, now) if entry is not None else None
 
     def _neighbours(self, req: AskRequest, scope_hash: str, vector: Any, now: float, limit: int) -> Iterator[Judged]:
         """The nearest entries of the scope, best first, judged lazily: ask stops
         reading entries at the first one it serves."""
-        from semcache_cli import vectors
-
-        embed_model = policy.canonical_model(req.embed_model)
-        ids, codes = self.store.search_codes(scope_hash, embed_model, len(vector))
-        candidates = vectors.hamming_candidates(vector, ids, codes, max(limit, vectors.CANDIDATES))
-        found, blob = self.store.vectors_by_id(candidates, scope_hash, embed_model, len(vector))
-        for entry_id, similarity in vectors.top_matches(vector, found, blob, limit):
+        for entry_id, similarity in self.store.nearest(scope_hash, policy.canonical_model(req.embed_model), vector,
+                                                       limit):
             entry = self.store.get(entry_id)
             if entry is not None:  # None: purged since the vectors were read
-                yield self._judge("semantic", entry, similarity, req, now)
+                yield judge("semantic", entry, similarity, req, now)
 
-    def _outcome(self, req: AskRequest, response: str, source: str, entry: Entry | None,
-                 similarity: float | None, confidence: float | None, miss_reason: str | None,
-                 warnings: list[str], timer: _Timer) -> Outcome:
+    def _outcome(self, ask: _Asking, response: str, source: str, entry: Entry | None,
+                 similarity: float | None, confidence: float | None, miss_reason: str | None) -> Outcome:
+        req = ask.req
         return Outcome(
             response=response, source=source, entry_id=entry.id if entry else None,
             similarity=similarity, confidence=confidence, miss_reason=miss_reason,
             model=req.scope.model, embed_model=req.embed_model, namespace=req.scope.namespace,
             created_at=entry.created_at if entry else None,
             expires_at=entry.expires_at if entry else None,
-            warnings=warnings, timings_ms=timer.total(),
+            warnings=ask.warnings, timings_ms=ask.timer.total(),
         )
 
     def _embed_vector(self, query: str, req: AskRequest) -> Any:
@@ -434,8 +450,10 @@ class Engine:
 
 
 def open_engine(settings: Settings, warn: Callable[[str], None] = lambda _: None) -> Engine:
-    """Store and (lazily) the Ollama client, wired from settings."""
-    store = Store.open(settings.db, create_parent=settings.db_is_default, warn=warn)
+    """The settings' store and (lazily) the Ollama client, wired into an engine that owns both."""
+    from semcache_cli.storage import open_store
+
+    store = open_store(settings, warn=warn)
 
     def client() -> OllamaClient:
         from semcache_cli.ollama import OllamaClient
@@ -475,9 +493,5 @@ def run_ask(
     """One `semcache ask`: open, ask, close."""
     request = request_from(settings, query, format, lookup=lookup, store=store, cache_only=cache_only)
     validate_query(request.query, request.max_query_chars)  # before touching the database
-    engine = open_engine(settings, warn)
-    try:
+    with open_engine(settings, warn) as engine:
         return engine.ask(request, on_token or (lambda _: None))
-    finally:
-        engine.close()
-        engine.store.close()

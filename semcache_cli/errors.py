@@ -2,7 +2,7 @@
 
 Each class carries its exit code, so the CLI maps errors to codes in one place
 (`SemcacheError.exit_code`) and every message is a single line that says what to do.
-Connection and sqlite3 errors are translated into these at the edge (ollama.py, store.py).
+Connection and database errors are translated into these at the edge (ollama.py, storage/).
 """
 
 from __future__ import annotations
@@ -37,6 +37,22 @@ class UsageError(SemcacheError):
 
 class StoreError(SemcacheError):
     """The cache database cannot be opened, read or written."""
+
+
+class StoreDamaged(StoreError):
+    """The store's file or data is damaged: refused, never written to."""
+
+
+class StoreFull(StoreError):
+    """The disk (or the server's quota) is full; the store is left as it was."""
+
+
+class UnreadableEntry(StoreError):
+    """One stored entry cannot be decoded; the rest of the store is fine."""
+
+    def __init__(self, entry_id: int) -> None:
+        super().__init__(f"entry {entry_id} of the cache cannot be read (its stored fields are damaged)")
+        self.entry_id = entry_id
 
 
 class CacheOnlyMiss(SemcacheError):

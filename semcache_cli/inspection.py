@@ -1,44 +1,71 @@
 """Reading the cache for `inspect`: filtered, sorted listings streamed row by row (a
-large cache is exported without being loaded into memory), one entry, its vector."""
+large cache is exported without being loaded into memory), one entry, its vector, and
+the explanation of a lookup (--similar), which runs the engine's own code."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from semcache_cli.errors import UsageError
-from semcache_cli.selector import Selector
-from semcache_cli.store import Entry, Store
+from semcache_cli.storage import open_store
+from semcache_cli.storage.models import SORTS, Entry
+from semcache_cli.storage.selector import Selector
 
-SORTS = {
-    "newest": "created_at DESC, id DESC",
-    "oldest": "created_at ASC, id ASC",
-    "hits": "hits DESC, id DESC",
-    "last-hit": "last_hit_at IS NULL, last_hit_at DESC, id DESC",
-}
+if TYPE_CHECKING:
+    from semcache_cli.config import Settings
+    from semcache_cli.engine import AskRequest, Explanation
+    from semcache_cli.storage.port import Store
+
+
+def check_sort(sort: str) -> str:
+    if sort not in SORTS:
+        raise UsageError(f"--sort must be one of {', '.join(SORTS)}, got {sort!r}")
+    return sort
 
 
 def list_entries(
     store: Store, selector: Selector, now: float, sort: str = "newest", limit: int = 0, with_vectors: bool = False
-) -> Iterator[tuple[Entry, bytes | None]]:
-    """Entries matching the selector, with their vector blob when asked; limit 0 = all."""
-    if sort not in SORTS:
-        raise UsageError(f"--sort must be one of {', '.join(SORTS)}, got {sort!r}")
-    where, params = selector.where(now)
-    vector_sql = (", (SELECT vector FROM entry_vectors v WHERE v.entry_id = entries.id) AS vector"
-                  if with_vectors else "")
-    sql = f"SELECT entries.*{vector_sql} FROM entries WHERE {where} ORDER BY {SORTS[sort]}"
-    if limit > 0:
-        sql += " LIMIT ?"
-        params = [*params, limit]
-    for row in store.conn.execute(sql, params):
-        data = dict(row)
-        vector = data.pop("vector", None)
-        yield Entry.from_dict(data), vector
+) -> Iterator[tuple[Entry, Sequence[float] | None]]:
+    """Entries matching the selector, with their vector when asked; limit 0 = all."""
+    return store.entries(selector, now, check_sort(sort), limit, with_vectors)
 
 
-def get_entry(store: Store, entry_id: int) -> tuple[Entry, bytes | None]:
+def get_entry(store: Store, entry_id: int) -> tuple[Entry, Sequence[float] | None]:
     entry = store.get(entry_id)
     if entry is None:
-        raise UsageError(f"no entry {entry_id} in {store.path} (semcache inspect lists them)")
-    row = store.conn.execute("SELECT vector FROM entry_vectors WHERE entry_id = ?", (entry_id,)).fetchone()
-    return entry, row[0] if row else None
+        raise UsageError(f"no entry {entry_id} in {store.location} (semcache inspect lists them)")
+    return entry, store.vector_of(entry_id)
+
+
+def show(settings: Settings, entry_id: int, warn: Callable[[str], None]) -> tuple[Entry, Sequence[float] | None]:
+    with open_store(settings, warn) as store:
+        return get_entry(store, entry_id)
+
+
+def listing(settings: Settings, selector: Selector, now: float, sort: str, limit: int, with_vectors: bool,
+            warn: Callable[[str], None]) -> Iterator[tuple[Entry, Sequence[float] | None]]:
+    """The entries, streamed; the store closes when the listing ends. The sort is checked
+    before anything is read, so a bad one prints nothing."""
+    check_sort(sort)
+    store = open_store(settings, warn)
+
+    def rows() -> Iterator[tuple[Entry, Sequence[float] | None]]:
+        with store:
+            yield from list_entries(store, selector, now, sort, limit, with_vectors)
+
+    return rows()
+
+
+def explain(settings: Settings, request: AskRequest, limit: int, now: float, with_vectors: bool,
+            warn: Callable[[str], None]) -> tuple[Explanation, dict[int, Any]]:
+    """What ask would do with the request now, and the candidates' vectors when asked."""
+    from semcache_cli.engine import open_engine
+
+    with open_engine(settings, warn=warn) as engine:
+        engine.clock = lambda: now
+        explanation = engine.explain(request, limit)
+        candidates = ([explanation.exact] if explanation.exact else []) + explanation.neighbours
+        vectors = {judged.entry.id: engine.store.vector_of(judged.entry.id) for judged in candidates} \
+            if with_vectors else {}
+        return explanation, vectors

@@ -4,10 +4,10 @@ thread of the parent while the first ones are already asked.
 Processes, not threads: against a model that answers at once a miss is ~3.5 ms of
 interpreter time, and threads of one interpreter queue for its lock (2,000 instant
 misses on 2 cores, timed in turn: 4 threads 218-248 queries/s, 4 processes 251-280).
-Each worker has its own engine and database connection and coordinates with the others
-as separate `ask` processes do (single-flight claims, SQLite's locks). Ctrl-C, SIGTERM to the whole group,
-a worker or the parent killed outright: each ends with nothing partial stored and no
-claim or process left behind (tests/test_replay.py).
+Each worker has its own engine and store connection and coordinates with the others as
+separate `ask` processes do (single-flight claims, the store's own locks). Ctrl-C,
+SIGTERM to the whole group, a worker or the parent killed outright: each ends with
+nothing partial stored and no claim or process left behind (tests/test_replay.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from semcache_cli.engine import open_engine, request_from
 from semcache_cli.errors import EXIT_TERMINATED, ModelNotFound, OllamaError, OllamaUnreachable, SemcacheError
-from semcache_cli.replay import ReplayQuery, Row, Stopped, embed_batches, settings_for
+from semcache_cli.replay_core import ReplayQuery, Row, Stopped, embed_batches, settings_for
 
 if TYPE_CHECKING:
     from semcache_cli.config import Settings
@@ -92,10 +92,10 @@ def run_live(settings: Settings, items: list[ReplayQuery], embeddings: LiveEmbed
     they finish."""
     from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 
-    from semcache_cli.store import Store
+    from semcache_cli.storage import open_store
 
     # Created or migrated once, here: a bad path is a one-line error, not a broken worker.
-    Store.open(settings.db, create_parent=settings.db_is_default, warn=warn).close()
+    open_store(settings, warn=warn).close()
     context = _worker_context()
     worker_stop = context.Event()
     pool = ProcessPoolExecutor(max_workers=max(1, min(jobs, len(items))), mp_context=context,
@@ -176,8 +176,9 @@ _worker: dict[str, Any] = {}  # in a worker process: its settings, stop flag, en
 def _start_worker(settings: Settings, stop: Any) -> None:
     """Set up one worker process. Ctrl-C is the parent's to handle: it sets `stop`, and
     answers being streamed end at their next token, unstored. Writes are arbitrated by
-    SQLite's own file locks, which a worker killed outright cannot leave held (a shared
-    multiprocessing lock was ~5% faster, but one that dies with its holder stalls all)."""
+    the store's own locks (SQLite's file locks), which a worker killed outright cannot
+    leave held (a shared multiprocessing lock was ~5% faster, but one that dies with its
+    holder stalls all)."""
     import multiprocessing
     from multiprocessing.util import Finalize
 
@@ -216,7 +217,6 @@ def _close_worker() -> None:
     engine = _worker.get("engine")
     if engine is not None:
         engine.close()
-        engine.store.close()
 
 
 def _ask_in_worker(item: ReplayQuery, vector: bytes | None) -> tuple[Row, list[str]]:

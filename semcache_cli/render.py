@@ -7,12 +7,13 @@ tables of `inspect` and `stats`, on a terminal.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from semcache_cli import policy
 from semcache_cli.engine import AskRequest, Explanation, Judged, Outcome
-from semcache_cli.store import Entry
+from semcache_cli.storage.models import Entry
 
 PREFIX = "semcache"
 
@@ -123,7 +124,8 @@ def one_line(text: str | None, width: int = 80) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def entry_dict(entry: Entry, now: float, vector: bytes | None = None, with_vector: bool = False) -> dict[str, Any]:
+def entry_dict(entry: Entry, now: float, vector: Sequence[float] | None = None,
+               with_vector: bool = False) -> dict[str, Any]:
     fresh = policy.freshness(entry.created_at, entry.ttl, now)
     data: dict[str, Any] = {
         "id": entry.id,
@@ -151,9 +153,7 @@ def entry_dict(entry: Entry, now: float, vector: bytes | None = None, with_vecto
         "metadata": entry.metadata,
     }
     if with_vector:
-        from semcache_cli import vectors
-
-        data["vector"] = [round(float(x), 7) for x in vectors.decode(vector)] if vector is not None else None
+        data["vector"] = [round(float(x), 7) for x in vector] if vector is not None else None
     return data
 
 
@@ -242,7 +242,7 @@ def similar_row(judged: Judged, served: Judged | None, rank: int, considered: in
 
 
 def candidate_dict(judged: Judged, served: Judged | None, rank: int, considered: int, now: float,
-                   with_vectors: bool = False, vector: bytes | None = None) -> dict[str, Any]:
+                   with_vectors: bool = False, vector: Sequence[float] | None = None) -> dict[str, Any]:
     entry = judged.entry
     return {
         "rank": rank,

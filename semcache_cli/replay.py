@@ -3,15 +3,16 @@
 Three modes share one input parser and one report:
 - live: every query goes through `Engine.ask` (the same pipeline as `ask`), embeddings
   batched through /api/embed's list input, queries on N worker processes, each with
-  its own database connection (live_replay.py). Single-flight keeps duplicate
-  questions to one call.
+  its own store connection (live_replay.py). Single-flight keeps duplicate questions
+  to one call.
 - dry run: `Engine.explain` for every query: reads only, no model call, no write.
 - simulate: the insert-on-miss protocol of ../shared/data/README.md in memory, never
-  the user's file and never a model call. Only the embeddings come from Ollama. The
-  exact layer uses `policy.exact_key` and every candidate passes `policy.judge`, so the
-  rules are the ones `ask` applies; the nearest-neighbour search is done in blocks (one
-  matrix product against what was stored before the block, then the block's own
-  earlier misses) so 22,500 queries take seconds, with exactly the sequential result.
+  the user's store and never a model call. Only the embeddings come from Ollama. Every
+  query's candidates are judged and decided by the engine's own `judge` and `decide`,
+  so the rules are the ones `ask` applies; the nearest-neighbour search is done in
+  blocks (one matrix product against what was stored before the block, then the
+  block's own earlier misses) so 22,500 queries take seconds, with exactly the
+  sequential result.
 """
 
 from __future__ import annotations
@@ -20,33 +21,24 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from semcache_cli import guards, policy
-from semcache_cli.engine import SEMANTIC_CANDIDATES, embedding_text, open_engine, request_from
-from semcache_cli.errors import SemcacheError, UsageError
+from semcache_cli import policy
+from semcache_cli.engine import SEMANTIC_CANDIDATES, Judged, decide, judge, open_engine, request_from
+from semcache_cli.errors import UsageError
+from semcache_cli.live_replay import LiveEmbeddings, run_live
+from semcache_cli.replay_core import ReplayQuery, Row, Stopped, embed_batches, settings_for
+from semcache_cli.storage.models import Entry
 
 if TYPE_CHECKING:
     import numpy as np
 
     from semcache_cli.config import Settings
-    from semcache_cli.store import Store
 
-EMBED_BATCH = 256
 SIM_BLOCK = 512
 _FIELDS = ("label", "model", "system", "namespace")
-
-
-@dataclass(frozen=True)
-class ReplayQuery:
-    line: int
-    query: str
-    label: str | None = None
-    model: str | None = None
-    system: str | None = None
-    namespace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,58 +104,21 @@ def _checked(query: str, max_chars: int) -> str:
     return text
 
 
-def from_log(store: Store, since: float | None) -> list[ReplayQuery]:
+def from_log(settings: Settings, since: float | None) -> list[ReplayQuery]:
     """The logged questions in the order they were asked (bypasses and errors too: they
     are real traffic). The system prompt and options are not logged: they come from the
     current settings."""
-    window, params = ("AND at >= ?", [since]) if since is not None else ("", [])
-    rows = store.conn.execute(
-        f"SELECT id, query, namespace, model FROM requests WHERE query IS NOT NULL {window} ORDER BY at, id", params
-    )
-    return [ReplayQuery(row[0], row[1], namespace=row[2], model=row[3]) for row in rows]
+    from semcache_cli.storage import open_store
 
-
-def settings_for(settings: Settings, item: ReplayQuery) -> Settings:
-    overrides = {name: getattr(item, name) for name in ("model", "system", "namespace") if getattr(item, name)}
-    return replace(settings, **overrides) if overrides else settings
+    store = open_store(settings)
+    try:
+        return [ReplayQuery(row.id or 0, row.query, namespace=row.namespace, model=row.model)
+                for row in store.request_log(since) if row.query is not None]
+    finally:
+        store.close()
 
 
 # -- results and report --------------------------------------------------------------------
-
-@dataclass
-class Row:
-    """What one query got: the per-query line of --out."""
-
-    line: int
-    query: str
-    label: str | None
-    source: str  # exact | semantic | model (live miss) | miss (dry run, simulate: no call) | error
-    miss_reason: str | None = None
-    matched: int | None = None  # entry id (live, dry run) or line of the stored query (simulate)
-    matched_label: str | None = None
-    similarity: float | None = None
-    confidence: float | None = None
-    error: str | None = None
-    saved_s: float | None = None
-    saved_tokens: int | None = None
-    threshold: float | None = None
-
-    @property
-    def hit(self) -> bool:
-        return self.source in ("exact", "semantic")
-
-    @property
-    def correct(self) -> bool | None:
-        if not self.hit or self.label is None or self.matched_label is None:
-            return None
-        return self.label == self.matched_label
-
-    def as_dict(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["similarity"] = None if self.similarity is None else round(self.similarity, 6)
-        data["confidence"] = None if self.confidence is None else round(self.confidence, 6)
-        return data
-
 
 @dataclass
 class Report:
@@ -238,24 +193,6 @@ def recommend(reports: list[Report], target_error: float) -> Report | None:
 
 # -- embeddings ----------------------------------------------------------------------------
 
-def embed_batches(client: Any, embed_model: str, texts: list[str]) -> Iterator[np.ndarray]:
-    """Unit float32 vectors of the texts, a block per /api/embed call of EMBED_BATCH."""
-    import numpy as np
-
-    dims: int | None = None
-    for start in range(0, len(texts), EMBED_BATCH):
-        batch = [embedding_text(embed_model, t) for t in texts[start:start + EMBED_BATCH]]
-        block = client.embed(embed_model, batch)
-        if dims is not None and len(block[0]) != dims:
-            raise SemcacheError(f"{embed_model} returned embeddings of different lengths")
-        dims = len(block[0])
-        matrix = np.frombuffer(b"".join(block), dtype=np.float32).reshape(len(batch), -1)
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise SemcacheError(f"{embed_model} returned an empty or zero embedding")
-        yield matrix / norms  # unit length, as vectors.unit_vector makes them one at a time
-
-
 def embed_all(client: Any, embed_model: str, texts: list[str], progress: Callable[[int], None]) -> np.ndarray:
     """Unit float32 vectors for every text, batched through /api/embed."""
     import numpy as np
@@ -271,7 +208,9 @@ def embed_all(client: Any, embed_model: str, texts: list[str], progress: Callabl
 
 def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, threshold: float,
              progress: Callable[[int], None] = lambda _: None) -> tuple[Report, list[Row]]:
-    """Insert on miss, in the given order, per scope; nothing outside memory."""
+    """Insert on miss, in the given order, per scope; nothing outside memory. Each query's
+    candidates (the exact match, then its nearest stored queries) are judged and decided
+    by the engine's own `judge` and `decide`, as `ask` would."""
     import numpy as np
 
     report = Report("simulate", threshold)
@@ -283,13 +222,15 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
         scopes.setdefault((own.namespace, policy.canonical_model(own.model), own.system), []).append(index)
     keys = [policy.exact_key(item.query) for item in items]
     now = time.time()
+    entries: dict[int, Entry] = {}
 
-    def judged(similarity: float, query: str | None = None, stored_query: str | None = None) -> policy.Verdict:
-        candidate = policy.Candidate(0, similarity, now, settings.ttl, "stored answer", "stop")
-        guard = None
-        if query is not None and stored_query is not None and settings.guards and similarity >= threshold:
-            guard = guards.check(query, stored_query, settings.guards)
-        return policy.judge(candidate, now, settings.min_confidence, threshold, guard)
+    def entry(index: int) -> Entry:
+        """The stored query `index` as an entry of its own answer, stored just now."""
+        if index not in entries:
+            entries[index] = Entry(index, "", keys[index], "", "", None, {}, None, items[index].query,
+                                   f"the answer to line {items[index].line}", None, None, now, settings.ttl,
+                                   policy.expires_at(now, settings.ttl), 0, None, None, None, None, "stop", {})
+        return entries[index]
 
     for members in scopes.values():
         stored = np.empty((len(members), matrix.shape[1]), dtype=np.float32)
@@ -299,63 +240,43 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
             block = members[block_start:block_start + SIM_BLOCK]
             vectors = matrix[block]
             m = len(stored_index)
-            if m:
-                before = vectors @ stored[:m].T
+            before = vectors @ stored[:m].T if m else None
+            if before is not None:
                 best_before = before.argmax(axis=1)
                 best_before_sim = before[np.arange(len(block)), best_before]
             within = vectors @ vectors.T
             new_rows: list[int] = []  # positions in the block stored so far
             for pos, index in enumerate(block):
                 item = items[index]
-                hit_index: int | None = exact.get(keys[index])
-                if hit_index is not None:
-                    row = Row(item.line, item.query, item.label, "exact", matched=hit_index, similarity=1.0,
-                              confidence=judged(1.0).confidence)
+                request = request_from(settings_for(settings, item), item.query)
+                request.threshold = threshold
+                candidates: list[Judged] = []
+                if keys[index] in exact:
+                    candidates.append(judge("exact", entry(exact[keys[index]]), 1.0, request, now))
+                best: tuple[int, float] | None = None
+                if before is not None:
+                    best = stored_index[int(best_before[pos])], float(best_before_sim[pos])
+                if new_rows:
+                    sims = within[pos, new_rows]
+                    j = int(sims.argmax())
+                    if best is None or float(sims[j]) > best[1]:
+                        best = block[new_rows[j]], float(sims[j])
+                nearest = [best] if best is not None else []
+                if best is not None and best[1] >= threshold:  # below it, the best explains the miss
+                    nearest = _nearest(before[pos] if before is not None else None, stored_index,
+                                       within[pos, new_rows] if new_rows else None, [block[r] for r in new_rows])
+                candidates += [judge("semantic", entry(i), similarity, request, now) for i, similarity in nearest]
+                decision = decide(candidates, settings.margin)
+                served = decision.served
+                row = Row(item.line, item.query, item.label, served.source if served else "miss",
+                          miss_reason=decision.miss_reason, matched=served.entry.id if served else None,
+                          similarity=decision.similarity, confidence=decision.confidence)
+                if served is None:
+                    exact[keys[index]] = index
+                    new_rows.append(pos)
                 else:
-                    best_sim, best_index = -2.0, None
-                    if m:
-                        best_sim, best_index = float(best_before_sim[pos]), stored_index[int(best_before[pos])]
-                    if new_rows:
-                        sims = within[pos, new_rows]
-                        j = int(sims.argmax())
-                        if float(sims[j]) > best_sim:
-                            best_sim, best_index = float(sims[j]), block[new_rows[j]]
-                    served: tuple[int, float, policy.Verdict] | None = None
-                    first_rejection: tuple[float, policy.Verdict] | None = None
-                    if best_index is not None and best_sim >= threshold:
-                        # as ask does: the best candidates in order, the first the gate accepts
-                        for candidate, similarity in _nearest(
-                                before[pos] if m else None, stored_index, within[pos, new_rows] if new_rows else None,
-                                [block[r] for r in new_rows]):
-                            verdict = judged(similarity, item.query, items[candidate].query)
-                            if served is not None:  # the runner-up of a winner: the margin rule
-                                if verdict.serve and policy.tied(served[1], similarity, settings.margin):
-                                    first_rejection = (served[1], policy.Verdict(False, policy.AMBIGUOUS,
-                                                                                 served[2].confidence))
-                                    served = None
-                                break
-                            if verdict.serve:
-                                served = (candidate, similarity, verdict)
-                                if settings.margin <= 0:
-                                    break
-                                continue
-                            if verdict.reason == policy.NO_MATCH:
-                                break
-                            first_rejection = first_rejection or (similarity, verdict)
-                    if served is not None:
-                        row = Row(item.line, item.query, item.label, "semantic", matched=served[0],
-                                  similarity=served[1], confidence=served[2].confidence)
-                    else:
-                        rejected = first_rejection or (best_sim, judged(best_sim))
-                        row = Row(item.line, item.query, item.label, "miss",
-                                  miss_reason=rejected[1].reason if best_index is not None else policy.NO_MATCH,
-                                  similarity=rejected[0] if best_index is not None else None,
-                                  confidence=rejected[1].confidence if best_index is not None else None)
-                        exact[keys[index]] = index
-                        new_rows.append(pos)
-                if row.matched is not None:
-                    row.matched_label = items[row.matched].label
-                    row.matched = items[row.matched].line
+                    row.matched_label = items[served.entry.id].label
+                    row.matched = items[served.entry.id].line
                 row.threshold = threshold
                 rows[index] = row
             for pos in new_rows:
@@ -387,16 +308,10 @@ def _nearest(before: np.ndarray | None, before_index: list[int], within: np.ndar
 
 # -- live and dry run ----------------------------------------------------------------------
 
-class Stopped(BaseException):
-    """Raised inside a streaming generation when the replay is interrupted, so the
-    partial answer is dropped (never stored) and the claim released."""
-
-
 def run_dry(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray | None,
             on_row: Callable[[Row], None], stop: threading.Event) -> None:
     """What each query would get from the cache as it is now: reads only."""
-    engine = open_engine(settings)
-    try:
+    with open_engine(settings) as engine:
         for index, item in enumerate(items):
             if stop.is_set():
                 return
@@ -410,9 +325,6 @@ def run_dry(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray | 
                        similarity=decision.similarity, confidence=decision.confidence,
                        saved_s=served.entry.generation_s if served else None,
                        saved_tokens=served.entry.saved_tokens if served else None))
-    finally:
-        engine.close()
-        engine.store.close()
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -456,8 +368,6 @@ def execute(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: 
         items = [items[int(i)] for i in order]
     reports: list[Report] = []
     if plan.mode == "live":  # embedded while the first queries are asked
-        from semcache_cli.live_replay import LiveEmbeddings, run_live
-
         embeddings = LiveEmbeddings(settings, [item.query for item in items],
                                     progress(f"embedding with {settings.embed_model}", len(items)), warn, stop)
     else:

@@ -1,13 +1,15 @@
 """Single-flight across processes: when many `semcache ask` processes miss on the same
 question at once, one calls the model and the others wait for its answer.
 
-The claim lives in the `claims` table of the cache file itself (no lock files, no
-daemon): one row per (scope, exact key) being answered, with its owner and a lease.
+The claim lives in the store itself (no lock files, no daemon; the SQLite backend keeps
+it in a table of the cache file): one per (scope, exact key) being answered, with its
+owner and a lease.
 - The holder renews the lease from a background thread while the model streams, and
   deletes its claim when done, whether it stored an answer or failed.
 - A waiter polls for the answer (the exact layer) and for the claim. When the claim is
-  gone without an answer, or its lease ran out (the holder was killed), or the holder's
-  process is gone (same host), the waiter takes the claim over: nobody waits forever.
+  gone without an answer, or its lease ran out (the holder was killed), or the store can
+  tell its holder is gone (SQLite: same host, process gone), the waiter takes it over:
+  nobody waits forever.
 - Waiting is bounded: past the deadline a waiter asks the model itself.
 """
 
@@ -15,14 +17,16 @@ from __future__ import annotations
 
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from semcache_cli.store import BUSY_TIMEOUT_S, Store
+from semcache_cli.errors import SemcacheError
+
+if TYPE_CHECKING:
+    from semcache_cli.storage.port import Store
 
 LEASE_S = 15.0  # a claim not renewed for this long is abandoned
 RENEW_EVERY_S = 3.0
@@ -31,19 +35,9 @@ POLL_S = (0.02, 0.05, 0.1, 0.2)  # waiter's polling steps, then the last one rep
 HOST = socket.gethostname()
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
 class _LeaseKeeper:
     """One thread per process renews the lease of every claim the process holds, with its
-    own connection per cache file, while the threads that asked are blocked reading the
+    own connection per store, while the threads that asked are blocked reading the
     model's stream (a cold model load can take minutes). Started with the first claim;
     a thread and a connection per claim cost each miss of a replay ~0.2 ms."""
 
@@ -64,24 +58,21 @@ class _LeaseKeeper:
             self._held.pop(claim.owner, None)
 
     def _run(self) -> None:
-        connections: dict[Path, sqlite3.Connection] = {}
+        connections: dict[str, Store] = {}  # by store location
         while True:
             time.sleep(RENEW_EVERY_S)
             with self._lock:
                 held = list(self._held.values())
             for claim in held:
-                path = claim.store.path
+                location = claim.store.location
                 try:
-                    if path not in connections:  # mode=rw: never create a file that is gone
-                        connections[path] = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True,
-                                                            timeout=BUSY_TIMEOUT_S, isolation_level=None)
-                    connections[path].execute(
-                        "UPDATE claims SET expires_at = ? WHERE scope = ? AND exact_key = ? AND owner = ?",
-                        (time.time() + LEASE_S, claim.scope, claim.key, claim.owner))
-                except sqlite3.Error:
+                    if location not in connections:
+                        connections[location] = claim.store.reopen()
+                    connections[location].renew_claim(claim.scope, claim.key, claim.owner, time.time() + LEASE_S)
+                except SemcacheError:
                     pass  # the next round tries again; the lease is long enough for a miss
-            for path in connections.keys() - {c.store.path for c in held}:
-                connections.pop(path).close()
+            for location in connections.keys() - {c.store.location for c in held}:
+                connections.pop(location).close()
 
 
 _leases = _LeaseKeeper()
@@ -100,23 +91,15 @@ class Claim:
 
     def try_take(self) -> bool:
         """Take the claim if nobody holds a live one. True when this process holds it."""
-        now = self.clock()
-        with self.store.transaction():
-            row = self.store.conn.execute(
-                "SELECT host, pid, expires_at FROM claims WHERE scope = ? AND exact_key = ?", (self.scope, self.key)
-            ).fetchone()
-            if row is not None and row[2] > now and not (row[0] == HOST and not _process_alive(row[1])):
-                return False
-            self.store.conn.execute(
-                "INSERT OR REPLACE INTO claims (scope, exact_key, owner, host, pid, claimed_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self.scope, self.key, self.owner, HOST, os.getpid(), now, now + LEASE_S),
-            )
-            # Before the commit: a signal raised between it and the return still leaves
-            # `release` a row to delete (deleting one never committed is harmless).
-            self.held = True
-        _leases.hold(self)
-        return True
+        # Held from before the store commits it: a signal raised between the commit and
+        # the return still leaves the caller's `release` a claim to delete (deleting one
+        # never committed is harmless).
+        self.held = True
+        self.held = taken = self.store.take_claim(self.scope, self.key, self.owner, HOST, os.getpid(),
+                                                  self.clock(), LEASE_S)
+        if taken:
+            _leases.hold(self)
+        return taken
 
     def released_with_answer(self) -> None:
         """The store deleted this claim in the transaction that stored the answer."""
@@ -128,8 +111,4 @@ class Claim:
             return
         self.held = False
         _leases.drop(self)
-        with self.store.transaction():
-            self.store.conn.execute(
-                "DELETE FROM claims WHERE scope = ? AND exact_key = ? AND owner = ?",
-                (self.scope, self.key, self.owner),
-            )
+        self.store.release_claim(self.scope, self.key, self.owner)

@@ -19,7 +19,12 @@ import pytest
 from fake_ollama import FakeOllama
 from typer.testing import CliRunner
 
+from semcache_cli import config
 from semcache_cli.cli import app
+from semcache_cli.storage import open_store
+from semcache_cli.storage.models import Entry, LogRow, NewEntry
+from semcache_cli.storage.port import Store
+from semcache_cli.storage.selector import Selector
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +42,20 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:9")  # nothing listens: no stray real server
     return tmp_path / "cache.db"
+
+
+# Every backend the storage contract suite (tests/test_store_contract.py) runs against.
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A new, empty store of each backend."""
+    from semcache_cli.storage.sqlite import SQLiteStore
+
+    store = SQLiteStore.open(tmp_path / "contract.db")
+    yield store
+    store.close()
 
 
 @pytest.fixture(scope="session")
@@ -89,12 +108,58 @@ def run_proc(*args: str, input: str | bytes | None = None, env: dict[str, str] |
 
 
 def db_rows(db: Path, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    """Rows of a SQLite file, read directly: for tests of the SQLite backend's own layout."""
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
     try:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def cache_at(db: Path | str) -> Store:
+    """The store at `db`, opened through the storage port as semcache opens it."""
+    return open_store(config.load_settings({"db": str(db)}))
+
+
+def stored(db: Path | str) -> list[Entry]:
+    """Every entry of the cache, in id order: what the tests check a command left behind."""
+    if isinstance(db, Path) and not db.exists():
+        return []
+    with cache_at(db) as store:
+        return sorted((entry for entry, _ in store.entries(Selector(), time.time(), "oldest")), key=lambda e: e.id)
+
+
+def logged(db: Path | str) -> list[LogRow]:
+    """The request log, in order."""
+    if isinstance(db, Path) and not db.exists():
+        return []
+    with cache_at(db) as store:
+        return list(store.request_log())
+
+
+def claim_free(db: Path | str, question: str, namespace: str = "default", model: str = "llama3.2") -> bool:
+    """Nobody holds a claim on answering this question (with default settings): a probe
+    takes it at once, and lets it go."""
+    from semcache_cli import policy
+
+    scope, key = policy.Scope(namespace, model).hash, policy.exact_key(question)
+    with cache_at(db) as store:
+        if not store.take_claim(scope, key, "test-probe", "test-host", os.getpid(), time.time(), 1.0):
+            return False
+        store.release_claim(scope, key, "test-probe")
+        return True
+
+
+def restore(db: Path | str, entry: Entry, **changes: object) -> None:
+    """Store `entry` again with some fields changed (an upsert keeps its id and vector):
+    to make it older, or damaged, as time or a bad model would."""
+    with cache_at(db) as store:
+        vector = store.vector_of(entry.id)
+        fields = {name: getattr(entry, name) for name in NewEntry.__dataclass_fields__ if hasattr(entry, name)}
+        fields.update(vector=vector, embed_model=entry.embed_model if vector is not None else None)
+        fields.update(changes)
+        store.store_answer(NewEntry(**fields))  # type: ignore[arg-type]
 
 
 def run_in_terminal(*args: str, answer: str | None = None, env: dict[str, str] | None = None,

@@ -4,11 +4,10 @@ against a real SQLite file and the test server over loopback HTTP."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import db_rows, run_cli
+from conftest import cache_at, logged, restore, run_cli, stored
 from fake_ollama import FakeOllama
 
 Q = "How do I reset my password?"
@@ -22,12 +21,7 @@ def ask_json(*args: str, input: str | None = None) -> dict:
     return json.loads(result.stdout)
 
 
-def entries(db: Path) -> list:
-    return db_rows(db, "SELECT * FROM entries ORDER BY id")
-
-
-def requests(db: Path) -> list:
-    return db_rows(db, "SELECT * FROM requests ORDER BY id")
+entries, requests = stored, logged
 
 
 def test_miss_streams_the_answer_stores_it_and_logs_it(ollama: FakeOllama, isolated_env: Path) -> None:
@@ -37,14 +31,14 @@ def test_miss_streams_the_answer_stores_it_and_logs_it(ollama: FakeOllama, isola
     assert result.stderr.startswith("semcache: miss (no_match) · answered by llama3.2 · stored as entry 1")
     assert ollama.counts["/api/chat"] == 1 and ollama.counts["/api/embed"] == 1
     (row,) = entries(isolated_env)
-    assert (row["query"], row["response"], row["model"], row["done_reason"]) == (Q, ANSWER, "llama3.2:latest", "stop")
-    assert (row["prompt_tokens"], row["completion_tokens"], row["generation_s"]) == (6, 11, pytest.approx(4.935886791))
-    assert row["embed_model"] == "nomic-embed-text:latest" and row["dims"] == 768
-    assert row["expires_at"] == pytest.approx(row["created_at"] + 7 * 86400)
+    assert (row.query, row.response, row.model, row.done_reason) == (Q, ANSWER, "llama3.2:latest", "stop")
+    assert (row.prompt_tokens, row.completion_tokens, row.generation_s) == (6, 11, pytest.approx(4.935886791))
+    assert row.embed_model == "nomic-embed-text:latest" and row.dims == 768
+    assert row.expires_at == pytest.approx(row.created_at + 7 * 86400)
     sent = [body for path, body in ollama.requests if path == "/api/embed"][0]
     assert sent["input"] == [f"search_query: {Q}"] and sent["truncate"] is False
     (log,) = requests(isolated_env)
-    assert (log["path"], log["miss_reason"], log["entry_id"]) == ("model", "no_match", 1)
+    assert (log.path, log.miss_reason, log.entry_id) == ("model", "no_match", 1)
 
 
 def test_exact_hit_needs_no_embedding_and_no_model(ollama: FakeOllama, isolated_env: Path) -> None:
@@ -54,8 +48,8 @@ def test_exact_hit_needs_no_embedding_and_no_model(ollama: FakeOllama, isolated_
     assert result.exit_code == 0 and result.stdout == ANSWER + "\n"
     assert result.stderr.startswith("semcache: exact hit · entry 1 · similarity 1.000")
     assert sum(ollama.counts.values()) == 0
-    assert entries(isolated_env)[0]["hits"] == 1
-    assert requests(isolated_env)[-1]["path"] == "exact"
+    assert entries(isolated_env)[0].hits == 1
+    assert requests(isolated_env)[-1].path == "exact"
 
 
 def test_semantic_hit_reuses_a_paraphrase(ollama: FakeOllama, isolated_env: Path) -> None:
@@ -65,7 +59,7 @@ def test_semantic_hit_reuses_a_paraphrase(ollama: FakeOllama, isolated_env: Path
     assert 0.85 <= out["similarity"] < 1.0 and out["confidence"] >= 0.7
     assert ollama.counts["/api/chat"] == 1
     log = requests(isolated_env)[-1]
-    assert (log["path"], log["entry_id"], log["saved_s"], log["saved_tokens"]) == ("semantic", 1, pytest.approx(4.935886791), 17)
+    assert (log.path, log.entry_id, log.saved_s, log.saved_tokens) == ("semantic", 1, pytest.approx(4.935886791), 17)
 
 
 def test_a_different_question_is_a_miss(ollama: FakeOllama) -> None:
@@ -118,12 +112,8 @@ def test_overlong_question_is_refused(ollama: FakeOllama, monkeypatch: pytest.Mo
 
 def age_entry(db: Path, seconds: float) -> None:
     """Make the stored entry look `seconds` older, as the clock would."""
-    import sqlite3
-
-    conn = sqlite3.connect(db)
-    conn.execute("UPDATE entries SET created_at = created_at - ?, expires_at = expires_at - ?", (seconds, seconds))
-    conn.commit()
-    conn.close()
+    (entry,) = stored(db)
+    restore(db, entry, created_at=entry.created_at - seconds)
 
 
 def test_expired_entry_is_a_miss_and_gets_replaced(ollama: FakeOllama, isolated_env: Path) -> None:
@@ -132,24 +122,19 @@ def test_expired_entry_is_a_miss_and_gets_replaced(ollama: FakeOllama, isolated_
     ollama.replies[Q] = "A fresher answer."
     out = ask_json(Q)
     assert (out["source"], out["miss_reason"], out["response"], out["entry_id"]) == ("model", "expired", "A fresher answer.", 1)
-    assert [r["response"] for r in entries(isolated_env)] == ["A fresher answer."]  # upserted, not duplicated
+    assert [r.response for r in entries(isolated_env)] == ["A fresher answer."]  # upserted, not duplicated
 
 
 def test_entry_without_ttl_never_expires(ollama: FakeOllama, isolated_env: Path) -> None:
     run_cli("ask", Q, "--ttl", "never")
     age_entry(isolated_env, 10 * 365 * 86400)
-    assert entries(isolated_env)[0]["expires_at"] is None
+    assert entries(isolated_env)[0].expires_at is None
     assert ask_json(Q)["source"] == "exact"
 
 
 def test_poisoned_entry_is_never_served(ollama: FakeOllama, isolated_env: Path) -> None:
     run_cli("ask", Q)
-    import sqlite3
-
-    conn = sqlite3.connect(isolated_env)
-    conn.execute("UPDATE entries SET response = '', done_reason = 'length'")
-    conn.commit()
-    conn.close()
+    restore(isolated_env, stored(isolated_env)[0], response="", done_reason="length")
     out = ask_json(Q)
     assert (out["source"], out["miss_reason"], out["response"]) == ("model", "poisoned", ANSWER)
 
@@ -169,14 +154,14 @@ def test_no_cache_bypasses_the_lookup_but_stores(ollama: FakeOllama, isolated_en
     ollama.replies[Q] = "Regenerated."
     out = ask_json(Q, "--no-cache")
     assert (out["source"], out["miss_reason"], out["response"]) == ("model", "bypass", "Regenerated.")
-    assert [r["response"] for r in entries(isolated_env)] == ["Regenerated."]
-    assert requests(isolated_env)[-1]["miss_reason"] == "bypass"
+    assert [r.response for r in entries(isolated_env)] == ["Regenerated."]
+    assert requests(isolated_env)[-1].miss_reason == "bypass"
 
 
 def test_no_store_answers_without_storing(ollama: FakeOllama, isolated_env: Path) -> None:
     out = ask_json(Q, "--no-store")
     assert (out["response"], out["stored"], out["entry_id"]) == (ANSWER, False, None)
-    assert entries(isolated_env) == [] and requests(isolated_env)[-1]["path"] == "model"
+    assert entries(isolated_env) == [] and requests(isolated_env)[-1].path == "model"
 
 
 def test_cache_only_serves_hits_and_exits_3_on_a_miss(ollama: FakeOllama, isolated_env: Path,
@@ -187,7 +172,7 @@ def test_cache_only_serves_hits_and_exits_3_on_a_miss(ollama: FakeOllama, isolat
     miss = run_cli("ask", "Something never asked", "--cache-only")
     assert miss.exit_code == 3 and miss.stdout == ""
     assert "no cached answer (no_match) and --cache-only is set" in miss.stderr
-    assert requests(isolated_env)[-1]["path"] == "miss"
+    assert requests(isolated_env)[-1].path == "miss"
 
 
 def test_exit_4_when_ollama_is_unreachable(isolated_env: Path) -> None:
@@ -197,14 +182,14 @@ def test_exit_4_when_ollama_is_unreachable(isolated_env: Path) -> None:
                              "there? (set OLLAMA_HOST if it runs elsewhere)\n")
     assert entries(isolated_env) == []
     (log,) = requests(isolated_env)
-    assert log["path"] == "error" and "cannot reach Ollama" in log["error"]
+    assert log.path == "error" and "cannot reach Ollama" in log.error
 
 
 def test_exit_5_when_the_model_is_missing(ollama: FakeOllama, isolated_env: Path) -> None:
     result = run_cli("ask", Q, "-m", "llama9")
     assert result.exit_code == 5 and "run `ollama pull llama9`" in result.stderr
     assert entries(isolated_env) == []
-    assert requests(isolated_env)[-1]["path"] == "error"
+    assert requests(isolated_env)[-1].path == "error"
 
 
 def test_exit_1_on_a_server_error(ollama: FakeOllama, isolated_env: Path) -> None:
@@ -232,7 +217,7 @@ def test_a_broken_generation_prints_what_came_then_fails_and_stores_nothing(
     assert ANSWER.startswith(result.stdout) and result.stdout  # the partial text stays visible
     assert message in result.stderr and "nothing was stored" in result.stderr
     assert entries(isolated_env) == []
-    assert requests(isolated_env)[-1]["path"] == "error"
+    assert requests(isolated_env)[-1].path == "error"
     ollama.reset()
     assert run_cli("ask", Q).stderr.startswith("semcache: miss (no_match)")  # nothing half-stored to hit
 
@@ -279,7 +264,8 @@ def test_missing_embedding_model_degrades_with_one_warning(ollama: FakeOllama, i
                        "run `ollama pull mxbai-embed-large`; semantic layer skipped")
     assert status.startswith("semcache: miss (no_match)")
     (row,) = entries(isolated_env)
-    assert row["embed_model"] is None and db_rows(isolated_env, "SELECT count(*) FROM entry_vectors")[0][0] == 0
+    with cache_at(isolated_env) as store:
+        assert row.embed_model is None and store.vector_of(row.id) is None
     assert run_cli("ask", Q, "--embed-model", "mxbai-embed-large").stderr.startswith("semcache: exact hit")
 
 
@@ -300,21 +286,3 @@ def test_version_and_help_show_defaults_and_exit_codes() -> None:
     for needle in ("llama3.2", "nomic-embed-text", "default: 0.85", "default: 0.7", "default: 7d",
                    "3 miss under", "5 model not found"):
         assert needle in " ".join(text.split()), needle
-
-
-def test_a_cache_written_with_full_length_keys_keeps_answering(ollama: FakeOllama, isolated_env: Path) -> None:
-    run_cli("ask", Q)
-    conn = sqlite3.connect(isolated_env)  # back to schema 4: 64-character scope hashes and exact keys
-    for table, key in (("entries", True), ("entry_vectors", False), ("search_chunks", False), ("requests", True)):
-        conn.execute(f"UPDATE {table} SET scope = scope || '{'a' * 48}'"
-                     + (f", exact_key = exact_key || '{'b' * 32}'" if key else ""))
-    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm005_short_keys'")
-    conn.execute("PRAGMA user_version = 4")
-    conn.commit()
-    conn.close()
-    assert ask_json(Q)["source"] == "exact"
-    assert ask_json(PARAPHRASE)["source"] == "semantic"
-    assert ollama.counts["/api/chat"] == 1
-    for table in ("entries", "entry_vectors", "search_chunks", "requests"):
-        assert {len(r[0]) for r in db_rows(isolated_env, f"SELECT scope FROM {table}")} == {16}, table
-    assert {len(r[0]) for r in db_rows(isolated_env, "SELECT exact_key FROM entries")} == {32}

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, run_proc
+from conftest import REPO, run_proc, stored
 from fake_ollama import FakeOllama
 
 Q = "What is semantic caching?"
@@ -88,9 +88,7 @@ def test_a_reader_that_goes_away_does_not_lose_the_answer(ollama: FakeOllama, is
         proc.stdout.close()  # like `| head -c 10`
         stderr = proc.stderr.read().decode()
         assert proc.wait(timeout=60) == 0, stderr
-    conn = sqlite3.connect(isolated_env)
-    assert conn.execute("SELECT response FROM entries").fetchone()[0] == "word " * 5000
-    conn.close()
+    assert [entry.response for entry in stored(isolated_env)] == ["word " * 5000]
 
 
 def _imported(stderr: str) -> set[str]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, db_rows, run_cli
+from conftest import REPO, cache_at, claim_free, db_rows, logged, run_cli, stored
 from fake_ollama import FakeOllama
 
 LONG_ANSWER = " ".join(f"word{i}" for i in range(40))
@@ -39,13 +39,6 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> tuple[int, st
     return proc.returncode, out.decode(), err.decode()
 
 
-def claims(db: Path) -> int:
-    try:
-        return int(db_rows(db, "SELECT count(*) FROM claims")[0][0])
-    except sqlite3.OperationalError:  # the first process has not created the schema yet
-        return 0
-
-
 def not_locked(db: Path) -> bool:
     conn = sqlite3.connect(db, timeout=0, isolation_level=None)
     try:
@@ -65,9 +58,9 @@ def test_sixteen_processes_one_new_question_one_generation(ollama: FakeOllama, i
     assert [code for code, _, _ in results] == [0] * 16, [err for _, _, err in results]
     assert {out for _, out, _ in results} == {LONG_ANSWER + "\n"}
     assert ollama.generations == 1
-    paths = [r[0] for r in db_rows(isolated_env, "SELECT path FROM requests")]
+    paths = [row.path for row in logged(isolated_env)]
     assert paths.count("model") == 1 and len(paths) == 16
-    assert claims(isolated_env) == 0
+    assert claim_free(isolated_env, question)
 
 
 WORKER = """
@@ -101,15 +94,15 @@ def test_eight_processes_two_hundred_asks_forty_questions_beside_a_purge_loop(
     assert [w.returncode for w in workers] == [0] * 8, errors
     elapsed = time.monotonic() - start
     generations = ollama.generations - 1  # the scratch entry
-    paths = [r[0] for r in db_rows(isolated_env, "SELECT path FROM requests WHERE namespace = 'default'")]
+    paths = [row.path for row in logged(isolated_env) if row.namespace == "default"]
     integrity = db_rows(isolated_env, "PRAGMA integrity_check")[0][0]
     print(f"\n8 processes x 200 asks, 40 questions, {purges} purges beside: {generations} generations "
           f"(expected 40), {len(paths)} log rows, {paths.count('error')} errors, integrity {integrity}, {elapsed:.1f} s")
     assert generations == 40
     assert len(paths) == 1600 and paths.count("model") == 40 and paths.count("error") == 0
-    assert db_rows(isolated_env, "SELECT count(*) FROM entries WHERE namespace = 'default'")[0][0] == 40
-    assert db_rows(isolated_env, "SELECT count(*) FROM entries WHERE namespace = 'scratch'")[0][0] == 0
-    assert integrity == "ok" and claims(isolated_env) == 0
+    namespaces = [entry.namespace for entry in stored(isolated_env)]
+    assert namespaces.count("default") == 40 and "scratch" not in namespaces
+    assert integrity == "ok" and all(claim_free(isolated_env, f"question {n}x{n}") for n in range(40))
 
 
 def test_killed_holder_one_waiter_takes_over(ollama: FakeOllama, isolated_env: Path) -> None:
@@ -117,7 +110,7 @@ def test_killed_holder_one_waiter_takes_over(ollama: FakeOllama, isolated_env: P
     ollama.replies[question] = LONG_ANSWER
     ollama.faults.chunk_delay = 0.1  # ~4 s of streaming: time to kill it mid-answer
     holder = asker("-q", question)
-    wait_for(lambda: claims(isolated_env) == 1 and ollama.generations == 1, "the holder to start generating")
+    wait_for(lambda: ollama.generations == 1, "the holder to start generating")  # its claim taken first
     embeds_before = ollama.counts["/api/embed"]
     waiters = [asker("-q", question) for _ in range(3)]
     wait_for(lambda: ollama.counts["/api/embed"] == embeds_before + 3, "the waiters to reach the claim")
@@ -129,8 +122,8 @@ def test_killed_holder_one_waiter_takes_over(ollama: FakeOllama, isolated_env: P
     assert [code for code, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
     assert {out for _, out, _ in results} == {LONG_ANSWER + "\n"}
     assert ollama.generations == 2  # exactly one more
-    assert db_rows(isolated_env, "SELECT count(*) FROM entries")[0][0] == 1
-    assert claims(isolated_env) == 0 and not_locked(isolated_env)
+    assert len(stored(isolated_env)) == 1
+    assert claim_free(isolated_env, question) and not_locked(isolated_env)
 
 
 @pytest.mark.parametrize(("signum", "code", "word"), [(signal.SIGINT, 130, "interrupted"),
@@ -149,26 +142,23 @@ def test_signal_mid_stream_stores_nothing_and_leaves_nothing_behind(
     assert returncode == code
     assert err.strip().splitlines()[-1] == f"semcache: error: {word}; nothing partial was stored"
     assert "Traceback" not in err
-    assert db_rows(isolated_env, "SELECT count(*) FROM entries")[0][0] == 0
-    assert claims(isolated_env) == 0 and not_locked(isolated_env)
+    assert stored(isolated_env) == []
+    assert claim_free(isolated_env, question) and not_locked(isolated_env)
     ollama.faults.chunk_delay = 0.0
     assert run_cli("ask", "-q", question).stdout == LONG_ANSWER + "\n"  # the next ask answers and stores
-    assert db_rows(isolated_env, "SELECT count(*) FROM entries")[0][0] == 1
+    assert len(stored(isolated_env)) == 1
 
 
 def test_a_claim_is_renewed_while_held_and_free_once_released(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from semcache_cli import singleflight
-    from semcache_cli.store import Store
 
     # A lease shorter than the wait below; longer than a renewal round already under way.
     monkeypatch.setattr(singleflight, "LEASE_S", 3.5)
     monkeypatch.setattr(singleflight, "RENEW_EVERY_S", 0.1)
-    mine, theirs = Store.open(tmp_path / "c.db"), Store.open(tmp_path / "c.db")
+    mine, theirs = cache_at(tmp_path / "c.db"), cache_at(tmp_path / "c.db")
     claim = singleflight.Claim(mine, "scope", "key")
     assert claim.try_take()
-    first_expiry = db_rows(tmp_path / "c.db", "SELECT expires_at FROM claims")[0][0]
     time.sleep(4.0)  # past the lease it was taken with
-    assert db_rows(tmp_path / "c.db", "SELECT expires_at FROM claims")[0][0] > first_expiry + 0.3
     assert not singleflight.Claim(theirs, "scope", "key").try_take()  # still held: renewed
     claim.release()
     again = singleflight.Claim(theirs, "scope", "key")

@@ -117,7 +117,7 @@ def test_defaults(tmp_path: Path) -> None:
 
 def test_default_db_lives_in_the_platform_cache_dir(tmp_path: Path) -> None:
     settings = config.load_settings(env={"SEMCACHE_CONFIG": str(tmp_path / "none.toml"), "XDG_CACHE_HOME": str(tmp_path)})
-    assert settings.db.name == "cache.db" and settings.db.parent.name == "semcache"
+    assert Path(settings.db).name == "cache.db" and Path(settings.db).parent.name == "semcache"
     assert settings.db_is_default
 
 
@@ -133,7 +133,7 @@ def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
     assert settings.threshold == 0.95  # env beats file
     assert settings.ttl == 3 * 3600  # flag beats env
     assert settings.namespace == "filens"
-    assert settings.db == Path("file.db") and not settings.db_is_default
+    assert settings.db == "file.db" and not settings.db_is_default
     assert settings.options == {"temperature": 0.2, "seed": 8}  # flags merge over the file's options
 
 
@@ -157,3 +157,12 @@ def test_format_flag() -> None:
     assert config.parse_format('{"type": "object"}') == {"type": "object"}
     with pytest.raises(UsageError):
         config.parse_format("yaml")
+
+
+def test_the_database_setting_is_a_path_or_a_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"SEMCACHE_CONFIG": str(tmp_path / "none.toml")}
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert config.load_settings({"db": "~/caches/c.db"}, env=env).db == str(tmp_path / "caches" / "c.db")
+    url = "postgresql://alice@db.example.com:5432/cache?sslmode=require"
+    assert config.load_settings({"db": url}, env=env).db == url  # kept whole: a Path would fold its //
+    assert config.load_settings(env={**env, "SEMCACHE_DB": url}).db == url

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, db_rows, run_cli, run_proc
+from conftest import REPO, claim_free, logged, run_cli, run_proc, stored
 from fake_ollama import BUSY_TEXT, FakeOllama
 
 Q = "how do faults show"
@@ -42,8 +42,7 @@ def test_a_hang_beyond_the_timeout_exits_4_and_stores_nothing(ollama: FakeOllama
     ollama.faults.hang = True
     result = run_cli("ask", Q, "--timeout", "1s")
     assert result.exit_code == 4 and "timed out" in one_line_error(result.stderr)
-    assert db_rows(isolated_env, "SELECT count(*) FROM entries")[0][0] == 0
-    assert db_rows(isolated_env, "SELECT count(*) FROM claims")[0][0] == 0
+    assert stored(isolated_env) == [] and claim_free(isolated_env, Q)
 
 
 def test_a_slow_first_token_within_the_timeout_is_answered(ollama: FakeOllama, isolated_env: Path) -> None:
@@ -56,7 +55,7 @@ def test_busy_beyond_the_retries_fails_clearly(ollama: FakeOllama, isolated_env:
     ollama.faults.chat_status = (503, BUSY_TEXT)  # every try, after the bounded retries
     result = run_cli("ask", Q)
     assert result.exit_code == 1 and "busy" in one_line_error(result.stderr)
-    assert db_rows(isolated_env, "SELECT count(*) FROM entries")[0][0] == 0
+    assert stored(isolated_env) == []
 
 
 def test_a_world_readable_cache_gets_a_warning(ollama: FakeOllama, isolated_env: Path) -> None:
@@ -85,7 +84,7 @@ def test_a_damaged_database_is_one_line_and_left_as_it_was(ollama: FakeOllama, i
     before = digest(isolated_env)
     result = run_proc("ask", "question 3x3")
     assert result.exit_code == 1
-    assert "the cache database is damaged or unusable" in one_line_error(result.stderr)
+    assert f"the cache database {isolated_env} is damaged" in one_line_error(result.stderr)
     assert digest(isolated_env) == before
 
 
@@ -113,7 +112,7 @@ def test_a_database_without_read_and_write_permission(ollama: FakeOllama, isolat
         isolated_env.chmod(0o600)
     if before is not None:
         assert digest(isolated_env) == before
-    assert db_rows(isolated_env, "SELECT count(*) FROM requests")[0][0] == 1  # nothing was logged
+    assert len(logged(isolated_env)) == 1  # nothing was logged
 
 
 def test_credentials_never_reach_the_cache_or_the_log(ollama: FakeOllama, isolated_env: Path) -> None:
@@ -126,4 +125,4 @@ def test_credentials_never_reach_the_cache_or_the_log(ollama: FakeOllama, isolat
         content = path.read_bytes()
         for secret in (b"hunter2secret", b"sk-topsecretkey", b"pw9secret", b"alice"):
             assert secret not in content, (path, secret)
-    assert db_rows(isolated_env, "SELECT count(*) FROM requests")[0][0] == 3
+    assert len(logged(isolated_env)) == 3

@@ -42,7 +42,6 @@ def replay_pairs(ollama: FakeOllama, table: dict[str, np.ndarray], pairs: list[d
                 results.append((pair, miss))
     finally:
         engine.close()
-        engine.store.close()
     return results
 
 

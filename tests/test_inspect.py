@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import db_rows, run_cli, run_in_terminal, run_proc
+from conftest import cache_at, logged, run_cli, run_in_terminal, run_proc, stored
 from fake_ollama import FakeOllama
 
 from semcache_cli import vectors
-from semcache_cli.store import NewEntry, Store
+from semcache_cli.storage.models import LogRow, NewEntry
 
 DAY = 86400.0
 MINILM = "all-minilm:latest"
@@ -32,22 +32,18 @@ def seed(db: Path, query: str, *, namespace: str = "default", model: str = "llam
     """An entry in the scope `ask` would use for (namespace, model) with default settings."""
     from semcache_cli import policy
 
-    store = Store.open(db)
-    try:
+    with cache_at(db) as store:
         entry_id = store.store_answer(NewEntry(
             scope=scope or policy.Scope(namespace, model).hash, exact_key=policy.exact_key(query),
             namespace=namespace, model=policy.canonical_model(model), system=None, options={}, format=None,
             query=query, response=response or f"answer to {query}", created_at=time.time() - age, ttl=ttl,
             prompt_tokens=10, completion_tokens=90, generation_s=2.5, done_reason="stop",
             embed_model=MINILM if vector is not None else None,
-            vector=vectors.encode(vectors.unit_vector(vector)) if vector is not None else None,
-            dims=384 if vector is not None else None,
+            vector=vectors.unit_vector(vector) if vector is not None else None,
         ))
         for _ in range(hits):
-            store.record_hit(entry_id, time.time() - 60, {"path": "exact"})
+            store.record_hit(entry_id, time.time() - 60, LogRow(at=time.time() - 60, path="exact"))
         return entry_id
-    finally:
-        store.close()
 
 
 @pytest.fixture
@@ -211,11 +207,11 @@ def test_similar_json_agrees_with_what_ask_then_does(neighbours: Path) -> None:
     assert explained["decision"] == {"hit": True, "source": "semantic", "entry_id": 2, "miss_reason": None,
                                      "similarity": 0.93, "confidence": pytest.approx(0.908, abs=1e-3)}
     assert [c["verdict"] for c in explained["candidates"]] == ["expired", "served", "below threshold"]
-    hits_before = db_rows(neighbours, "SELECT sum(hits) FROM entries")[0][0]
-    assert db_rows(neighbours, "SELECT count(*) FROM requests")[0][0] == 0  # inspect logs nothing
+    hits_before = sum(entry.hits for entry in stored(neighbours))
+    assert logged(neighbours) == []  # inspect logs nothing
     asked = json.loads(run_cli("ask", "the probe", "--embed-model", "all-minilm", "--json").stdout)
     assert (asked["source"], asked["entry_id"]) == ("semantic", 2)
-    assert db_rows(neighbours, "SELECT sum(hits) FROM entries")[0][0] == hits_before + 1
+    assert sum(entry.hits for entry in stored(neighbours)) == hits_before + 1
 
 
 def test_similar_miss_reasons(neighbours: Path) -> None:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, db_rows, run_cli, run_in_terminal, run_proc
+from conftest import REPO, cache_at, db_rows, logged, run_cli, run_in_terminal, run_proc, stored
 from fake_ollama import FakeOllama
 
 from semcache_cli import vectors
-from semcache_cli.store import NewEntry, Store
+from semcache_cli.storage.models import LogRow, NewEntry
 
 NOW = time.time()
 DAY = 86400.0
@@ -24,24 +23,25 @@ DAY = 86400.0
 def seed(db: Path, query: str, *, namespace: str = "default", model: str = "llama3.2:latest",
          age: float = 0.0, ttl: float | None = 7 * DAY, response: str | None = None,
          embed_model: str | None = "nomic-embed-text:latest", last_hit_age: float | None = None) -> int:
-    store = Store.open(db)
-    try:
+    with cache_at(db) as store:
         entry_id = store.store_answer(NewEntry(
             scope=f"{namespace}/{model}", exact_key=query, namespace=namespace, model=model, system=None,
             options={}, format=None, query=query, response=response or f"answer to {query}",
             created_at=NOW - age, ttl=ttl, done_reason="stop",
-            embed_model=embed_model, vector=vectors.encode(vectors.unit_vector([1.0, 2.0])) if embed_model else None,
-            dims=2 if embed_model else None,
+            embed_model=embed_model, vector=vectors.unit_vector([1.0, 2.0]) if embed_model else None,
         ))
         if last_hit_age is not None:
-            store.record_hit(entry_id, NOW - last_hit_age, {"path": "exact", "at": NOW - last_hit_age})
+            store.record_hit(entry_id, NOW - last_hit_age, LogRow(at=NOW - last_hit_age, path="exact"))
         return entry_id
-    finally:
-        store.close()
 
 
 def queries(db: Path) -> list[str]:
-    return [r[0] for r in db_rows(db, "SELECT query FROM entries ORDER BY id")]
+    return [entry.query for entry in stored(db)]
+
+
+def vectors_left(db: Path) -> int:
+    with cache_at(db) as store:
+        return sum(store.vector_of(entry.id) is not None for entry in stored(db))
 
 
 @pytest.fixture
@@ -88,15 +88,15 @@ def test_selectors(cache: Path, args: list[str], gone: set[str]) -> None:
 def test_ids_are_repeatable(cache: Path) -> None:
     assert run_cli("purge", "--id", "1", "--id", "3").exit_code == 0
     assert "fresh default" not in queries(cache) and "expired one" not in queries(cache)
-    assert db_rows(cache, "SELECT count(*) FROM entry_vectors")[0][0] == 4  # vectors went with their entries
+    assert vectors_left(cache) == 4  # vectors went with their entries
 
 
 def test_dry_run_changes_nothing(cache: Path) -> None:
-    before = db_rows(cache, "SELECT * FROM entries")
+    before = stored(cache)
     result = run_cli("purge", "--older-than", "1d", "--dry-run", "--json")
     assert json.loads(result.stdout)["matched"] == 2
     assert result.stderr == "semcache: would purge 2 entries; 4 left\n"
-    assert [tuple(r) for r in db_rows(cache, "SELECT * FROM entries")] == [tuple(r) for r in before]
+    assert stored(cache) == before
 
 
 def test_deleting_everything_needs_yes_without_a_terminal(cache: Path) -> None:
@@ -131,25 +131,22 @@ def test_max_entries_evicts_least_recently_used(isolated_env: Path) -> None:
 
 
 def in_use(db: Path) -> int:
-    page_size, pages, free = (db_rows(db, f"PRAGMA {name}")[0][0] for name in ("page_size", "page_count", "freelist_count"))
-    return (pages - free) * page_size
+    with cache_at(db) as store:
+        return store.used_bytes()
 
 
 @pytest.fixture
 def big_cache(isolated_env: Path) -> Path:
     """600 entries of a few KB, oldest first; entry 1 and 2 used a minute ago."""
-    store = Store.open(isolated_env)
-    try:
+    with cache_at(isolated_env) as store:
         store.store_many([NewEntry(
             scope="s", exact_key=f"k{i}", namespace="default", model="llama3.2:latest", system=None, options={},
             format=None, query=f"question {i}", response="x" * (500 + 37 * (i % 60)), created_at=NOW - DAY + i,
             ttl=None, done_reason="stop", embed_model="all-minilm:latest",
-            vector=vectors.encode(vectors.unit_vector([float(i + 1)] * 384)), dims=384,
+            vector=vectors.unit_vector([float(i + 1)] * 384),
         ) for i in range(600)])
         for entry_id in (1, 2):
-            store.record_hit(entry_id, NOW - 60, {"path": "exact"})
-    finally:
-        store.close()
+            store.record_hit(entry_id, NOW - 60, LogRow(at=NOW - 60, path="exact"))
     return isolated_env
 
 
@@ -159,12 +156,12 @@ def test_max_size_evicts_least_recently_used_until_under(big_cache: Path) -> Non
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["bytes_in_use"] == in_use(big_cache) <= bound
-    kept = [r[0] for r in db_rows(big_cache, "SELECT id FROM entries ORDER BY id")]
+    kept = [entry.id for entry in stored(big_cache)]
     assert 1 in kept and 2 in kept  # used a minute ago: the most recently used
     evicted = sorted(set(range(1, 601)) - set(kept))
     assert evicted == list(range(3, 3 + len(evicted)))  # the oldest unused went first, no gaps
     assert 240 <= report["evicted"] <= 360  # about half, not everything
-    assert db_rows(big_cache, "SELECT count(*) FROM entry_vectors")[0][0] == len(kept)
+    assert vectors_left(big_cache) == len(kept)
 
 
 def test_max_size_dry_run_and_units(big_cache: Path) -> None:
@@ -199,16 +196,15 @@ def test_log_retention(isolated_env: Path) -> None:
     seed(isolated_env, "y", last_hit_age=60.0)
     result = run_cli("purge", "--log-older-than", "7d", "--json")
     assert json.loads(result.stdout)["log_rows_deleted"] == 1
-    assert len(db_rows(isolated_env, "SELECT * FROM requests")) == 1
+    assert len(logged(isolated_env)) == 1
     assert len(queries(isolated_env)) == 2
 
 
 def test_vacuum_gives_space_back_to_the_disk(isolated_env: Path) -> None:
     for i in range(300):
         seed(isolated_env, f"question {i}", response="x" * 2000)
-    conn = sqlite3.connect(isolated_env)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    with cache_at(isolated_env) as store:
+        store.checkpoint()
     size = isolated_env.stat().st_size
     result = run_cli("purge", "--grep", "question", "--yes", "--vacuum", "--json")
     report = json.loads(result.stdout)

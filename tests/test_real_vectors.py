@@ -79,7 +79,6 @@ def test_default_threshold_reuses_same_intent_and_rejects_other_intents(
         foreign = [served_label(t) for t in strangers]
     finally:
         engine.close()
-        engine.store.close()
 
     hits = [(want, got) for want, got in served if got is not None]
     correct = sum(want == got for want, got in hits)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SHARED_DATA, db_rows, run_cli, run_proc
+from conftest import REPO, SHARED_DATA, cache_at, claim_free, db_rows, logged, run_cli, run_proc, stored
 from fake_ollama import FakeOllama, load_clinc_table
 
 from semcache_cli.replay import parse_lines, parse_thresholds
+from semcache_cli.storage.models import Entry, LogRow
 
 MINILM = ("--embed-model", "all-minilm")
 
@@ -30,9 +31,8 @@ def at_angle(cosine: float, axis: int = 1) -> np.ndarray:
 
 
 def digest(db: Path) -> str:
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    with cache_at(db) as store:
+        store.checkpoint()
     return hashlib.sha256(db.read_bytes()).hexdigest()
 
 
@@ -79,7 +79,7 @@ def test_bad_lines_are_reported_and_skipped_or_abort_with_strict(ollama: FakeOll
     assert result.exit_code == 0 and f"{path}: line 2: not valid JSON; skipped" in result.stderr
     report = json.loads(result.stdout)["reports"][0]
     assert (report["queries"], report["bad_lines"], report["model_calls"]) == (2, 1, 2)
-    assert sorted(r[0] for r in db_rows(isolated_env, "SELECT query FROM entries")) == ["good one", "good two"]
+    assert sorted(entry.query for entry in stored(isolated_env)) == ["good one", "good two"]
 
 
 def test_usage_errors(isolated_env: Path, tmp_path: Path) -> None:
@@ -106,9 +106,8 @@ def test_live_warms_the_cache_through_the_ask_pipeline(ollama: FakeOllama, tmp_p
     assert ollama.generations == 12  # single-flight: a repeat never asks twice, even in parallel
     assert report["model_calls"] + report["hits"]["total"] == 16
     assert ollama.counts["/api/embed"] == 1  # one batched embedding call for all 16
-    assert db_rows(isolated_env, "SELECT count(*) FROM entries")[0][0] == 12
-    assert db_rows(isolated_env, "SELECT count(*) FROM entries WHERE dims = 768")[0][0] == 12
-    assert db_rows(isolated_env, "SELECT count(*) FROM requests")[0][0] == 16
+    assert [entry.dims for entry in stored(isolated_env)] == [768] * 12
+    assert len(logged(isolated_env)) == 16
     again = json.loads(run_cli("replay", str(path), "--json").stdout)["reports"][0]
     assert again["hits"]["exact"] == 16 and again["model_calls"] == 0 and ollama.generations == 12
     assert again["time_saved_s"] > 0 and again["tokens_saved"] > 0
@@ -121,7 +120,7 @@ def test_live_labels_make_wrong_answers_visible(ollama: FakeOllama, tmp_path: Pa
     report = json.loads(run_cli("replay", str(path), "-j", "1", "--json", *MINILM).stdout)["reports"][0]
     assert (report["hits"]["semantic"], report["correct_hits"], report["wrong_hits"]) == (2, 1, 1)
     assert report["wrong_answer_rate"] == pytest.approx(1 / 3) and report["precision"] == 0.5
-    assert json.loads(db_rows(isolated_env, "SELECT metadata FROM entries")[0][0]) == {"label": "a"}
+    assert stored(isolated_env)[0].metadata == {"label": "a"}
 
 
 def test_live_stops_on_an_unreachable_server(isolated_env: Path, tmp_path: Path) -> None:
@@ -142,7 +141,7 @@ def test_live_without_the_embedding_model_falls_back_to_the_exact_layer(ollama: 
         "semantic layer skipped"]
     report = json.loads(result.stdout)["reports"][0]
     assert (report["model_calls"], report["hits"]["exact"], report["hits"]["semantic"]) == (2, 1, 0)
-    assert db_rows(isolated_env, "SELECT count(*) FROM entries WHERE dims IS NULL")[0][0] == 2
+    assert sum(entry.dims is None for entry in stored(isolated_env)) == 2
 
 
 def test_live_embedding_failing_part_way_leaves_the_rest_to_ask_s_own_fallback(ollama: FakeOllama, tmp_path: Path,
@@ -155,8 +154,8 @@ def test_live_embedding_failing_part_way_leaves_the_rest_to_ask_s_own_fallback(o
     assert "the 44 queries left are embedded one at a time" in result.stderr
     assert "embedding runner crashed (HTTP 500)); semantic layer skipped" in result.stderr
     assert json.loads(result.stdout)["reports"][0]["queries"] == 300
-    assert db_rows(isolated_env, "SELECT count(*) FROM entries WHERE dims = 768")[0][0] == 256
-    assert db_rows(isolated_env, "SELECT count(*) FROM entries WHERE dims IS NULL")[0][0] == 44
+    dims = [entry.dims for entry in stored(isolated_env)]
+    assert dims.count(768) == 256 and dims.count(None) == 44
 
 
 # -- dry run and simulate ------------------------------------------------------------------
@@ -258,12 +257,13 @@ def test_from_log_replays_real_traffic(ollama: FakeOllama, isolated_env: Path) -
     result = run_cli("replay", "--from-log", "--dry-run", "--json")
     report = json.loads(result.stdout)["reports"][0]
     assert report["queries"] == 3 and report["hits"]["exact"] == 3
-    conn = sqlite3.connect(isolated_env)
-    conn.execute("UPDATE requests SET at = at - 7200 WHERE id <= 2")  # two of them two hours ago
-    conn.commit()
-    conn.close()
+    with cache_at(isolated_env) as store:  # and two asked two hours ago
+        for question in ("earlier one", "earlier two"):
+            store.log_request(LogRow(at=time.time() - 7200, path="model", query=question, namespace="default"))
+    everything = json.loads(run_cli("replay", "--from-log", "--dry-run", "--json").stdout)["reports"][0]
+    assert everything["queries"] == 5 and everything["misses"] == {"no_match": 2}
     recent = json.loads(run_cli("replay", "--from-log", "--since", "1h", "--dry-run", "--json").stdout)["reports"][0]
-    assert recent["queries"] == 1
+    assert recent["queries"] == 3
 
 
 # -- the baseline of ../shared/data/README.md ----------------------------------------------
@@ -299,7 +299,7 @@ def test_ctrl_c_stops_cleanly_keeping_what_was_stored(ollama: FakeOllama, tmp_pa
     assert err.decode() == ""
     assert out.decode().startswith("replay (live, interrupted): ")
     assert 2 <= len(_all_complete(isolated_env)) < 40
-    assert db_rows(isolated_env, "SELECT count(*) FROM claims")[0][0] == 0
+    assert all(claim_free(isolated_env, f"slow replay {n}x{n}") for n in range(40))
     assert _gone(proc.pid)
 
 
@@ -318,6 +318,8 @@ def _slow_replay(ollama: FakeOllama, tmp_path: Path, isolated_env: Path) -> subp
 
 
 def _stored_count(db: Path) -> int:
+    """Polled while the replay runs, read off the file: opening the store would create
+    or migrate it beside the replay."""
     if not db.exists():  # not created here: sqlite3 would make it with the test's umask
         return 0
     try:
@@ -339,10 +341,10 @@ def _group(pgid: int) -> dict[int, int]:
     return members
 
 
-def _all_complete(db: Path) -> list[sqlite3.Row]:
-    stored = db_rows(db, "SELECT query, response FROM entries")
-    assert all(response == f"This is the answer to: {query}" for query, response in stored)  # none partial
-    return stored
+def _all_complete(db: Path) -> list[Entry]:
+    entries = stored(db)
+    assert all(entry.response == f"This is the answer to: {entry.query}" for entry in entries)  # none partial
+    return entries
 
 
 def _gone(pgid: int, within_s: float = 10) -> bool:
@@ -362,7 +364,7 @@ def test_sigterm_to_the_whole_group_ends_every_worker_cleanly(ollama: FakeOllama
     assert proc.returncode == 143, err.decode()
     assert err.decode() == "semcache: error: terminated; nothing partial was stored\n"
     assert 2 <= len(_all_complete(isolated_env)) < 40
-    assert db_rows(isolated_env, "SELECT count(*) FROM claims")[0][0] == 0  # released, not left to expire
+    assert all(claim_free(isolated_env, f"slow replay {n}x{n}") for n in range(40))  # released, not left to expire
     assert _gone(proc.pid)
 
 

@@ -1,9 +1,11 @@
-"""The two-pass search (sign codes in chunk rows, then an exact re-rank) against a plain
-exact scan of every stored vector, on random data, through inserts, re-stores, deletes
-and purges: the fast path must find the same entry and never a deleted one."""
+"""The SQLite backend's two-pass search (sign codes in chunk rows, then an exact re-rank)
+on both of its paths, plain Python and numpy, against a plain exact scan of every stored
+vector, on random data, through inserts, re-stores, deletes and purges: the fast path
+must find the same entry and never a deleted one. The chunk layout is checked too."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from array import array
 from collections.abc import Sequence
@@ -11,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import db_rows
 
-from semcache_cli import config, policy, vectors
-from semcache_cli.engine import Engine, request_from
+from semcache_cli import policy, vectors
 from semcache_cli.purge import plan, purge
-from semcache_cli.selector import Selector
-from semcache_cli.store import SEARCH_CHUNK, SEARCH_TAIL, NewEntry, Store
+from semcache_cli.storage.models import NewEntry
+from semcache_cli.storage.selector import Selector
+from semcache_cli.storage.sqlite import SQLiteStore as Store
+from semcache_cli.storage.sqlite_index import SEARCH_CHUNK, SEARCH_TAIL
 
 DIMS = 384
 SCOPE = policy.Scope("default", "llama3.2").hash
@@ -27,26 +31,31 @@ def new(key: str, vector: array, created: float | None = None) -> NewEntry:
     return NewEntry(
         scope=SCOPE, exact_key=key, namespace="default", model="llama3.2:latest", system=None, options={},
         format=None, query=key, response=f"answer {key}", created_at=created or time.time(), ttl=None,
-        done_reason="stop", embed_model=MODEL, vector=vectors.encode(vector), dims=DIMS,
+        done_reason="stop", embed_model=MODEL, vector=vector,
     )
 
 
-def put(store: Store, key: str, vector: array) -> int:
-    return store.store_answer(new(key, vector))
+def put(store: Store, key: str, vector: array, created: float | None = None) -> int:
+    return store.store_answer(new(key, vector, created))
 
 
 def exact_best(store: Store, query: array) -> tuple[int, float]:
-    """The reference: every stored vector scored in numpy, the best one."""
-    ids, blob = store.vectors(SCOPE, MODEL, DIMS)
-    scores = np.frombuffer(blob, "<f4").reshape(len(ids), DIMS).astype(np.float64) @ np.asarray(query, np.float64)
+    """The reference: every stored vector, read from the file, scored in numpy."""
+    rows = db_rows(store.path, "SELECT entry_id, vector FROM entry_vectors")
+    ids = [r[0] for r in rows]
+    matrix = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(len(ids), DIMS).astype(np.float64)
+    scores = matrix @ np.asarray(query, np.float64)
     best = int(scores.argmax())
     return ids[best], float(scores[best])
 
 
-def fast_best(engine: Engine, query: array) -> tuple[int, float]:
-    request = request_from(config.load_settings({"embed_model": "all-minilm"}), "unused")
-    judged = next(engine._neighbours(request, SCOPE, query, time.time(), 1))
-    return judged.entry.id, judged.similarity
+def fast_best(store: Store, query: array) -> tuple[int, float]:
+    return store.nearest(SCOPE, MODEL, query, 1)[0]
+
+
+def chunk_ids(store: Store) -> list[int]:
+    return [i for r in db_rows(store.path, "SELECT ids FROM search_chunks ORDER BY chunk")
+            for i in np.frombuffer(r[0], "<i8").tolist()]
 
 
 def noisy(vector: Sequence[float], rng: np.random.Generator, cosine: float) -> array:
@@ -60,7 +69,7 @@ def noisy(vector: Sequence[float], rng: np.random.Generator, cosine: float) -> a
 
 @pytest.fixture(params=["python", "numpy"])
 def filled(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-           ) -> tuple[Store, Engine, dict[int, array], np.random.Generator]:
+           ) -> tuple[Store, dict[int, array], np.random.Generator]:
     # Both search paths: plain Python (a fresh `ask` on a small cache) and numpy.
     monkeypatch.setattr(vectors, "use_numpy", lambda count: request.param == "numpy")
     rng = np.random.default_rng(42)
@@ -68,66 +77,65 @@ def filled(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
     matrix = [vectors.unit_vector(v) for v in rng.standard_normal((2 * SEARCH_CHUNK + 300, DIMS))]
     # 2,000 in one transaction (store_many), then 348 single stores
     ids = store.store_many([new(f"k{i}", v, time.time() - 10_000 + i) for i, v in enumerate(matrix[:2000])])
-    ids += [put(store, f"k{i}", v) for i, v in enumerate(matrix[2000:], start=2000)]
+    ids += [put(store, f"k{i}", v, time.time() - 10_000) for i, v in enumerate(matrix[2000:], start=2000)]
     stored = dict(zip(ids, matrix, strict=True))
-    store.conn.execute("UPDATE entries SET created_at = created_at - 10000 WHERE id > 2000")
-    yield store, Engine(store, lambda: None), stored, rng  # type: ignore[arg-type,return-value]
+    yield store, stored, rng
     store.close()
 
 
-def agreement(engine: Engine, store: Store, stored: dict[int, array], rng: np.random.Generator,
-              count: int = 100) -> None:
+def agreement(store: Store, stored: dict[int, array], rng: np.random.Generator, count: int = 100) -> None:
     ids = list(stored)
     for _ in range(count):
         target = ids[int(rng.integers(len(ids)))]
         query = noisy(stored[target], rng, float(rng.uniform(0.55, 0.98)))
-        best_id, best_sim = fast_best(engine, query)
+        best_id, best_sim = fast_best(store, query)
         assert (best_id, pytest.approx(best_sim, abs=1e-6)) == exact_best(store, query)
         assert best_id in stored
 
 
 def test_fast_path_agrees_with_an_exact_scan(filled) -> None:
-    store, engine, stored, rng = filled
-    chunks = store.conn.execute("SELECT count, length(codes) FROM search_chunks ORDER BY chunk").fetchall()
+    store, stored, rng = filled
+    chunks = db_rows(store.path, "SELECT count, length(codes) FROM search_chunks ORDER BY chunk")
     # the bulk fills whole rows; single stores fill 64-code tails, each full tail folded
     # into the row before it while that has room (64 + 64 + ... = 320), then a new tail
     assert [tuple(r) for r in chunks] == [(1024, 1024 * 48), (976, 976 * 48), (320, 320 * 48), (28, 28 * 48)]
-    agreement(engine, store, stored, rng)
+    agreement(store, stored, rng)
 
 
 def test_after_restores_deletes_and_purges(filled) -> None:
-    store, engine, stored, rng = filled
+    store, stored, rng = filled
     # re-store 50 entries with new vectors (same ids): the old codes must not matter
     for entry_id in list(stored)[:50]:
         vector = vectors.unit_vector(rng.standard_normal(DIMS))
         assert put(store, f"k{entry_id - 1}", vector) == entry_id
         stored[entry_id] = vector
-    agreement(engine, store, stored, rng)
+    agreement(store, stored, rng)
     # delete 300 directly (as a crashed purge or another tool might): never served
     doomed = list(stored)[100:400]
-    with store.transaction():
-        store.conn.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in doomed])
+    conn = sqlite3.connect(store.path)
+    conn.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in doomed])
+    conn.commit()
+    conn.close()
     for entry_id in doomed:
         query = noisy(stored.pop(entry_id), rng, 0.99)
-        best_id, best_sim = fast_best(engine, query)
+        best_id, best_sim = fast_best(store, query)
         assert best_id != entry_id and best_id in stored
         assert best_sim < 0.5  # what remains is far: a miss either way
-    agreement(engine, store, stored, rng)
+    agreement(store, stored, rng)
     # purge through the purge code: chunks are compacted to exactly the live entries
     now = time.time()
     chosen = plan(store, Selector(older_than=5_000), now)
     purge(store, Selector(older_than=5_000), now, chosen)
     for entry_id in chosen.selected:
         stored.pop(entry_id, None)
-    ids, codes = store.search_codes(SCOPE, MODEL, DIMS)
-    assert sorted(np.frombuffer(ids, "<i8").tolist()) == sorted(stored)
-    assert len(codes) == 48 * len(stored)
-    agreement(engine, store, stored, rng)
+    assert sorted(chunk_ids(store)) == sorted(stored)
+    assert db_rows(store.path, "SELECT coalesce(sum(length(codes)), 0) FROM search_chunks")[0][0] == 48 * len(stored)
+    agreement(store, stored, rng)
     # and new entries after the purge land in the chunks too
     for i in range(40):
         vector = vectors.unit_vector(rng.standard_normal(DIMS))
         stored[put(store, f"new{i}", vector)] = vector
-    agreement(engine, store, stored, rng)
+    agreement(store, stored, rng)
 
 
 def test_codes_match_their_vectors() -> None:
@@ -179,9 +187,9 @@ def test_single_stores_fill_small_tails_that_fold_into_whole_rows(tmp_path: Path
     rng = np.random.default_rng(5)
     store = Store.open(tmp_path / "c.db")
     stored = {put(store, f"k{i}", v): v for i, v in enumerate(vectors.unit_vector(r) for r in rng.standard_normal((1100, DIMS)))}
-    rows = store.conn.execute("SELECT count FROM search_chunks ORDER BY chunk").fetchall()
+    rows = db_rows(store.path, "SELECT count FROM search_chunks ORDER BY chunk")
     assert [r[0] for r in rows] == [SEARCH_CHUNK, SEARCH_TAIL, 1100 - SEARCH_CHUNK - SEARCH_TAIL]
-    ids, codes = store.search_codes(SCOPE, MODEL, DIMS)
-    assert np.frombuffer(ids, "<i8").tolist() == sorted(stored)  # each once, in order
+    assert chunk_ids(store) == sorted(stored)  # each once, in order
+    codes = b"".join(r[0] for r in db_rows(store.path, "SELECT codes FROM search_chunks ORDER BY chunk"))
     assert codes == b"".join(vectors.sign_code(stored[i]) for i in sorted(stored))
     store.close()

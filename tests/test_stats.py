@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, run_proc
+from conftest import cache_at, run_cli, run_proc
 from fake_ollama import FakeOllama
 
-from semcache_cli import stats
-from semcache_cli.store import NewEntry, Store
+from semcache_cli import stats, vectors
+from semcache_cli.storage.models import LogRow, NewEntry
+from semcache_cli.storage.port import Store
 
 NOW = time.time()
 DAY = 86400.0
@@ -22,22 +23,21 @@ def entry(store: Store, query: str, *, namespace: str = "default", model: str = 
     return store.store_answer(NewEntry(
         scope=f"{namespace}/{model}", exact_key=query, namespace=namespace, model=model, system=None, options={},
         format=None, query=query, response=f"answer to {query}", created_at=NOW - age, ttl=ttl, done_reason="stop",
-        embed_model=embed_model, vector=b"\0" * 16 if embed_model else None, dims=4 if embed_model else None,
+        embed_model=embed_model, vector=vectors.unit_vector([0.5, 0.5, 0.5, 0.5]) if embed_model else None,
     ))
 
 
 def log(store: Store, path: str, latency_ms: float, *, age: float = 60.0, similarity: float | None = None,
         miss_reason: str | None = None, saved_s: float | None = None, saved_tokens: int | None = None,
         entry_id: int | None = None) -> None:
-    store.log_request({"at": NOW - age, "path": path, "latency_ms": latency_ms, "similarity": similarity,
-                       "miss_reason": miss_reason, "saved_s": saved_s, "saved_tokens": saved_tokens,
-                       "entry_id": entry_id, "namespace": "default", "model": "llama3.2"})
+    store.log_request(LogRow(at=NOW - age, path=path, latency_ms=latency_ms, similarity=similarity,
+                             miss_reason=miss_reason, saved_s=saved_s, saved_tokens=saved_tokens,
+                             entry_id=entry_id, namespace="default", model="llama3.2"))
 
 
 @pytest.fixture
 def known(isolated_env: Path) -> Path:
-    store = Store.open(isolated_env)
-    try:
+    with cache_at(isolated_env) as store:
         a = entry(store, "a", age=DAY)
         entry(store, "b", age=3 * DAY)
         entry(store, "c", namespace="team", age=8 * DAY)  # expired
@@ -54,9 +54,9 @@ def known(isolated_env: Path) -> Path:
         log(store, "model", 1900, miss_reason="bypass")  # --no-cache
         log(store, "error", 5, miss_reason="no_match")
         log(store, "exact", 3, age=30 * DAY, similarity=1.0, saved_s=9.0, saved_tokens=900)  # only in "all time"
-        store.conn.execute("UPDATE entries SET hits = 7 WHERE id = ?", (a,))
-    finally:
-        store.close()
+        for _ in range(7):  # hits on the entry, whose log rows are then trimmed: the log above stays as written
+            store.record_hit(a, NOW - 90 * DAY, LogRow(at=NOW - 90 * DAY, path="exact", latency_ms=1.0))
+        store.delete_log_before(NOW - 60 * DAY)
     return isolated_env
 
 

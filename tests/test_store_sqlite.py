@@ -1,4 +1,5 @@
-"""The SQLite store on a real file: schema, migrations, permissions, upserts."""
+"""The SQLite backend's own file: schema, migrations, permissions, the byte layout of
+vectors. What every backend must do is tested in test_store_contract.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import db_rows
+from conftest import db_rows, run_cli
+from fake_ollama import FakeOllama
 
 from semcache_cli import vectors
 from semcache_cli.errors import StoreError, UsageError
-from semcache_cli.store import SCHEMA_VERSION, NewEntry, Store
+from semcache_cli.storage.models import NewEntry
+from semcache_cli.storage.sqlite import SQLiteStore as Store
+from semcache_cli.storage.sqlite_schema import SCHEMA_VERSION
 
 
 def new_entry(query: str = "q", response: str = "a", vector: np.ndarray | None = None, **kw: object) -> NewEntry:
@@ -21,7 +25,7 @@ def new_entry(query: str = "q", response: str = "a", vector: np.ndarray | None =
                   done_reason="stop", completion_tokens=12, prompt_tokens=5, generation_s=2.5)
     fields.update(kw)
     if vector is not None:
-        fields.update(embed_model="all-minilm:latest", vector=vectors.encode(vector), dims=len(vector))
+        fields.update(embed_model="all-minilm:latest", vector=vector)
     return NewEntry(**fields)  # type: ignore[arg-type]
 
 
@@ -67,8 +71,8 @@ def test_a_version_1_file_is_upgraded_in_place_keeping_its_entries(tmp_path: Pat
     store = Store.open(path)
     assert store.get(entry_id).query == "kept"  # type: ignore[union-attr]
     assert db_rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 6
-    ids, codes = store.search_codes("s1", "all-minilm:latest", 2)  # derived from the old vectors
-    assert np.frombuffer(ids, "<i8").tolist() == [entry_id] and codes == bytes([0b10000000])
+    chunk = db_rows(path, "SELECT ids, codes FROM search_chunks")  # derived from the old vectors
+    assert np.frombuffer(chunk[0]["ids"], "<i8").tolist() == [entry_id] and chunk[0]["codes"] == bytes([0b10000000])
     assert db_rows(path, "SELECT count(*) FROM claims")[0][0] == 0
     assert "WITHOUT ROWID" in db_rows(path, "SELECT sql FROM sqlite_master WHERE name = 'claims'")[0][0]
     assert db_rows(path, "SELECT count(query) FROM requests")[0][0] == 0
@@ -103,38 +107,6 @@ def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path: Path)
     assert path.read_bytes() == before
 
 
-def test_upsert_replaces_the_answer_under_the_same_id(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "c.db")
-    first = store.store_answer(new_entry(response="old", vector=vectors.unit_vector([1, 0, 0])))
-    store.record_hit(first, 1500.0, {"path": "exact"})
-    second = store.store_answer(new_entry(response="new", created_at=2000.0))
-    assert second == first
-    entry = store.get(first)
-    assert entry is not None
-    assert (entry.response, entry.created_at, entry.expires_at, entry.hits) == ("new", 2000.0, 5600.0, 0)
-    assert db_rows(store.path, "SELECT count(*) FROM entries")[0][0] == 1
-    # the new state has no vector, so the old one must not linger
-    assert store.vectors("s1", "all-minilm:latest", 3) == ([], b"")
-
-
-def test_deleting_an_entry_deletes_its_vector(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "c.db")
-    entry_id = store.store_answer(new_entry(vector=vectors.unit_vector([0, 1, 0])))
-    assert store.vectors("s1", "all-minilm:latest", 3)[0] == [entry_id]
-    store.conn.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
-    assert store.vectors("s1", "all-minilm:latest", 3) == ([], b"")
-
-
-def test_vectors_are_only_compared_within_scope_model_and_dimension(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "c.db")
-    store.store_answer(new_entry("a", vector=vectors.unit_vector([1, 0, 0])))
-    store.store_answer(new_entry("b", scope="s2", vector=vectors.unit_vector([1, 0, 0])))
-    store.store_answer(new_entry("c", vector=vectors.unit_vector([1, 0, 0, 0])))
-    ids, blob = store.vectors("s1", "all-minilm:latest", 3)
-    assert len(ids) == 1 and len(blob) == 12
-    assert store.vectors("s1", "nomic-embed-text:latest", 3) == ([], b"")
-
-
 def test_stored_vectors_are_little_endian_float32_unit_length(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "c.db")
     store.store_answer(new_entry(vector=vectors.unit_vector([3.0, 4.0])))
@@ -150,8 +122,32 @@ def test_top_matches_orders_by_cosine() -> None:
     assert found[0][1] == pytest.approx(float(np.dot(query, rows[0])), abs=1e-6)
 
 
-def test_request_log_rows(tmp_path: Path) -> None:
+def test_deleting_an_entry_row_deletes_its_vector_row(tmp_path: Path) -> None:
+    # The trigger: entries deleted by another tool (or by hand) take their vectors along.
     store = Store.open(tmp_path / "c.db")
-    store.log_request({"path": "miss", "miss_reason": "no_match", "at": 5.0})
-    row = db_rows(store.path, "SELECT at, path, miss_reason FROM requests")[0]
-    assert tuple(row) == (5.0, "miss", "no_match")
+    store.store_answer(new_entry(vector=vectors.unit_vector([0, 1, 0])))
+    conn = sqlite3.connect(tmp_path / "c.db")
+    conn.execute("DELETE FROM entries")
+    conn.commit()
+    conn.close()
+    assert db_rows(tmp_path / "c.db", "SELECT count(*) FROM entry_vectors")[0][0] == 0
+    store.close()
+
+
+def test_a_cache_written_with_full_length_keys_keeps_answering(ollama: FakeOllama, isolated_env: Path) -> None:
+    question, paraphrase = "How do I reset my password?", "how do I reset my password please"
+    run_cli("ask", question)
+    conn = sqlite3.connect(isolated_env)  # back to schema 4: 64-character scope hashes and exact keys
+    for table, key in (("entries", True), ("entry_vectors", False), ("search_chunks", False), ("requests", True)):
+        conn.execute(f"UPDATE {table} SET scope = scope || '{'a' * 48}'"
+                     + (f", exact_key = exact_key || '{'b' * 32}'" if key else ""))
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm005_short_keys'")
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    assert "exact hit" in run_cli("ask", question).stderr
+    assert "semantic hit" in run_cli("ask", paraphrase).stderr
+    assert ollama.counts["/api/chat"] == 1
+    for table in ("entries", "entry_vectors", "search_chunks", "requests"):
+        assert {len(r[0]) for r in db_rows(isolated_env, f"SELECT scope FROM {table}")} == {16}, table
+    assert {len(r[0]) for r in db_rows(isolated_env, "SELECT exact_key FROM entries")} == {32}

@@ -1,0 +1,92 @@
+"""What every replay mode shares (replay.py runs them; live_replay.py runs the live one
+on worker processes): the queries, the per-query result rows, the stop signal, and the
+embeddings batched through /api/embed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from semcache_cli.engine import embedding_text
+from semcache_cli.errors import SemcacheError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from semcache_cli.config import Settings
+
+EMBED_BATCH = 256
+
+
+@dataclass(frozen=True)
+class ReplayQuery:
+    line: int
+    query: str
+    label: str | None = None
+    model: str | None = None
+    system: str | None = None
+    namespace: str | None = None
+
+
+def settings_for(settings: Settings, item: ReplayQuery) -> Settings:
+    overrides = {name: getattr(item, name) for name in ("model", "system", "namespace") if getattr(item, name)}
+    return replace(settings, **overrides) if overrides else settings
+
+
+@dataclass
+class Row:
+    """What one query got: the per-query line of --out."""
+
+    line: int
+    query: str
+    label: str | None
+    source: str  # exact | semantic | model (live miss) | miss (dry run, simulate: no call) | error
+    miss_reason: str | None = None
+    matched: int | None = None  # entry id (live, dry run) or line of the stored query (simulate)
+    matched_label: str | None = None
+    similarity: float | None = None
+    confidence: float | None = None
+    error: str | None = None
+    saved_s: float | None = None
+    saved_tokens: int | None = None
+    threshold: float | None = None
+
+    @property
+    def hit(self) -> bool:
+        return self.source in ("exact", "semantic")
+
+    @property
+    def correct(self) -> bool | None:
+        if not self.hit or self.label is None or self.matched_label is None:
+            return None
+        return self.label == self.matched_label
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["similarity"] = None if self.similarity is None else round(self.similarity, 6)
+        data["confidence"] = None if self.confidence is None else round(self.confidence, 6)
+        return data
+
+
+def embed_batches(client: Any, embed_model: str, texts: list[str]) -> Iterator[np.ndarray]:
+    """Unit float32 vectors of the texts, a block per /api/embed call of EMBED_BATCH."""
+    import numpy as np
+
+    dims: int | None = None
+    for start in range(0, len(texts), EMBED_BATCH):
+        batch = [embedding_text(embed_model, t) for t in texts[start:start + EMBED_BATCH]]
+        block = client.embed(embed_model, batch)
+        if dims is not None and len(block[0]) != dims:
+            raise SemcacheError(f"{embed_model} returned embeddings of different lengths")
+        dims = len(block[0])
+        matrix = np.frombuffer(b"".join(block), dtype=np.float32).reshape(len(batch), -1)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise SemcacheError(f"{embed_model} returned an empty or zero embedding")
+        yield matrix / norms  # unit length, as vectors.unit_vector makes them one at a time
+
+
+class Stopped(BaseException):
+    """Raised inside a streaming generation when the replay is interrupted, so the
+    partial answer is dropped (never stored) and the claim released."""

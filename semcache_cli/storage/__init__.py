@@ -1,0 +1,29 @@
+"""The cache store: the port every layer above uses (port.py), the records that cross it
+(models.py), and its backends. `open_store` picks the backend from the database setting,
+so nothing above this package names one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from semcache_cli.config import is_database_url
+from semcache_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from semcache_cli.config import Settings
+    from semcache_cli.storage.port import Store
+
+
+def open_store(settings: Settings, warn: Callable[[str], None] | None = None) -> Store:
+    """The store the settings name, created and migrated as needed (only the default
+    location's directory is created on demand)."""
+    location = settings.db
+    if is_database_url(location):
+        scheme = location.split("://", 1)[0]
+        raise UsageError(f"--db: {scheme}:// databases are not supported (give a file path)")
+    from semcache_cli.storage.sqlite import SQLiteStore
+
+    return SQLiteStore.open(Path(location), create_parent=settings.db_is_default, warn=warn)

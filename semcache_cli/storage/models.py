@@ -1,0 +1,171 @@
+"""The records that cross the storage port, each defined once: a stored entry, an answer
+to store, a request-log row, and the aggregates `stats` reads (the Selector is in
+selector.py, which an ask never loads). NamedTuples where nothing changes them: each
+dataclass costs every process ~0.3 ms to define, a NamedTuple a quarter of that.
+
+Vectors cross the port as sequences of floats (an `array('f')` or a numpy row), unit
+length; how a backend keeps them (float32 blobs, pgvector columns) is its own affair.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from semcache_cli.errors import UnreadableEntry
+
+
+class Entry(NamedTuple):
+    """One stored answer, as every backend returns it."""
+
+    id: int
+    scope: str
+    exact_key: str
+    namespace: str
+    model: str
+    system: str | None
+    options: dict[str, Any]
+    format: Any
+    query: str
+    response: str
+    embed_model: str | None
+    dims: int | None
+    created_at: float
+    ttl: float | None
+    expires_at: float | None
+    hits: int
+    last_hit_at: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    generation_s: float | None
+    done_reason: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def from_stored(cls, values: Sequence[Any]) -> Entry:
+        """An entry from its stored values in ENTRY_FIELDS order, the JSON fields as text.
+        A row that does not decode is UnreadableEntry, never a half-built entry."""
+        data = dict(zip(ENTRY_FIELDS, values, strict=True))
+        try:
+            data["options"] = json.loads(data["options"] or "{}")
+            data["format"] = json.loads(data["format"]) if data["format"] else None
+            data["metadata"] = json.loads(data["metadata"] or "{}")
+        except (TypeError, ValueError):
+            raise UnreadableEntry(data["id"]) from None
+        return cls(**data)
+
+    @property
+    def saved_tokens(self) -> int:
+        return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
+
+
+ENTRY_FIELDS: tuple[str, ...] = Entry._fields
+# The fields an answer is stored with (all but the id), in the order of stored_values().
+STORED_FIELDS: tuple[str, ...] = ENTRY_FIELDS[1:]
+JSON_FIELDS = frozenset({"options", "format", "metadata"})
+
+
+@dataclass
+class NewEntry:
+    """An answer to store, with what Ollama's final chunk said about it. `vector` is the
+    question's unit embedding (or None: stored without one)."""
+
+    scope: str
+    exact_key: str
+    namespace: str
+    model: str
+    system: str | None
+    options: dict[str, Any]
+    format: Any
+    query: str
+    response: str
+    created_at: float
+    ttl: float | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    generation_s: float | None = None
+    done_reason: str | None = None
+    metadata: dict[str, Any] | None = None
+    embed_model: str | None = None
+    vector: Sequence[float] | None = None
+
+    @property
+    def dims(self) -> int | None:
+        return len(self.vector) if self.vector is not None else None
+
+    def stored_values(self) -> tuple[Any, ...]:
+        """The values of STORED_FIELDS for this answer, JSON fields as text: a new entry
+        has no hits yet."""
+        has_vector = self.vector is not None
+        values = {
+            "scope": self.scope, "exact_key": self.exact_key, "namespace": self.namespace, "model": self.model,
+            "system": self.system, "options": json.dumps(self.options, sort_keys=True),
+            "format": json.dumps(self.format) if self.format is not None else None,
+            "query": self.query, "response": self.response,
+            "embed_model": self.embed_model if has_vector else None, "dims": self.dims,
+            "created_at": self.created_at, "ttl": self.ttl,
+            "expires_at": None if self.ttl is None else self.created_at + self.ttl,
+            "hits": 0, "last_hit_at": None, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "generation_s": self.generation_s,
+            "done_reason": self.done_reason, "metadata": json.dumps(self.metadata or {}, sort_keys=True),
+        }
+        return tuple(values[name] for name in STORED_FIELDS)
+
+
+class LogRow(NamedTuple):
+    """One row of the request log: what one ask did. `id` is the store's, once logged."""
+
+    at: float
+    path: str  # exact | semantic | model | miss | error
+    namespace: str | None = None
+    model: str | None = None
+    embed_model: str | None = None
+    scope: str | None = None
+    exact_key: str | None = None
+    query: str | None = None
+    entry_id: int | None = None
+    similarity: float | None = None
+    confidence: float | None = None
+    miss_reason: str | None = None
+    latency_ms: float | None = None
+    saved_s: float | None = None
+    saved_tokens: int | None = None
+    error: str | None = None
+    id: int | None = None  # last: a row's other values are row[:-1], in LOG_FIELDS order
+
+
+# The fields a row is logged with, in this order (the id is the store's to give).
+LOG_FIELDS: tuple[str, ...] = LogRow._fields[:-1]
+
+
+SORTS = ("newest", "oldest", "hits", "last-hit")
+
+
+class EntryCounts(NamedTuple):
+    total: int
+    expired: int
+    oldest: float | None
+    newest: float | None
+    by_namespace: dict[str, int]
+    by_model: dict[str, int]
+    by_embed_model: dict[str, int]
+
+
+class RequestCounts(NamedTuple):
+    """The request log's counts over a window, as stored (stats.py derives the rest)."""
+
+    by_path: dict[str, int]
+    misses_by_reason: dict[str, int]  # misses that asked the cache (bypasses apart)
+    bypasses: int
+    saved_s: float
+    saved_tokens: int
+    latencies_ms: dict[str, list[float]]  # by path, ascending
+
+
+class TopEntry(NamedTuple):
+    id: int
+    hits: int
+    query: str

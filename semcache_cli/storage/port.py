@@ -1,0 +1,154 @@
+"""The storage port: everything the layers above ask of a cache store, as one typed
+Protocol. Backends (storage/sqlite.py, the default single file; more to come) implement
+it; nothing above storage/ sees SQL, a connection or a backend's exception.
+
+Shaped by what the callers do, not by tables:
+- ask: find_exact, nearest (the search index is the backend's own), get, store_answer,
+  record_hit, log_request, and the single-flight claims;
+- inspect: entries (streamed), vector_of;
+- purge: select_ids, lru_ids, delete, delete_log_before, the size accounting
+  (used_bytes, entry_sizes, log_bytes), compact, vacuum;
+- stats: entry_counts, request_counts, similarity_samples, top_entries, disk_bytes;
+- replay: request_log, store_many (bulk warming, benchmarks, copies).
+
+Every failure of the backend reaches the caller as a StoreError (errors.py), with a
+message that says what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from semcache_cli.storage.models import (
+    Entry,
+    EntryCounts,
+    LogRow,
+    NewEntry,
+    RequestCounts,
+    TopEntry,
+)
+from semcache_cli.storage.selector import Selector
+
+
+class Store(Protocol):
+    location: str  # what to call it in messages: a path, or a URL without its password
+
+    # -- the ask path ------------------------------------------------------------------
+
+    def find_exact(self, scope: str, key: str) -> Entry | None:
+        """The entry of this scope stored under this exact key."""
+
+    def get(self, entry_id: int) -> Entry | None:
+        """The entry with this id; None when it is gone (purged meanwhile)."""
+
+    def nearest(self, scope: str, embed_model: str, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
+        """Up to k (entry id, cosine) of the entries of this scope embedded with this model
+        at this dimension, most similar first. Never another scope, model or dimension."""
+
+    def store_answer(self, new: NewEntry, request: LogRow | None = None, claim_owner: str | None = None) -> int:
+        """Upsert on (scope, exact key): a fresh answer replaces the old one under the same
+        id. With `request`, its log row goes in the same transaction (with the entry id);
+        with `claim_owner`, that owner's claim on the question is released with it."""
+
+    def store_many(self, news: list[NewEntry]) -> list[int]:
+        """Insert many new answers (new exact keys) at once. Returns their ids."""
+
+    def record_hit(self, entry_id: int, now: float, request: LogRow) -> None:
+        """Count a hit on the entry and log the request, together."""
+
+    def log_request(self, request: LogRow) -> None:
+        ...
+
+    # -- single-flight claims ----------------------------------------------------------
+
+    def take_claim(self, scope: str, key: str, owner: str, host: str, pid: int, now: float, lease_s: float) -> bool:
+        """Claim answering (scope, key) for `owner` unless another holds a live claim; a
+        claim whose lease ran out (or whose holder the backend can tell is gone) is taken
+        over. True when `owner` holds it now."""
+
+    def renew_claim(self, scope: str, key: str, owner: str, expires_at: float) -> None:
+        ...
+
+    def release_claim(self, scope: str, key: str, owner: str) -> None:
+        ...
+
+    # -- listing and selecting ---------------------------------------------------------
+
+    def entries(self, selector: Selector, now: float, sort: str = "newest", limit: int = 0,
+                with_vectors: bool = False) -> Iterator[tuple[Entry, Sequence[float] | None]]:
+        """Entries matching the selector in `sort` order (models.SORTS), streamed; with
+        their vectors when asked. limit 0: all."""
+
+    def vector_of(self, entry_id: int) -> Sequence[float] | None:
+        ...
+
+    def count(self) -> int:
+        ...
+
+    def select_ids(self, selector: Selector, now: float) -> list[int]:
+        """Ids of the entries matching a non-empty selector, ascending."""
+
+    def lru_ids(self) -> list[int]:
+        """Every entry id, most recently used (last hit, else creation) first."""
+
+    def delete(self, ids: list[int], recheck: Selector, now: float) -> int:
+        """Delete those of `ids` that still match `recheck` (an entry refreshed since it
+        was chosen is kept), in short batches. Returns how many went."""
+
+    def delete_log_before(self, at: float) -> int:
+        ...
+
+    def request_log(self, since: float | None = None) -> Iterator[LogRow]:
+        """The request log's rows (with their ids) in the order they were logged."""
+
+    # -- stats -------------------------------------------------------------------------
+
+    def entry_counts(self, now: float) -> EntryCounts:
+        ...
+
+    def request_counts(self, since: float | None) -> RequestCounts:
+        ...
+
+    def similarity_samples(self, since: float | None, low: float, threshold: float) -> list[tuple[str, float]]:
+        """(path, similarity) of semantic hits at or above `low`, and of no_match misses
+        from `low` up to `threshold`."""
+
+    def top_entries(self, limit: int) -> list[TopEntry]:
+        ...
+
+    # -- size and maintenance ----------------------------------------------------------
+
+    def disk_bytes(self) -> int:
+        """What the store takes on disk."""
+
+    def used_bytes(self) -> int:
+        """What its data takes, in the backend's own terms (pages in use, relation sizes):
+        the figure --max-size bounds."""
+
+    def entry_sizes(self) -> list[tuple[int, int]]:
+        """(id, bytes of data) of every entry with its vector, least recently used first."""
+
+    def log_bytes(self) -> int:
+        """Bytes of data of the request log."""
+
+    def compact(self) -> None:
+        """Tidy the search index after deletions."""
+
+    def vacuum(self) -> None:
+        """Give the freed space back to the disk."""
+
+    def checkpoint(self) -> None:
+        """Fold any write-ahead log into the store, after a command that wrote a lot."""
+
+    def reopen(self) -> Store:
+        """Another connection to the same store, for another thread."""
+
+    def close(self) -> None:
+        ...
+
+    def __enter__(self) -> Store:
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Closes the store."""
