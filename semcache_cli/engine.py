@@ -281,7 +281,7 @@ class Engine:
             if req.lookup and req.store:
                 from semcache_cli.singleflight import Claim
 
-                claim = Claim(self.store, scope_hash, key, self.clock)
+                claim = Claim(self.store, scope_hash, key)
                 answered = self._claim_or_wait(req, claim)
                 if answered is not None:
                     return self._served(ask, answered)

@@ -20,7 +20,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from semcache_cli.errors import SemcacheError
@@ -68,7 +67,7 @@ class _LeaseKeeper:
                 try:
                     if location not in connections:
                         connections[location] = claim.store.reopen()
-                    connections[location].renew_claim(claim.scope, claim.key, claim.owner, time.time() + LEASE_S)
+                    connections[location].renew_claim(claim.scope, claim.key, claim.owner, LEASE_S)
                 except SemcacheError:
                     pass  # the next round tries again; the lease is long enough for a miss
             for location in connections.keys() - {c.store.location for c in held}:
@@ -81,11 +80,10 @@ _leases = _LeaseKeeper()
 class Claim:
     """This process's claim on answering one (scope, exact key)."""
 
-    def __init__(self, store: Store, scope: str, key: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, scope: str, key: str) -> None:
         self.store = store
         self.scope = scope
         self.key = key
-        self.clock = clock
         self.owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.held = False
 
@@ -95,8 +93,7 @@ class Claim:
         # the return still leaves the caller's `release` a claim to delete (deleting one
         # never committed is harmless).
         self.held = True
-        self.held = taken = self.store.take_claim(self.scope, self.key, self.owner, HOST, os.getpid(),
-                                                  self.clock(), LEASE_S)
+        self.held = taken = self.store.take_claim(self.scope, self.key, self.owner, HOST, os.getpid(), LEASE_S)
         if taken:
             _leases.hold(self)
         return taken

@@ -145,7 +145,7 @@ def claim_free(db: Path | str, question: str, namespace: str = "default", model:
 
     scope, key = policy.Scope(namespace, model).hash, policy.exact_key(question)
     with cache_at(db) as store:
-        if not store.take_claim(scope, key, "test-probe", "test-host", os.getpid(), time.time(), 1.0):
+        if not store.take_claim(scope, key, "test-probe", "test-host", os.getpid(), 1.0):
             return False
         store.release_claim(scope, key, "test-probe")
         return True

@@ -184,28 +184,31 @@ def test_nearest_agrees_with_an_exact_scan_through_restores_and_deletes(backend_
 # -- claims --------------------------------------------------------------------------------
 
 def test_a_claim_is_held_by_one_owner_until_released(backend_store: Store) -> None:
-    assert backend_store.take_claim("s1", "k", "me", "host-a", 1, NOW, 15.0)
-    assert not backend_store.take_claim("s1", "k", "you", "host-b", 2, NOW + 1, 15.0)
-    assert backend_store.take_claim("s1", "other question", "you", "host-b", 2, NOW + 1, 15.0)
+    assert backend_store.take_claim("s1", "k", "me", "host-a", 1, 15.0)
+    assert not backend_store.take_claim("s1", "k", "you", "host-b", 2, 15.0)
+    assert backend_store.take_claim("s1", "other question", "you", "host-b", 2, 15.0)
     backend_store.release_claim("s1", "k", "you")  # not yours: no effect
-    assert not backend_store.take_claim("s1", "k", "you", "host-b", 2, NOW + 2, 15.0)
+    assert not backend_store.take_claim("s1", "k", "you", "host-b", 2, 15.0)
     backend_store.release_claim("s1", "k", "me")
-    assert backend_store.take_claim("s1", "k", "you", "host-b", 2, NOW + 3, 15.0)
+    assert backend_store.take_claim("s1", "k", "you", "host-b", 2, 15.0)
 
 
 def test_a_claim_whose_lease_ran_out_is_taken_over_unless_renewed(backend_store: Store) -> None:
-    assert backend_store.take_claim("s1", "k", "me", "host-a", 1, NOW, 15.0)
-    backend_store.renew_claim("s1", "k", "me", NOW + 30)
-    assert not backend_store.take_claim("s1", "k", "you", "host-b", 2, NOW + 20, 15.0)  # renewed past 15 s
-    assert backend_store.take_claim("s1", "k", "you", "host-b", 2, NOW + 31, 15.0)
-    backend_store.renew_claim("s1", "k", "me", NOW + 100)  # no longer mine: no effect
-    assert backend_store.take_claim("s1", "k", "third", "host-c", 3, NOW + 47, 15.0)
+    assert backend_store.take_claim("s1", "k", "me", "host-a", 1, 0.4)
+    backend_store.renew_claim("s1", "k", "me", 15.0)
+    time.sleep(0.5)  # past the first lease, not the renewed one
+    assert not backend_store.take_claim("s1", "k", "you", "host-b", 2, 0.4)
+    backend_store.renew_claim("s1", "k", "me", 0.2)  # shortened, then run out
+    time.sleep(0.3)
+    assert backend_store.take_claim("s1", "k", "you", "host-b", 2, 15.0)
+    backend_store.renew_claim("s1", "k", "me", 0.0)  # no longer mine: no effect
+    assert not backend_store.take_claim("s1", "k", "third", "host-c", 3, 15.0)
 
 
 def test_storing_the_answer_releases_its_claim(backend_store: Store) -> None:
-    assert backend_store.take_claim("s1", "k-q", "me", "host-a", 1, NOW, 15.0)
+    assert backend_store.take_claim("s1", "k-q", "me", "host-a", 1, 15.0)
     backend_store.store_answer(answer("q"), claim_owner="me")
-    assert backend_store.take_claim("s1", "k-q", "you", "host-b", 2, NOW + 1, 15.0)
+    assert backend_store.take_claim("s1", "k-q", "you", "host-b", 2, 15.0)
 
 
 # -- selecting, listing, deleting ----------------------------------------------------------
@@ -354,8 +357,8 @@ def test_another_connection_sees_the_same_store(backend_store: Store) -> None:
     other = backend_store.reopen()
     try:
         assert other.get(entry_id) == backend_store.get(entry_id)
-        assert other.take_claim("s1", "k", "me", "host-a", 1, time.time(), 15.0)
-        assert not backend_store.take_claim("s1", "k", "you", "host-b", 2, time.time(), 15.0)
+        assert other.take_claim("s1", "k", "me", "host-a", 1, 15.0)
+        assert not backend_store.take_claim("s1", "k", "you", "host-b", 2, 15.0)
         other.checkpoint()
     finally:
         other.close()

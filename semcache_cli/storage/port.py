@@ -62,13 +62,14 @@ class Store(Protocol):
 
     # -- single-flight claims ----------------------------------------------------------
 
-    def take_claim(self, scope: str, key: str, owner: str, host: str, pid: int, now: float, lease_s: float) -> bool:
-        """Claim answering (scope, key) for `owner` unless another holds a live claim; a
-        claim whose lease ran out (or whose holder the backend can tell is gone) is taken
-        over. True when `owner` holds it now."""
+    def take_claim(self, scope: str, key: str, owner: str, host: str, pid: int, lease_s: float) -> bool:
+        """Claim answering (scope, key) for `owner`, for lease_s seconds, unless another
+        holds a live claim; a claim whose lease ran out (or whose holder the backend can
+        tell is gone) is taken over. True when `owner` holds it now. Leases run on the
+        store's own clock: a shared store's clients need not agree on the time."""
 
-    def renew_claim(self, scope: str, key: str, owner: str, expires_at: float) -> None:
-        ...
+    def renew_claim(self, scope: str, key: str, owner: str, lease_s: float) -> None:
+        """The owner's claim now lasts lease_s more seconds; no effect on anyone else's."""
 
     def release_claim(self, scope: str, key: str, owner: str) -> None:
         ...

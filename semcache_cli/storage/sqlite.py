@@ -344,7 +344,8 @@ class SQLiteStore:
 
     # -- single-flight claims ----------------------------------------------------------
 
-    def take_claim(self, scope: str, key: str, owner: str, host: str, pid: int, now: float, lease_s: float) -> bool:
+    def take_claim(self, scope: str, key: str, owner: str, host: str, pid: int, lease_s: float) -> bool:
+        now = time.time()
         with self._write():
             row = self._conn.execute(
                 "SELECT host, pid, expires_at FROM claims WHERE scope = ? AND exact_key = ?", (scope, key)
@@ -359,9 +360,9 @@ class SQLiteStore:
             )
         return True
 
-    def renew_claim(self, scope: str, key: str, owner: str, expires_at: float) -> None:
+    def renew_claim(self, scope: str, key: str, owner: str, lease_s: float) -> None:
         self._conn.execute("UPDATE claims SET expires_at = ? WHERE scope = ? AND exact_key = ? AND owner = ?",
-                           (expires_at, scope, key, owner))
+                           (time.time() + lease_s, scope, key, owner))
 
     def release_claim(self, scope: str, key: str, owner: str) -> None:
         with self._write():
