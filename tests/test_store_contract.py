@@ -335,7 +335,7 @@ def test_request_counts_over_a_window(backend_store: Store) -> None:
 def test_size_accounting_follows_the_data(backend_store: Store) -> None:
     rng = np.random.default_rng(1)
     empty_log = backend_store.log_bytes()
-    ids = backend_store.store_many([answer(f"q{i}", "x" * 2000, vector=unit(v))
+    ids = backend_store.store_many([answer(f"q{i}", rng.bytes(1000).hex(), vector=unit(v))  # incompressible
                                     for i, v in enumerate(rng.standard_normal((400, 384)))])
     for _ in range(50):
         backend_store.log_request(LogRow(at=NOW, path="miss", query="a logged question " * 10))

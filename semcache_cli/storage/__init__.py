@@ -22,8 +22,15 @@ def open_store(settings: Settings, warn: Callable[[str], None] | None = None) ->
     location's directory is created on demand)."""
     location = settings.db
     if is_database_url(location):
-        scheme = location.split("://", 1)[0]
-        raise UsageError(f"--db: {scheme}:// databases are not supported (give a file path)")
+        scheme = location.split("://", 1)[0].lower()
+        if scheme not in ("postgresql", "postgres"):
+            raise UsageError(f"--db: {scheme}:// is not a kind of store semcache knows (a file path, or postgresql://)")
+        try:
+            from semcache_cli.storage.postgres import PostgresStore
+        except ImportError:  # psycopg is an optional extra; the SQLite path never imports it
+            raise UsageError("postgresql:// stores need the PostgreSQL extra: pip install 'semcache-cli[postgres]'") \
+                from None
+        return PostgresStore.open(location, settings.timeout)
     from semcache_cli.storage.sqlite import SQLiteStore
 
     return SQLiteStore.open(Path(location), create_parent=settings.db_is_default, warn=warn)

@@ -11,19 +11,18 @@ Design choices:
   processes ask at once beside a cron purge.
 - The file is created 0600 in a 0700 directory: it holds people's prompts.
 - Every sqlite3 error leaving a public method becomes a StoreError saying what to do
-  (`_translating`): the disk is full, the file is locked, damaged, or read-only.
+  (`store_error`): the disk is full, the file is locked, damaged, or read-only.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from semcache_cli import policy
 from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, UsageError
@@ -39,6 +38,7 @@ from semcache_cli.storage.models import (
     TopEntry,
 )
 from semcache_cli.storage.sqlite_schema import SCHEMA_VERSION, migration_set
+from semcache_cli.storage.translate import translating
 
 if TYPE_CHECKING:
     from semcache_cli.storage.selector import Selector
@@ -63,10 +63,9 @@ _SORTS = {
     "hits": "hits DESC, id DESC",
     "last-hit": "last_hit_at IS NULL, last_hit_at DESC, id DESC",
 }
-_CO_GENERATOR = 0x20  # inspect.CO_GENERATOR, without importing inspect on every ask
 
 
-def store_error(exc: sqlite3.Error, location: str) -> StoreError:
+def store_error(exc: BaseException, location: str) -> StoreError:
     """What a sqlite3 error means to the user, by SQLite's own result code."""
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     if code == 13:  # SQLITE_FULL
@@ -80,39 +79,6 @@ def store_error(exc: sqlite3.Error, location: str) -> StoreError:
         return StoreDamaged(f"the cache database {location} is damaged ({exc}); move it aside "
                             "(semcache starts a new one) or restore a backup")
     return StoreError(f"cannot use the cache database {location}: {exc}")
-
-
-_Method = TypeVar("_Method", bound=Callable[..., Any])
-
-
-def _translated(method: _Method) -> _Method:
-    if method.__code__.co_flags & _CO_GENERATOR:
-        @functools.wraps(method)
-        def stream(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
-            try:
-                yield from method(self, *args, **kwargs)
-            except sqlite3.Error as exc:
-                raise store_error(exc, self.location) from None
-        return stream  # type: ignore[return-value]
-
-    @functools.wraps(method)
-    def call(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise store_error(exc, self.location) from None
-    return call  # type: ignore[return-value]
-
-
-_ClassT = TypeVar("_ClassT", bound=type)
-
-
-def _translating(cls: _ClassT) -> _ClassT:
-    """Every public method of the class translates sqlite3 errors into StoreErrors."""
-    for name, member in list(vars(cls).items()):
-        if not name.startswith("_") and callable(member) and hasattr(member, "__code__"):
-            setattr(cls, name, _translated(member))
-    return cls
 
 
 def _create_private_file(path: Path, create_parent: bool) -> None:
@@ -165,7 +131,7 @@ def _window(since: float | None) -> tuple[str, list[Any]]:
     return ("at >= ?", [since]) if since is not None else ("TRUE", [])
 
 
-@_translating
+@translating(sqlite3.Error, lambda store, exc: store_error(exc, store.location))
 class SQLiteStore:
     """One connection to the cache file (one per process, or per thread: `reopen`)."""
 

@@ -1,0 +1,677 @@
+"""The shared store: PostgreSQL with pgvector, one cache for a team, a fleet of CI
+runners or several machines (`--db postgresql://user@host/db`).
+
+Design choices:
+- psycopg 3 in autocommit mode, no prepared statements and no session state, so it
+  works through a transaction-pooling PgBouncer. Each operation is one statement
+  (writable CTEs chain an upsert, its vector, its log row and the release of its claim)
+  or one explicit transaction.
+- A schema of its own (`semcache`, or `?schema=NAME` in the URL), versioned in its `meta`
+  table and migrated under a transaction-level advisory lock, so many first users at
+  once are safe. `CREATE EXTENSION vector` only when it is missing.
+- Vectors in one table, in an untyped pgvector column kept inline (storage MAIN), with
+  one HNSW cosine index per (embedding model, dimension): a partial index on the column
+  cast to that dimension (halfvec above 2,000 dimensions, none above 4,000). A lookup in
+  a scope of at most EXACT_UP_TO vectors is an exact scan (a filtered ANN scan of a small
+  scope can return too few rows); a larger one uses the index, with pgvector 0.8's
+  iterative scan so the scope filter still yields enough rows, and falls back to an exact
+  scan when it returns fewer than asked.
+- Single-flight claims are leases in a table, on the server's clock, renewed by a
+  heartbeat: they outlive neither their holder (the lease runs out) nor a pooler's
+  reassignment of server connections, as session advisory locks would.
+- The password never leaves: `location` is the URL with it masked, and every message
+  built from a server error is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from semcache_cli import policy
+from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, StoreUnreachable, UsageError
+from semcache_cli.storage.models import (
+    ENTRY_FIELDS,
+    LOG_FIELDS,
+    STORED_FIELDS,
+    Entry,
+    EntryCounts,
+    LogRow,
+    NewEntry,
+    RequestCounts,
+    TopEntry,
+)
+from semcache_cli.storage.translate import translating
+
+if TYPE_CHECKING:
+    from semcache_cli.storage.selector import Selector
+
+SCHEMA_VERSION = 1
+DEFAULT_SCHEMA = "semcache"
+EXACT_UP_TO = 5_000  # vectors in a scope searched exactly, without the index
+HNSW_MAX_DIMS = {"vector": 2_000, "halfvec": 4_000}  # pgvector's limits for an HNSW index
+EF_SEARCH = 100
+EF_SEARCH_WITHOUT_ITERATIVE = 400  # pgvector before 0.8: a wider search instead
+DELETE_BATCH = 500
+ROW_OVERHEAD = 28  # a heap tuple's header and line pointer, beside its data
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_SORTS = {
+    "newest": "created_at DESC, id DESC",
+    "oldest": "created_at ASC, id ASC",
+    "hits": "hits DESC, id DESC",
+    "last-hit": "last_hit_at IS NULL, last_hit_at DESC, id DESC",
+}
+_NOW = "extract(epoch FROM clock_timestamp())"
+
+
+def parse_url(url: str) -> tuple[str, str, str]:
+    """(what libpq is given, the schema, the URL as it may be shown). `schema` is
+    semcache's own query parameter, taken out before libpq sees the URL."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        raise UsageError("--db: not a usable postgresql:// URL") from None
+    schema = DEFAULT_SCHEMA
+    kept = []
+    for name, value in query:
+        if name == "schema":
+            schema = value
+        else:
+            kept.append((name, value))
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise UsageError(f"--db: schema={schema!r} is not a plain lower-case name (letters, digits, _)")
+    conninfo = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
+    return conninfo, schema, masked_url(url)
+
+
+def masked_url(url: str) -> str:
+    """The URL with any password in it (user:password@ or password=) shown as ***."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{hosts}"
+    query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _password(conninfo: str) -> str | None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return conninfo_to_dict(conninfo).get("password")  # type: ignore[return-value]
+    except psycopg.Error:  # libpq cannot parse it: refused before any message could show it
+        return None
+
+
+def store_error(store: PostgresStore, exc: BaseException) -> StoreError:
+    return server_error(exc, store.location, store.secret, store.timeout_s)
+
+
+def server_error(exc: BaseException, location: str, secret: str | None, timeout_s: float) -> StoreError:
+    """What a psycopg error means to the user, by SQLSTATE; one line, never the password."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if secret:
+        text = text.replace(secret, "***")
+    state = getattr(exc, "sqlstate", None) or ""
+    if state == "57014":  # query_canceled: the statement timeout
+        return StoreUnreachable(f"the cache store {location} did not answer within {timeout_s:g} s (raise --timeout)")
+    if state == "53100":
+        return StoreFull(f"the cache store {location} is out of disk space ({text}); nothing was stored")
+    if state == "42501":
+        return StoreError(f"the cache store {location} refused: {text} (ask the database's administrator to grant "
+                          "this role the privilege)")
+    if state.startswith("XX00"):
+        return StoreDamaged(f"the cache store {location} reports damaged data: {text}")
+    if not state or state.startswith(("08", "28", "53", "57P", "3D")):
+        # no SQLSTATE: the connection itself failed or was lost
+        return StoreUnreachable(f"cannot reach the cache store {location}: {text}")
+    return StoreError(f"the cache store {location} failed: {text}")
+
+
+def _vector_text(vector: Sequence[float]) -> str:
+    return "[" + ",".join(f"{float(x):.9g}" for x in vector) + "]"  # 9 digits keep a float32 exact
+
+
+def _parse_vector(text: str) -> array:
+    return array("f", (float(x) for x in text.strip("[]").split(","))) if text.strip("[]") else array("f")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def _index_kind(dims: int) -> str | None:
+    """The type a group's HNSW index is built on (vector; halfvec for larger vectors), or
+    None: too many dimensions for an index, every lookup an exact scan."""
+    return next((kind for kind, limit in HNSW_MAX_DIMS.items() if dims <= limit), None)
+
+
+def _index_name(embed_model: str, dims: int) -> str:
+    from hashlib import md5
+
+    return f"entry_vectors_hnsw_{md5(f'{embed_model}/{dims}'.encode()).hexdigest()[:16]}"
+
+
+@translating(psycopg.Error, store_error)
+class PostgresStore:
+    """One connection to the shared store (one per process, or per thread: `reopen`)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], conninfo: str, schema: str, location: str,
+                 timeout_s: float, pgvector: tuple[int, ...], vector_schema: str) -> None:
+        self._conn = conn
+        self._conninfo = conninfo
+        self.schema = schema
+        self.location = location
+        self.secret = _password(conninfo)
+        self.timeout_s = timeout_s
+        self.pgvector = pgvector
+        self._vector_schema = vector_schema
+        self._indexed: set[tuple[str, int]] = set()
+        s, v = f'"{schema}"', '"' + vector_schema.replace('"', '""') + '"'
+        self._s, self._vector, self._distance = s, f"{v}.vector", f"OPERATOR({v}.<=>)"
+        self._vec_schema = v
+        self._entry_columns = ", ".join(ENTRY_FIELDS)
+        self._insert_request = (f"INSERT INTO {s}.requests ({', '.join(LOG_FIELDS)}) "
+                                f"VALUES ({', '.join('%s' for _ in LOG_FIELDS)})")
+
+    # -- opening -----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, timeout_s: float = 300.0) -> PostgresStore:
+        conninfo, schema, location = parse_url(url)
+        conn = cls._connect(conninfo, location, timeout_s)
+        try:
+            state = cls._describe(conn, schema)
+            if state is None or state[2] is None or int(state[2]) < SCHEMA_VERSION:
+                cls._migrate(conn, schema, location)
+                state = cls._describe(conn, schema)
+            assert state is not None and state[2] is not None
+            if int(state[2]) > SCHEMA_VERSION:
+                raise StoreError(f"the cache store {location} (schema {schema}) was written by a newer semcache "
+                                 f"(schema {state[2]}, this one knows {SCHEMA_VERSION}); upgrade semcache")
+        except psycopg.Error as exc:
+            conn.close()
+            raise server_error(exc, location, _password(conninfo), timeout_s) from None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, conninfo, schema, location, timeout_s, _version(state[0]), state[1])
+
+    @staticmethod
+    def _connect(conninfo: str, location: str, timeout_s: float) -> psycopg.Connection[Any]:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        try:
+            given = conninfo_to_dict(conninfo)
+        except psycopg.Error as exc:
+            raise UsageError(f"--db: {location} is not a usable PostgreSQL URL ({exc})") from None
+        # Every statement is bounded by --timeout; a user's own `options` are kept.
+        options = f"{given.get('options') or ''} -c statement_timeout={int(timeout_s * 1000)}".strip()
+        try:
+            return psycopg.connect(
+                make_conninfo(conninfo, options=options, application_name=given.get("application_name") or "semcache",
+                              connect_timeout=given.get("connect_timeout") or max(2, int(min(timeout_s, 10)))),
+                autocommit=True, prepare_threshold=None,
+            )
+        except psycopg.Error as exc:
+            raise server_error(exc, location, _password(conninfo), timeout_s) from None
+
+    @staticmethod
+    def _describe(conn: psycopg.Connection[Any], schema: str) -> tuple[str, str, str | None] | None:
+        """(pgvector's version, the schema it lives in, this store's schema version), or
+        None when pgvector or the store's tables are not there yet."""
+        try:
+            row = conn.execute(
+                f"SELECT e.extversion, n.nspname, (SELECT value FROM \"{schema}\".meta WHERE key = 'schema_version') "
+                "FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+            ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None
+        return (row[0], row[1], row[2]) if row else None
+
+    @classmethod
+    def _migrate(cls, conn: psycopg.Connection[Any], schema: str, location: str) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"semcache migrate {schema}",))
+            ext = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                               "WHERE e.extname = 'vector'").fetchone()
+            if ext is None:
+                if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone() is None:
+                    raise StoreError(f"the cache store {location} has no pgvector: ask the database's administrator "
+                                     "to install it (https://github.com/pgvector/pgvector), then run "
+                                     "CREATE EXTENSION vector in this database")
+                try:
+                    with conn.transaction():
+                        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                except psycopg.errors.InsufficientPrivilege:
+                    raise StoreError(f"this role may not create the pgvector extension in {location}: ask the "
+                                     "database's administrator to run CREATE EXTENSION vector in this database "
+                                     "(once; semcache needs no superuser after that)") from None
+                ext = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
+                                   "ON n.oid = e.extnamespace WHERE e.extname = 'vector'").fetchone()
+            try:
+                with conn.transaction():
+                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            except psycopg.errors.InsufficientPrivilege:
+                raise StoreError(f"this role may not create the schema {schema} in {location}: ask the database's "
+                                 f"administrator to run CREATE SCHEMA {schema} AUTHORIZATION <this role>, or GRANT "
+                                 "CREATE ON DATABASE to it") from None
+            conn.execute(f'CREATE TABLE IF NOT EXISTS "{schema}".meta (key text PRIMARY KEY, value text NOT NULL)')
+            row = conn.execute(f"SELECT value FROM \"{schema}\".meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                return  # refused by the caller, untouched
+            vector = '"' + ext[0].replace('"', '""') + '".vector'
+            for number, migration in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in migration(f'"{schema}"', vector):
+                    conn.execute(statement)
+                conn.execute(f"INSERT INTO \"{schema}\".meta VALUES ('schema_version', %s) "
+                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(number),))
+
+    def reopen(self) -> PostgresStore:
+        conn = self._connect(self._conninfo, self.location, self.timeout_s)
+        return PostgresStore(conn, self._conninfo, self.schema, self.location, self.timeout_s, self.pgvector,
+                             self._vector_schema)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the ask path ------------------------------------------------------------------
+
+    def find_exact(self, scope: str, key: str) -> Entry | None:
+        row = self._conn.execute(f"SELECT {self._entry_columns} FROM {self._s}.entries "
+                                 "WHERE scope = %s AND exact_key = %s", (scope, key)).fetchone()
+        return Entry.from_stored(row) if row else None
+
+    def get(self, entry_id: int) -> Entry | None:
+        row = self._conn.execute(f"SELECT {self._entry_columns} FROM {self._s}.entries WHERE id = %s",
+                                 (entry_id,)).fetchone()
+        return Entry.from_stored(row) if row else None
+
+    def nearest(self, scope: str, embed_model: str, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
+        dims, text = len(vector), _vector_text(vector)
+        size = self._conn.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {self._s}.entry_vectors WHERE embed_model = %s AND dims = %s "
+            "AND scope = %s LIMIT %s) AS scope_rows", (embed_model, dims, scope, EXACT_UP_TO + 1),
+        ).fetchone()[0]
+        if size == 0:
+            return []
+        if size > EXACT_UP_TO and _index_kind(dims) is not None:
+            found = self._approximate(scope, embed_model, dims, text, k)
+            if len(found) >= min(k, size):
+                return found
+        rows = self._conn.execute(
+            f"SELECT entry_id, 1 - (embedding {self._distance} %s::{self._vector}) FROM {self._s}.entry_vectors "
+            f"WHERE embed_model = %s AND dims = %s AND scope = %s "
+            f"ORDER BY embedding {self._distance} %s::{self._vector}, entry_id LIMIT %s",
+            (text, embed_model, dims, scope, text, k),
+        ).fetchall()
+        return [(int(r[0]), min(1.0, float(r[1]))) for r in rows]
+
+    def _approximate(self, scope: str, embed_model: str, dims: int, text: str, k: int) -> list[tuple[int, float]]:
+        """The HNSW index, in one simple-protocol round trip (its settings are local to it).
+        Values are inlined as quoted literals: the partial index is chosen by them."""
+        from psycopg import sql
+
+        cast = f"{self._vec_schema}.{_index_kind(dims)}({dims:d})"
+        literal = {name: sql.Literal(value).as_string(self._conn)
+                   for name, value in (("model", embed_model), ("scope", scope), ("q", text))}
+        settings = [f"SET LOCAL hnsw.ef_search = {EF_SEARCH_WITHOUT_ITERATIVE}"]
+        if self.pgvector >= (0, 8):
+            settings = [f"SET LOCAL hnsw.ef_search = {EF_SEARCH}", "SET LOCAL hnsw.iterative_scan = strict_order"]
+        query = (f"SELECT entry_id, 1 - (embedding::{cast} {self._distance} {literal['q']}::{cast}) "
+                 f"FROM {self._s}.entry_vectors WHERE embed_model = {literal['model']} AND dims = {dims:d} "
+                 f"AND scope = {literal['scope']} ORDER BY embedding::{cast} {self._distance} {literal['q']}::{cast} "
+                 f"LIMIT {int(k):d}")
+        with self._conn.cursor() as cursor:
+            cursor.execute("; ".join([*settings, query]).encode())
+            for _ in settings:  # their results come first, then the rows
+                cursor.nextset()
+            rows = cursor.fetchall()
+        return [(int(r[0]), min(1.0, float(r[1]))) for r in rows]
+
+    def _ensure_index(self, embed_model: str, dims: int) -> None:
+        """The group's HNSW index, created with the group's first vector (building it on
+        an empty group takes no time). Checked once per connection."""
+        kind = _index_kind(dims)
+        if kind is None or (embed_model, dims) in self._indexed:
+            return
+        name = _index_name(embed_model, dims)
+        exists = self._conn.execute("SELECT to_regclass(%s)", (f"{self._s}.{name}",)).fetchone()[0]
+        if exists is None:
+            from psycopg import sql
+
+            model = sql.Literal(embed_model).as_string(self._conn)
+            cast = f"{self._vec_schema}.{kind}({dims:d})"
+            with self._conn.transaction():
+                self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"semcache index {name}",))
+                self._conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {name} ON {self._s}.entry_vectors USING hnsw "
+                    f"((embedding::{cast}) {self._vec_schema}.{kind}_cosine_ops) "
+                    f"WHERE embed_model = {model} AND dims = {dims:d}"
+                )
+        self._indexed.add((embed_model, dims))
+
+    def store_answer(self, new: NewEntry, request: LogRow | None = None, claim_owner: str | None = None) -> int:
+        s = self._s
+        params: dict[str, Any] = dict(zip(STORED_FIELDS, new.stored_values(), strict=True))
+        steps = []
+        if claim_owner is not None:
+            params["owner"] = claim_owner
+            steps.append(f"released AS (DELETE FROM {s}.claims WHERE scope = %(scope)s "
+                         "AND exact_key = %(exact_key)s AND owner = %(owner)s)")
+        updates = ", ".join("hits = 0" if f == "hits" else "last_hit_at = NULL" if f == "last_hit_at"
+                            else f"{f} = excluded.{f}" for f in STORED_FIELDS if f not in ("scope", "exact_key"))
+        steps.append(f"stored AS (INSERT INTO {s}.entries ({', '.join(STORED_FIELDS)}) "
+                     f"VALUES ({', '.join(f'%({f})s' for f in STORED_FIELDS)}) "
+                     f"ON CONFLICT (scope, exact_key) DO UPDATE SET {updates} RETURNING id)")
+        if new.vector is not None:
+            self._ensure_index(new.embed_model or "", len(new.vector))
+            params["vector"] = _vector_text(new.vector)
+            steps.append(f"vectored AS (INSERT INTO {s}.entry_vectors (entry_id, scope, embed_model, dims, embedding) "
+                         f"SELECT id, %(scope)s, %(embed_model)s, %(dims)s, %(vector)s::{self._vector} FROM stored "
+                         "ON CONFLICT (entry_id) DO UPDATE SET scope = excluded.scope, "
+                         "embed_model = excluded.embed_model, dims = excluded.dims, embedding = excluded.embedding)")
+        else:  # the old answer's vector belongs to the old row state
+            steps.append(f"unvectored AS (DELETE FROM {s}.entry_vectors WHERE entry_id IN (SELECT id FROM stored))")
+        if request is not None:
+            for name, value in zip(LOG_FIELDS, request[:-1], strict=True):
+                params[f"log_{name}"] = value
+            columns = [name for name in LOG_FIELDS if name != "entry_id"]
+            steps.append(f"logged AS (INSERT INTO {s}.requests ({', '.join(columns)}, entry_id) "
+                         f"SELECT {', '.join(f'%(log_{c})s' for c in columns)}, id FROM stored)")
+        row = self._conn.execute(f"WITH {', '.join(steps)} SELECT id FROM stored", params).fetchone()
+        return int(row[0])
+
+    def store_many(self, news: list[NewEntry]) -> list[int]:
+        """COPY in one transaction (vectors in pgvector's binary form); a group's index is
+        built after its vectors are loaded when the group is new, which is much faster
+        than growing it row by row."""
+        if not news:
+            return []
+        from pgvector.psycopg import register_vector
+
+        s = self._s
+        with self._conn.transaction():
+            ids = [r[0] for r in self._conn.execute(
+                f"SELECT nextval(pg_get_serial_sequence('{s}.entries', 'id')) FROM generate_series(1, %s)",
+                (len(news),))]
+            with self._conn.cursor() as cursor:
+                with cursor.copy(f"COPY {s}.entries (id, {', '.join(STORED_FIELDS)}) FROM STDIN") as copy:
+                    for entry_id, new in zip(ids, news, strict=True):
+                        copy.write_row((entry_id, *new.stored_values()))
+            groups = {(new.embed_model or "", len(new.vector)) for new in news if new.vector is not None}
+            new_groups = [g for g in groups if self._conn.execute(
+                "SELECT to_regclass(%s)", (f"{s}.{_index_name(*g)}",)).fetchone()[0] is None]
+            if groups:
+                register_vector(self._conn)
+                from pgvector import Vector
+
+                with self._conn.cursor() as cursor:
+                    with cursor.copy(f"COPY {s}.entry_vectors (entry_id, scope, embed_model, dims, embedding) "
+                                     "FROM STDIN WITH (FORMAT BINARY)") as copy:
+                        copy.set_types(["int8", "text", "text", "int4", "vector"])
+                        for entry_id, new in zip(ids, news, strict=True):
+                            if new.vector is not None:
+                                copy.write_row((entry_id, new.scope, new.embed_model, len(new.vector),
+                                                Vector(list(new.vector))))
+        for group in new_groups:
+            self._ensure_index(*group)
+        return ids
+
+    def record_hit(self, entry_id: int, now: float, request: LogRow) -> None:
+        self._conn.execute(
+            f"WITH hit AS (UPDATE {self._s}.entries SET hits = hits + 1, last_hit_at = %s WHERE id = %s) "
+            + self._insert_request, (now, entry_id, *request[:-1]))
+
+    def log_request(self, request: LogRow) -> None:
+        self._conn.execute(self._insert_request, request[:-1])
+
+    # -- single-flight claims ----------------------------------------------------------
+
+    def take_claim(self, scope: str, key: str, owner: str, host: str, pid: int, lease_s: float) -> bool:
+        row = self._conn.execute(
+            f"INSERT INTO {self._s}.claims (scope, exact_key, owner, host, pid, claimed_at, expires_at) "
+            f"VALUES (%s, %s, %s, %s, %s, {_NOW}, {_NOW} + %s) ON CONFLICT (scope, exact_key) DO UPDATE SET "
+            "owner = excluded.owner, host = excluded.host, pid = excluded.pid, claimed_at = excluded.claimed_at, "
+            f"expires_at = excluded.expires_at WHERE {self._s}.claims.expires_at <= excluded.claimed_at "
+            "RETURNING owner", (scope, key, owner, host, pid, lease_s),
+        ).fetchone()
+        return row is not None
+
+    def renew_claim(self, scope: str, key: str, owner: str, lease_s: float) -> None:
+        self._conn.execute(f"UPDATE {self._s}.claims SET expires_at = {_NOW} + %s "
+                           "WHERE scope = %s AND exact_key = %s AND owner = %s", (lease_s, scope, key, owner))
+
+    def release_claim(self, scope: str, key: str, owner: str) -> None:
+        self._conn.execute(f"DELETE FROM {self._s}.claims WHERE scope = %s AND exact_key = %s AND owner = %s",
+                           (scope, key, owner))
+
+    # -- listing and selecting ---------------------------------------------------------
+
+    def entries(self, selector: Selector, now: float, sort: str = "newest", limit: int = 0,
+                with_vectors: bool = False) -> Iterator[tuple[Entry, Sequence[float] | None]]:
+        where, params = _where(selector, now)
+        vector = (f", (SELECT embedding::text FROM {self._s}.entry_vectors v WHERE v.entry_id = e.id)"
+                  if with_vectors else ", NULL")
+        sql = f"SELECT {self._entry_columns}{vector} FROM {self._s}.entries e WHERE {where} ORDER BY {_SORTS[sort]}"
+        if limit > 0:
+            sql += " LIMIT %s"
+            params.append(limit)
+        with self._conn.transaction(), self._conn.cursor(name="semcache_entries") as cursor:
+            cursor.itersize = 500  # streamed: a large cache is never held in memory
+            cursor.execute(sql, params)
+            for row in cursor:
+                yield Entry.from_stored(row[:-1]), _parse_vector(row[-1]) if row[-1] is not None else None
+
+    def vector_of(self, entry_id: int) -> Sequence[float] | None:
+        row = self._conn.execute(f"SELECT embedding::text FROM {self._s}.entry_vectors WHERE entry_id = %s",
+                                 (entry_id,)).fetchone()
+        return _parse_vector(row[0]) if row else None
+
+    def count(self) -> int:
+        return int(self._conn.execute(f"SELECT count(*) FROM {self._s}.entries").fetchone()[0])
+
+    def select_ids(self, selector: Selector, now: float) -> list[int]:
+        where, params = _where(selector, now)
+        return [r[0] for r in self._conn.execute(f"SELECT id FROM {self._s}.entries WHERE {where} ORDER BY id",
+                                                 params)]
+
+    def lru_ids(self) -> list[int]:
+        return [r[0] for r in self._conn.execute(
+            f"SELECT id FROM {self._s}.entries ORDER BY coalesce(last_hit_at, created_at) DESC, created_at DESC, "
+            "id DESC")]
+
+    def delete(self, ids: list[int], recheck: Selector, now: float) -> int:
+        where, params = _where(recheck, now)
+        deleted = 0
+        for start in range(0, len(ids), DELETE_BATCH):
+            cursor = self._conn.execute(f"DELETE FROM {self._s}.entries WHERE id = ANY(%s) AND ({where})",
+                                        [ids[start:start + DELETE_BATCH], *params])
+            deleted += cursor.rowcount
+        return deleted
+
+    def delete_log_before(self, at: float) -> int:
+        return int(self._conn.execute(f"DELETE FROM {self._s}.requests WHERE at < %s", (at,)).rowcount)
+
+    def request_log(self, since: float | None = None) -> Iterator[LogRow]:
+        window, params = _window(since)
+        with self._conn.transaction(), self._conn.cursor(name="semcache_log") as cursor:
+            cursor.itersize = 1000
+            cursor.execute(f"SELECT {', '.join(LOG_FIELDS)}, id FROM {self._s}.requests WHERE {window} "
+                           "ORDER BY at, id", params)
+            for row in cursor:
+                yield LogRow(*row)
+
+    # -- stats -------------------------------------------------------------------------
+
+    def entry_counts(self, now: float) -> EntryCounts:
+        s = self._s
+        total, expired, oldest, newest = self._conn.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE expires_at IS NOT NULL AND expires_at <= %s), "
+            f"min(created_at), max(created_at) FROM {s}.entries", (now,)).fetchone()
+
+        def by(column: str) -> dict[str, int]:
+            return {name: int(n) for name, n in self._conn.execute(
+                f"SELECT coalesce({column}, '(none)'), count(*) FROM {s}.entries GROUP BY 1 ORDER BY 2 DESC, 1")}
+
+        return EntryCounts(int(total), int(expired), oldest, newest, by("namespace"), by("model"), by("embed_model"))
+
+    def request_counts(self, since: float | None) -> RequestCounts:
+        window, params = _window(since)
+        s, conn = self._s, self._conn
+        by_path = {p: int(n) for p, n in conn.execute(
+            f"SELECT path, count(*) FROM {s}.requests WHERE {window} GROUP BY path", params)}
+        misses = {r: int(n) for r, n in conn.execute(
+            f"SELECT coalesce(miss_reason, %s), count(*) FROM {s}.requests WHERE {window} "
+            "AND path IN ('model', 'miss') AND coalesce(miss_reason, '') != %s GROUP BY 1 ORDER BY 2 DESC, 1",
+            [policy.NO_MATCH, *params, policy.BYPASS])}
+        bypasses = conn.execute(f"SELECT count(*) FROM {s}.requests WHERE {window} AND path IN ('model', 'miss') "
+                                "AND miss_reason = %s", [*params, policy.BYPASS]).fetchone()[0]
+        saved_s, saved_tokens = conn.execute(
+            f"SELECT coalesce(sum(saved_s), 0), coalesce(sum(saved_tokens), 0) FROM {s}.requests "
+            f"WHERE {window} AND path IN ('exact', 'semantic')", params).fetchone()
+        latencies: dict[str, list[float]] = {}
+        for path, latency in conn.execute(
+                f"SELECT path, latency_ms FROM {s}.requests WHERE {window} AND latency_ms IS NOT NULL "
+                "ORDER BY path, latency_ms", params):
+            latencies.setdefault(path, []).append(latency)
+        return RequestCounts(by_path, misses, int(bypasses), float(saved_s), int(saved_tokens), latencies)
+
+    def similarity_samples(self, since: float | None, low: float, threshold: float) -> list[tuple[str, float]]:
+        window, params = _window(since)
+        return [(r[0], r[1]) for r in self._conn.execute(
+            f"SELECT path, similarity FROM {self._s}.requests WHERE {window} AND similarity >= %s AND ("
+            "path = 'semantic' OR (path IN ('model', 'miss') AND coalesce(miss_reason, '') = %s "
+            "AND similarity < %s))", [*params, low, policy.NO_MATCH, threshold])]
+
+    def top_entries(self, limit: int) -> list[TopEntry]:
+        return [TopEntry(*r) for r in self._conn.execute(
+            f"SELECT id, hits, query FROM {self._s}.entries WHERE hits > 0 ORDER BY hits DESC, id LIMIT %s", (limit,))]
+
+    # -- size and maintenance ----------------------------------------------------------
+
+    def _tables(self) -> list[str]:
+        return [f"{self._s}.{t}" for t in ("entries", "entry_vectors", "requests", "claims", "meta")]
+
+    def disk_bytes(self) -> int:
+        """Every table of the store with its indexes and TOAST, as the server holds them."""
+        return int(self._conn.execute(
+            "SELECT " + " + ".join(f"pg_total_relation_size('{t}')" for t in self._tables())).fetchone()[0])
+
+    def used_bytes(self) -> int:
+        """The live rows as stored (TOAST included, indexes not): what a DELETE frees for
+        reuse. The tables' files themselves shrink only with VACUUM FULL."""
+        sums = [f"(SELECT coalesce(sum(pg_column_size(t.*) + {ROW_OVERHEAD}), 0) FROM {self._s}.{table} t)"
+                for table in ("entries", "entry_vectors", "requests")]
+        return int(self._conn.execute("SELECT " + " + ".join(sums)).fetchone()[0])
+
+    def entry_sizes(self) -> list[tuple[int, int]]:
+        return [(r[0], int(r[1])) for r in self._conn.execute(
+            f"SELECT e.id, pg_column_size(e.*) + {ROW_OVERHEAD} + coalesce(pg_column_size(v.*) + {ROW_OVERHEAD}, 0) "
+            f"FROM {self._s}.entries e LEFT JOIN {self._s}.entry_vectors v ON v.entry_id = e.id "
+            "ORDER BY coalesce(e.last_hit_at, e.created_at), e.created_at, e.id")]
+
+    def log_bytes(self) -> int:
+        return int(self._conn.execute(
+            f"SELECT coalesce(sum(pg_column_size(r.*) + {ROW_OVERHEAD}), 0) FROM {self._s}.requests r").fetchone()[0])
+
+    def compact(self) -> None:
+        """Nothing to do: the HNSW indexes drop deleted rows when the server vacuums."""
+
+    def vacuum(self) -> None:
+        self._conn.execute(f"VACUUM (ANALYZE) {', '.join(self._tables())}")
+
+    def checkpoint(self) -> None:
+        """Nothing to do: the server checkpoints its own write-ahead log."""
+
+
+_MIGRATIONS: list[Callable[[str, str], list[str]]] = []
+
+
+def _migration(function: Callable[[str, str], list[str]]) -> Callable[[str, str], list[str]]:
+    """A schema version's statements, given the quoted schema and pgvector's type; in
+    order, never edited once shipped: a change is a new one."""
+    _MIGRATIONS.append(function)
+    return function
+
+
+@_migration
+def _m001_initial(s: str, vector: str) -> list[str]:
+    return [
+        f"""CREATE TABLE {s}.entries (
+            id bigserial PRIMARY KEY, scope text NOT NULL, exact_key text NOT NULL, namespace text NOT NULL,
+            model text NOT NULL, system text, options text NOT NULL DEFAULT '{{}}', format text, query text NOT NULL,
+            response text NOT NULL, embed_model text, dims integer, created_at double precision NOT NULL,
+            ttl double precision, expires_at double precision, hits integer NOT NULL DEFAULT 0,
+            last_hit_at double precision, prompt_tokens integer, completion_tokens integer,
+            generation_s double precision, done_reason text, metadata text,
+            UNIQUE (scope, exact_key))""",
+        f"CREATE INDEX ON {s}.entries (expires_at)",
+        f"CREATE INDEX ON {s}.entries (created_at)",
+        f"""CREATE TABLE {s}.entry_vectors (
+            entry_id bigint PRIMARY KEY REFERENCES {s}.entries (id) ON DELETE CASCADE, scope text NOT NULL,
+            embed_model text NOT NULL, dims integer NOT NULL, embedding {vector} NOT NULL)""",
+        # inline, not TOASTed: an exact scan of a scope reads its vectors in place
+        f"ALTER TABLE {s}.entry_vectors ALTER COLUMN embedding SET STORAGE MAIN",
+        f"CREATE INDEX ON {s}.entry_vectors (embed_model, dims, scope)",
+        f"""CREATE TABLE {s}.requests (
+            id bigserial PRIMARY KEY, at double precision NOT NULL, path text NOT NULL, namespace text, model text,
+            embed_model text, scope text, exact_key text, query text, entry_id bigint, similarity double precision,
+            confidence double precision, miss_reason text, latency_ms double precision, saved_s double precision,
+            saved_tokens integer, error text)""",
+        f"CREATE INDEX ON {s}.requests (at)",
+        f"""CREATE TABLE {s}.claims (
+            scope text NOT NULL, exact_key text NOT NULL, owner text NOT NULL, host text NOT NULL,
+            pid integer NOT NULL, claimed_at double precision NOT NULL, expires_at double precision NOT NULL,
+            PRIMARY KEY (scope, exact_key))""",
+    ]
+
+
+def _where(selector: Selector, now: float) -> tuple[str, list[Any]]:
+    """The selector as a WHERE clause of fixed fragments; every user value is a bound
+    parameter. An empty selector matches every entry."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if selector.expired:
+        clauses.append("expires_at IS NOT NULL AND expires_at <= %s")
+        params.append(now)
+    if selector.live:
+        clauses.append("expires_at IS NULL OR expires_at > %s")
+        params.append(now)
+    if selector.older_than is not None:
+        clauses.append("created_at < %s")
+        params.append(now - selector.older_than)
+    for column in ("namespace", "model", "embed_model"):
+        if getattr(selector, column):
+            clauses.append(f"{column} = %s")
+            params.append(getattr(selector, column))
+    if selector.ids:
+        clauses.append("id = ANY(%s)")
+        params.append(list(selector.ids))
+    if selector.grep:
+        clauses.append("(strpos(lower(query), lower(%s)) > 0 OR strpos(lower(response), lower(%s)) > 0)")
+        params.extend([selector.grep, selector.grep])
+    if selector.unused_since is not None:
+        clauses.append("coalesce(last_hit_at, created_at) <= %s")
+        params.append(selector.unused_since)
+    return " AND ".join(f"({c})" for c in clauses) or "TRUE", params
+
+
+def _window(since: float | None) -> tuple[str, list[Any]]:
+    return ("at >= %s", [since]) if since is not None else ("TRUE", [])
