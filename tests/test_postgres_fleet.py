@@ -1,0 +1,200 @@
+"""Many real processes on one shared PostgreSQL store, as a team's machines or a fleet of
+CI runners use it: another machine's miss served here, single-flight across processes,
+a purge loop beside asking processes, a killed claim holder, and the server stopped
+mid-run. No sleeps that race: every wait polls a condition with a deadline."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPO, claim_free, logged, postgres_url, run_cli, start_postgres, stored
+from fake_ollama import FakeOllama
+
+LONG_ANSWER = " ".join(f"word{i}" for i in range(40))
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def machine(tmp_path: Path, name: str, db: str, ollama: FakeOllama) -> dict[str, str]:
+    """The environment of one machine: its own home, config file (which names the store)
+    and cache directory; only the server is shared."""
+    home = tmp_path / name
+    (home / "config").mkdir(parents=True)
+    (home / "config" / "config.toml").write_text(f'db = "{db}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEMCACHE_")}
+    return {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "config-unused"),
+            "XDG_CACHE_HOME": str(home / "cache"), "SEMCACHE_CONFIG": str(home / "config" / "config.toml"),
+            "OLLAMA_HOST": ollama.url}
+
+
+def semcache(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "semcache_cli", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_one_machine_s_miss_is_the_other_s_hit(postgres_db: str, ollama: FakeOllama, tmp_path: Path) -> None:
+    laptop, runner = machine(tmp_path, "laptop", postgres_db, ollama), machine(tmp_path, "runner", postgres_db, ollama)
+    code, out, err = finish(semcache(laptop, "ask", "How do I reset my password?"))
+    assert code == 0 and "miss (no_match)" in err
+    code, out, err = finish(semcache(runner, "ask", "how do I reset my password"))
+    assert code == 0 and out == "This is the answer to: How do I reset my password?\n" and "exact hit" in err
+    code, out, err = finish(semcache(runner, "ask", "how do I reset my password please"))
+    assert code == 0 and "semantic hit" in err
+    assert ollama.generations == 1
+    for home in ("laptop", "runner"):
+        assert not list((tmp_path / home).rglob("*.db"))  # nothing local: one shared store
+
+
+def test_sixteen_processes_on_two_machines_one_generation(postgres_db: str, ollama: FakeOllama,
+                                                          tmp_path: Path) -> None:
+    question = "what does single flight mean across machines"
+    ollama.replies[question] = LONG_ANSWER
+    ollama.faults.chunk_delay = 0.02  # ~1 s of streaming: the others arrive while it streams
+    envs = [machine(tmp_path, name, postgres_db, ollama) for name in ("a", "b")]
+    procs = [semcache(envs[i % 2], "ask", "-q", question) for i in range(16)]
+    results = [finish(p) for p in procs]
+    assert [code for code, _, _ in results] == [0] * 16, [err for _, _, err in results]
+    assert {out for _, out, _ in results} == {LONG_ANSWER + "\n"}
+    assert ollama.generations == 1
+    assert claim_free(postgres_db, question)
+
+
+WORKER = """
+import random, sys
+from semcache_cli import config
+from semcache_cli.engine import run_ask
+seed, asks = int(sys.argv[1]), int(sys.argv[2])
+questions = [f"fleet question {n}x{n}" for n in range(25)]
+rng = random.Random(seed)
+settings = config.load_settings({})
+for i in range(asks):
+    question = rng.choice(questions) if i >= 25 else questions[(i + 3 * seed) % 25]
+    outcome = run_ask(settings, question)
+    assert outcome.response == "This is the answer to: " + question, (question, outcome.response)
+"""
+
+
+def test_eight_processes_fifty_asks_beside_a_purge_loop(postgres_db: str, ollama: FakeOllama,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEMCACHE_DB", postgres_db)
+    ollama.faults.chunk_delay = 0.005
+    assert run_cli("ask", "-q", "-n", "scratch", "doomed scratch entry").exit_code == 0
+    env = machine(tmp_path, "fleet", postgres_db, ollama)
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(seed), "50"], stdin=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env=env, cwd=REPO) for seed in range(8)]
+    purges = 0
+    while any(w.poll() is None for w in workers):
+        result = run_cli("purge", "--namespace", "scratch", "--log-older-than", "1d", "--yes")
+        assert result.exit_code == 0, result.stderr
+        purges += 1
+    errors = [w.communicate(timeout=300)[1].decode() for w in workers]
+    assert [w.returncode for w in workers] == [0] * 8, errors  # each asserted every answer it got
+    assert purges >= 1
+    assert ollama.generations - 1 == 25  # one per distinct question
+    paths = [row.path for row in logged(postgres_db) if row.namespace == "default"]
+    assert len(paths) == 400 and paths.count("model") == 25 and paths.count("error") == 0
+    entries = stored(postgres_db)
+    assert sorted(e.query for e in entries) == sorted(f"fleet question {n}x{n}" for n in range(25))
+    assert all(e.response == f"This is the answer to: {e.query}" for e in entries)
+    assert all(claim_free(postgres_db, f"fleet question {n}x{n}") for n in range(25))
+
+
+def test_a_killed_claim_holder_is_taken_over_once_its_lease_runs_out(postgres_db: str, ollama: FakeOllama,
+                                                                      tmp_path: Path) -> None:
+    question = "who answers when the holder dies"
+    ollama.replies[question] = LONG_ANSWER
+    ollama.faults.chunk_delay = 0.5  # ~20 s of streaming: time to kill it mid-answer
+    env = machine(tmp_path, "a", postgres_db, ollama)
+    holder = semcache(env, "ask", "-q", question)
+    wait_for(lambda: ollama.generations == 1, "the holder to start generating")
+    embeds_before = ollama.counts["/api/embed"]
+    waiters = [semcache(machine(tmp_path, f"w{i}", postgres_db, ollama), "ask", "-q", question) for i in range(3)]
+    wait_for(lambda: ollama.counts["/api/embed"] == embeds_before + 3, "the waiters to reach the claim")
+    assert ollama.generations == 1  # they wait, they do not ask
+    holder.kill()  # no chance to release: only the lease can end its claim
+    assert finish(holder, timeout=10)[0] == -signal.SIGKILL
+    ollama.faults.chunk_delay = 0.0
+    results = [finish(w) for w in waiters]
+    assert [code for code, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
+    assert {out for _, out, _ in results} == {LONG_ANSWER + "\n"}
+    assert ollama.generations == 2  # exactly one more
+    assert [e.response for e in stored(postgres_db)] == [LONG_ANSWER]
+
+
+@pytest.fixture
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, str]]:
+    """A PostgreSQL server of this test's own, which it may stop and start again."""
+    server = start_postgres(tmp_path_factory, "own-postgres")
+    yield server, postgres_url(server.get_uri(), "stopping")  # type: ignore[attr-defined]
+    server.cleanup()  # type: ignore[attr-defined]
+
+
+def test_the_server_stopped_mid_run_gives_clean_errors_and_nothing_partial(
+        own_server: tuple[object, str], ollama: FakeOllama, tmp_path: Path) -> None:
+    import pgserver
+
+    server, db = own_server
+    env = machine(tmp_path, "a", db, ollama)
+    assert finish(semcache(env, "ask", "-q", "asked before the stop"))[0] == 0
+    ollama.faults.chunk_delay = 0.2
+    ollama.replies["asked during the stop"] = LONG_ANSWER
+    streaming = semcache(env, "ask", "asked during the stop")
+    wait_for(lambda: ollama.generations == 2, "the answer to start streaming")
+    pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)  # type: ignore[attr-defined]
+    code, out, err = finish(streaming)
+    assert code == 6, err
+    assert err.strip().splitlines()[-1].startswith("semcache: error: cannot reach the cache store ")
+    assert "Traceback" not in err and out.startswith("word0")  # what streamed stays visible
+    for args in (["ask", "a new one"], ["stats"], ["inspect"], ["purge", "--expired"]):
+        code, _, err = finish(semcache(env, *args))
+        assert code == 6 and err.count("\n") == 1 and "cannot reach the cache store" in err, (args, err)
+    for attempt in range(3):  # pg_ctl start gives up after 10 s, which a loaded machine can take
+        try:
+            server.ensure_postgres_running()  # type: ignore[attr-defined]
+            break
+        except subprocess.SubprocessError:
+            if attempt == 2:
+                raise
+    ollama.faults.chunk_delay = 0.0
+    assert [e.query for e in stored(db)] == ["asked before the stop"]  # nothing half-stored
+    code, out, _ = finish(semcache(env, "ask", "-q", "asked during the stop"))
+    assert code == 0 and out == LONG_ANSWER + "\n"
+    assert claim_free(db, "asked during the stop")
+
+
+def test_a_connection_dropped_mid_answer_is_replaced_and_the_answer_stored(
+        postgres_db: str, postgres_server: str, ollama: FakeOllama, tmp_path: Path) -> None:
+    import psycopg
+
+    question = "asked while a pooler drops the connection"
+    ollama.replies[question] = LONG_ANSWER
+    ollama.faults.chunk_delay = 0.1
+    proc = semcache(machine(tmp_path, "a", postgres_db, ollama), "ask", "-q", question)
+    wait_for(lambda: ollama.generations == 1, "the answer to start streaming")
+    with psycopg.connect(postgres_server, autocommit=True) as admin:  # as an idle timeout would
+        killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                               "WHERE application_name = 'semcache' AND pid != pg_backend_pid()").fetchone()[0]
+    assert killed >= 1
+    code, out, err = finish(proc)
+    assert code == 0 and out == LONG_ANSWER + "\n", err
+    assert [e.response for e in stored(postgres_db)] == [LONG_ANSWER]
+    assert claim_free(postgres_db, question)
