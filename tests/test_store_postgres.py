@@ -160,7 +160,7 @@ def test_a_role_that_may_not_create_the_extension_is_told_what_to_ask_for(
     admin = make_conninfo(postgres_server, dbname=name)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION vector")
-    with pytest.raises(StoreError, match=f"may not create the schema semcache .* CREATE SCHEMA semcache AUTHORIZATION"):
+    with pytest.raises(StoreError, match="may not create the schema semcache .* CREATE SCHEMA semcache AUTHORIZATION"):
         PostgresStore.open(url)
     with psycopg.connect(admin, autocommit=True) as conn:  # what the DBA provides; no superuser after that
         conn.execute(f"CREATE SCHEMA semcache AUTHORIZATION {name}")
