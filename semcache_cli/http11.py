@@ -198,6 +198,7 @@ class Connection:
         """Connected (through the proxy when given), and for https the TLS handshake done,
         all within the deadline."""
         self._authority = authority(host, port, 443 if https else 80)
+        self._tunnel_target = authority(host, port, 0)  # CONNECT always names the port
         self._proxy = proxy
         self._forward = proxy is not None and not https  # plain http through a proxy: absolute-form targets
         sock = connect(proxy.host, proxy.port, deadline) if proxy else connect(host, port, deadline)
@@ -217,7 +218,7 @@ class Connection:
     def _tunnel(self, sock: socket.socket, deadline: float) -> None:
         """CONNECT through the proxy; on a 2xx the socket carries bytes to the origin."""
         assert self._proxy is not None
-        lines = [f"CONNECT {self._authority} HTTP/1.1", f"Host: {self._authority}"]
+        lines = [f"CONNECT {self._tunnel_target} HTTP/1.1", f"Host: {self._tunnel_target}"]
         if self._proxy.authorization:
             lines.append(f"Proxy-Authorization: {self._proxy.authorization}")
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
