@@ -345,6 +345,9 @@ class OllamaClient:
             return OllamaUnreachable(
                 f"no Ollama API at {self._where()}: {path} answered HTTP 404 ({text or 'no reason given'}); "
                 "check the host, port and path in OLLAMA_HOST")
+        if status == 407:  # from a proxy forwarding plain http; CONNECT's 407 is reported on connecting
+            return OllamaUnreachable(f"cannot reach Ollama at {self._where()}: the proxy answered HTTP 407 "
+                                     "(check the credentials in the proxy URL)")
         if status == 404 and "not found" in text:
             return ModelNotFound(model, f"model '{model}' not found on Ollama at {self.base_url}: run `ollama pull {model}`")
         if status == 400 and "does not support" in text:

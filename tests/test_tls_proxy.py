@@ -307,6 +307,14 @@ def test_a_proxy_that_refuses_the_credentials_is_exit_4_without_them(https: Fake
     assert "wrongpassword" not in result.stderr and "alice" not in result.stderr
 
 
+def test_a_forwarding_proxy_that_refuses_the_credentials_is_exit_4(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", "http://ollama.test:11434")
+    monkeypatch.setenv("HTTP_PROXY", proxy.url())  # no credentials at all
+    result = run_cli("ask", Q)
+    assert result.exit_code == 4
+    assert "the proxy answered HTTP 407 (check the credentials in the proxy URL)" in one_line_error(result.stderr)
+
+
 def test_a_proxy_that_cannot_reach_the_host_is_exit_4(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OLLAMA_HOST", "https://unknown.test")
     monkeypatch.setenv("HTTPS_PROXY", proxy.url(CREDENTIALS))
