@@ -216,8 +216,9 @@ class OllamaClient:
             raise OllamaUnreachable(f"cannot reach Ollama at {origin.url()}: the proxy {proxy.label if proxy else ''} "
                                     f"answered {one_line(str(exc), 80)} ({hint})") from None
         except TimeoutError:
+            seconds = min(CONNECT_TIMEOUT_S, self.timeout)
             raise OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: no connection within "
-                                    f"{CONNECT_TIMEOUT_S:g} s (set OLLAMA_HOST if it runs elsewhere)") from None
+                                    f"{seconds:g} s (set OLLAMA_HOST if it runs elsewhere)") from None
         except OSError:  # refused, unknown host, no route, the proxy closed or broke
             if proxy:
                 raise OllamaUnreachable(f"cannot reach Ollama at {origin.url()} through the proxy {proxy.label}: "

@@ -8,8 +8,11 @@ clients never do."""
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import trustme
-from conftest import db_rows, run_cli, run_proc
+from conftest import REPO, db_rows, run_cli, run_proc
 from fake_ollama import FakeOllama
 
 from semcache_cli import http11
@@ -127,6 +130,25 @@ def test_a_tls_handshake_that_never_comes_is_bounded_by_the_connect_timeout(isol
     finally:
         listener.close()
     assert result.exit_code == 4 and "cannot reach Ollama" in one_line_error(result.stderr)
+
+
+def imported_modules(*args: str, env: dict[str, str]) -> set[str]:
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "semcache_cli", *args], capture_output=True,
+                          stdin=subprocess.DEVNULL, env={**os.environ, **env}, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.decode().splitlines() if line.startswith("import time:")}
+
+
+def test_ssl_is_loaded_for_https_only(ollama: FakeOllama, https: FakeOllama, ca_file: Path, isolated_env: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh process per ask: ssl costs ~85 ms, http.client and email ~25 ms.
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")  # set, though loopback never uses it
+    plain = imported_modules("ask", "-q", Q, env={"OLLAMA_HOST": ollama.url})
+    assert "semcache_cli.http11" in plain
+    assert not plain & {"ssl", "_ssl", "http.client", "email", "email.parser", "httpx"}
+    tls = imported_modules("ask", "-q", "another question", env={"OLLAMA_HOST": f"https://localhost:{https.port}",
+                                                                 "SSL_CERT_FILE": str(ca_file)})
+    assert "ssl" in tls
 
 
 # -- a real HTTP proxy on loopback -----------------------------------------------------------
