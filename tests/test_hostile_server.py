@@ -366,35 +366,35 @@ def empty_chunks_forever(wire: Wire, body: dict[str, Any]) -> None:
                          ids=["head-trickled", "endless-100-continue", "first-line-trickled", "no-text-ever"])
 def test_a_reply_trickled_past_the_timeout_times_out(hostile, handler: Handler) -> None:
     server = hostile(chat=handler)
-    with pytest.raises(OllamaUnreachable, match="timed out after 1 s without replying"):
-        chat(server, timeout=1.0)
+    with pytest.raises(OllamaUnreachable, match="timed out after 0.5 s without replying"):
+        chat(server, timeout=0.5)
 
 
 def test_an_answer_that_stalls_mid_way_times_out_after_its_text(hostile) -> None:
     server = hostile(chat=MID_ANSWER_TRICKLED)
     seen: list[str] = []
-    with pytest.raises(OllamaUnreachable, match="timed out mid-answer: no new text for 1 s; nothing was stored"):
-        chat(server, timeout=1.0, seen=seen)
+    with pytest.raises(OllamaUnreachable, match="timed out mid-answer: no new text for 0.5 s; nothing was stored"):
+        chat(server, timeout=0.5, seen=seen)
     assert seen == ["one ", "two "]
 
 
 def test_an_embedding_body_trickled_past_the_timeout_times_out(hostile) -> None:
     body = json.dumps({"embeddings": [[0.5] * 400]}).encode()
     server = hostile(embed=trickle_bytes(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode(), body, 0.05))
-    with pytest.raises(OllamaUnreachable, match="timed out after 1 s"):
-        embed(server, timeout=1.0)
+    with pytest.raises(OllamaUnreachable, match="timed out after 0.5 s"):
+        embed(server, timeout=0.5)
 
 
 def test_a_long_answer_that_keeps_streaming_is_never_cut(hostile) -> None:
     def slow_but_steady(wire: Wire, body: dict[str, Any]) -> None:
         wire.send(STREAM_HEAD)
-        for i in range(7):  # past the 1 s timeout in all, each token well within it
+        for i in range(6):  # past the 1 s timeout in all, each token well within it
             wire.send(line(token(f"t{i} ")))
             wire.pace(0.2)
         wire.send(line(final()) + b"0\r\n\r\n")
 
     generation = chat(hostile(chat=slow_but_steady), timeout=1.0)
-    assert generation.text == "".join(f"t{i} " for i in range(7))
+    assert generation.text == "".join(f"t{i} " for i in range(6))
 
 
 def test_through_the_cli_a_trickled_answer_exits_4_and_stores_nothing(hostile, isolated_env: Path) -> None:
