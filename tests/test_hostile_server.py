@@ -9,6 +9,7 @@ checked by how much the server managed to send before the client hung up."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -17,6 +18,8 @@ from typing import Any
 
 import pytest
 from conftest import db_rows, run_cli, run_proc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable
 from semcache_cli.ollama import MAX_ANSWER_CHARS, MAX_LINE_BYTES, Generation, OllamaClient
@@ -253,6 +256,30 @@ def test_through_the_cli_bad_metrics_are_stored_as_nulls(hostile, isolated_env: 
     row = db_rows(isolated_env, "SELECT typeof(prompt_tokens) AS p, typeof(completion_tokens) AS c, "
                                 "typeof(generation_s) AS g FROM entries")[0]
     assert (row["p"], row["c"], row["g"]) == ("null", "null", "null")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=80),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["content", "role", "x"]), inner, max_size=3),
+    max_leaves=8)
+CHUNK_KEYS = ["message", "done", "done_reason", "eval_count", "prompt_eval_count", "total_duration", "error"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.dictionaries(st.sampled_from(CHUNK_KEYS), JSON_VALUES, max_size=6), min_size=1, max_size=4))
+def test_any_chunks_give_an_exactly_typed_generation_or_one_clean_error(hostile, chunks: list[dict[str, Any]]) -> None:
+    server = hostile(chat=lambda w, b: w.answer(*chunks))
+    try:
+        generation = chat(server)
+    except OllamaError as exc:  # GenerationFailed for a broken answer; never anything outside the tree
+        assert "\n" not in str(exc)
+        return
+    assert type(generation.text) is str and generation.text.encode("utf-8")
+    assert generation.done_reason is None or type(generation.done_reason) is str
+    for count in (generation.prompt_tokens, generation.completion_tokens):
+        assert count is None or (type(count) is int and count >= 0)
+    total = generation.total_s
+    assert total is None or (type(total) is float and math.isfinite(total) and total >= 0)
 
 
 # -- 2. only JSON true ends an answer -------------------------------------------------------
