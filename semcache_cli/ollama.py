@@ -38,6 +38,7 @@ from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, Ol
 
 CONNECT_TIMEOUT_S = 5.0
 IDLE_LIMIT_S = 120.0  # the most silence between two tokens of an answer that has started
+FINISH_GRACE_S = 1.0  # for the end of a body after done:true; past it the connection is dropped, not the answer
 BUSY_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 MAX_REDIRECTS = 5
 MAX_LINE_BYTES = 1 << 20  # one NDJSON line of an answer: a real one is ~200 bytes
@@ -548,8 +549,8 @@ class OllamaClient:
 
     def _finish(self, response: http11.Response, idle: float) -> None:
         """Read the end of a complete answer's body, so the connection can be reused; an
-        answer already complete is never failed by how its connection ends."""
-        response.deadline = time.monotonic() + idle
+        answer already complete is never failed, nor held up, by how its connection ends."""
+        response.deadline = time.monotonic() + min(idle, FINISH_GRACE_S)
         try:
             response.read(MAX_LINE_BYTES)
         except OSError:

@@ -424,6 +424,20 @@ def test_a_long_answer_that_keeps_streaming_is_never_cut(hostile) -> None:
     assert generation.text == "".join(f"t{i} " for i in range(6))
 
 
+def test_a_complete_answer_is_not_held_up_by_a_body_that_never_ends(hostile) -> None:
+    def done_then_silence(wire: Wire, body: dict[str, Any]) -> None:
+        wire.send(STREAM_HEAD + line(token("all ")) + line(token("there")) + line(final()))  # no last chunk
+        wire.pace(120)
+
+    server = hostile(chat=done_then_silence)
+    client = OllamaClient(server.url, timeout=60.0)
+    try:
+        generation = within(lambda: client.chat("llama3.2", USER, {}), seconds=20)
+    finally:
+        client.close()
+    assert (generation.text, generation.done_reason) == ("all there", "stop")
+
+
 def test_through_the_cli_a_trickled_answer_exits_4_and_stores_nothing(hostile, isolated_env: Path) -> None:
     server = hostile(chat=MID_ANSWER_TRICKLED)
     result = run_proc("ask", Q, "--timeout", "1s", env={"OLLAMA_HOST": server.url}, timeout=60)
