@@ -38,7 +38,7 @@ from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, Ol
 
 CONNECT_TIMEOUT_S = 5.0
 IDLE_LIMIT_S = 120.0  # the most silence between two tokens of an answer that has started
-FINISH_GRACE_S = 1.0  # for the end of a body after done:true; past it the connection is dropped, not the answer
+BODY_GRACE_S = 1.0  # for the rest of a body once what matters is known: the end after done:true, an error's text
 BUSY_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 MAX_REDIRECTS = 5
 MAX_LINE_BYTES = 1 << 20  # one NDJSON line of an answer: a real one is ~200 bytes
@@ -287,6 +287,7 @@ class OllamaClient:
 
     def _discard(self, response: http11.Response) -> None:
         """Read a redirect's small body so the connection can be reused; close it otherwise."""
+        response.deadline = min(response.deadline, time.monotonic() + BODY_GRACE_S)
         try:
             response.read(MAX_ERROR_BODY_BYTES, truncate=True)
         except OSError:
@@ -295,12 +296,18 @@ class OllamaClient:
             self.close()
 
     def _read_reply(self, response: http11.Response, limit: int) -> Reply:
-        """A whole reply; an error reply's body only as far as its message needs."""
+        """A whole reply; an error reply's body only as far as its message needs, and
+        only while it comes promptly: the status alone is reported otherwise."""
         try:
             if response.status == 200:
                 body = response.read(limit)
             else:
-                body = response.read(MAX_ERROR_BODY_BYTES, truncate=True)
+                response.deadline = min(response.deadline, time.monotonic() + BODY_GRACE_S)
+                try:
+                    body = response.read(MAX_ERROR_BODY_BYTES, truncate=True)
+                except TimeoutError:
+                    self.close()
+                    return Reply(response.status, b"")
         except TimeoutError:
             self.close()
             raise self._timed_out() from None
@@ -550,7 +557,7 @@ class OllamaClient:
     def _finish(self, response: http11.Response, idle: float) -> None:
         """Read the end of a complete answer's body, so the connection can be reused; an
         answer already complete is never failed, nor held up, by how its connection ends."""
-        response.deadline = time.monotonic() + min(idle, FINISH_GRACE_S)
+        response.deadline = time.monotonic() + min(idle, BODY_GRACE_S)
         try:
             response.read(MAX_LINE_BYTES)
         except OSError:

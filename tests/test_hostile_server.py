@@ -438,6 +438,23 @@ def test_a_complete_answer_is_not_held_up_by_a_body_that_never_ends(hostile) -> 
     assert (generation.text, generation.done_reason) == ("all there", "stop")
 
 
+def test_an_error_or_redirect_body_that_never_ends_does_not_hold_the_reply_up(hostile) -> None:
+    def error_then_silence(wire: Wire, body: dict[str, Any]) -> None:
+        wire.send(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 100\r\n\r\n{\"err")
+        wire.pace(120)
+
+    with pytest.raises(OllamaError, match=r"failed: no reason given \(HTTP 500\)"):
+        chat(hostile(chat=error_then_silence), timeout=60.0)
+
+    def redirect_then_silence(wire: Wire, body: dict[str, Any]) -> bool:
+        wire.send(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /api/embed\r\nContent-Length: 100\r\n\r\nmoved")
+        wire.pace(120)
+        return False
+
+    server = hostile(chat=redirect_then_silence, embed=lambda w, b: w.answer(token("fine"), final()))
+    assert chat(server, timeout=60.0).text == "fine"
+
+
 def test_through_the_cli_a_trickled_answer_exits_4_and_stores_nothing(hostile, isolated_env: Path) -> None:
     server = hostile(chat=MID_ANSWER_TRICKLED)
     result = run_proc("ask", Q, "--timeout", "1s", env={"OLLAMA_HOST": server.url}, timeout=60)
