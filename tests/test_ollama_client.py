@@ -165,18 +165,25 @@ def test_a_redirect_on_the_same_origin_is_followed_with_the_post_and_the_key(
     assert ollama.requests[0][1]["messages"] == USER  # the body came along
 
 
+@pytest.fixture(scope="module")
+def _front() -> Iterator[FakeOllama]:
+    server = FakeOllama().start()
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize("status", [301, 307, 308])
 def test_the_api_key_never_follows_a_redirect_to_another_origin(
-        ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+        ollama: FakeOllama, _front: FakeOllama, monkeypatch: pytest.MonkeyPatch, status: int) -> None:
     monkeypatch.setenv("OLLAMA_API_KEY", "sk-only-for-the-front")
-    front = FakeOllama().start()
+    front = _front
+    front.reset()
+    front.faults.redirects = {"/api/chat": (status, f"{ollama.url}/api/chat")}  # another port: another origin
+    c = OllamaClient(front.url, timeout=5.0)
     try:
-        front.faults.redirects = {"/api/chat": (status, f"{ollama.url}/api/chat")}  # another port: another origin
-        c = OllamaClient(front.url, timeout=5.0)
         assert c.chat("llama3.2", USER, {}).done_reason == "stop"
-        c.close()
     finally:
-        front.stop()
+        c.close()
     assert front.seen[0][2]["authorization"] == "Bearer sk-only-for-the-front"
     assert [(m, p) for m, p, _ in ollama.seen] == [("POST", "/api/chat")]
     assert "authorization" not in ollama.seen[0][2]

@@ -125,7 +125,7 @@ def test_https_to_a_plain_http_server_is_one_line_exit_4(ollama: FakeOllama, iso
 def test_a_tls_handshake_that_never_comes_is_bounded_by_the_connect_timeout(isolated_env: Path) -> None:
     listener = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never speaks TLS
     try:
-        result = run_proc("ask", Q, "--timeout", "2s",
+        result = run_proc("ask", Q, "--timeout", "0.5s",
                           env={"OLLAMA_HOST": f"https://127.0.0.1:{listener.getsockname()[1]}"}, timeout=60)
     finally:
         listener.close()
