@@ -27,6 +27,10 @@ from semcache_cli.ollama import MAX_ANSWER_CHARS, MAX_LINE_BYTES, Generation, Ol
 Q = "how do hostile servers look"
 USER = [{"role": "user", "content": Q}]
 MiB = 1 << 20
+FLOOD = 1024 * MiB  # what a flooding server would send if the client kept reading
+# What it manages to send once the client stops at a bound: the client's bound plus the
+# kernel's socket buffers on both sides (up to 32 MiB + 4 MiB on common Linux settings).
+SENT_BOUND = 128 * MiB
 STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
 METRICS = {"total_duration": 4935886791, "load_duration": 534986708, "prompt_eval_count": 26,
            "prompt_eval_duration": 107345000, "eval_count": 3, "eval_duration": 4289432000}
@@ -481,28 +485,28 @@ def flood(prefix: bytes, piece: bytes, total: int, framing: Callable[[bytes], by
 
 
 def test_an_ndjson_line_that_never_ends_is_refused_at_its_bound(hostile) -> None:
-    server = hostile(chat=flood(STREAM_HEAD + chunk(b'{"message": {"content": "'), b"a" * 65536, 256 * MiB, chunk))
+    server = hostile(chat=flood(STREAM_HEAD + chunk(b'{"message": {"content": "'), b"a" * 65536, FLOOD, chunk))
     with pytest.raises(GenerationFailed, match=f"a line longer than {MAX_LINE_BYTES:,} bytes"):
         chat(server)
-    assert server.sent < 64 * MiB  # the client hung up near its bound, not at the end of 256 MiB
+    assert server.sent < SENT_BOUND, server.sent  # the client hung up near its bound, not at the end of the flood
 
 
 def test_an_answer_past_its_bound_fails_and_the_client_stops_reading(hostile) -> None:
-    server = hostile(chat=flood(STREAM_HEAD, line(token("x" * 60_000)), 1024 * MiB))
+    server = hostile(chat=flood(STREAM_HEAD, line(token("x" * 60_000)), FLOOD))
     seen: list[str] = []
     with pytest.raises(GenerationFailed, match=f"answer longer than {MAX_ANSWER_CHARS:,} characters"):
         chat(server, seen=seen)
     assert sum(map(len, seen)) <= MAX_ANSWER_CHARS
-    assert server.sent < 64 * MiB
+    assert server.sent < SENT_BOUND, server.sent
 
 
 def test_millions_of_header_lines_are_refused_at_the_bound(hostile) -> None:
-    headers = b"".join(b"X-H-%d: v\r\n" % i for i in range(4096))  # 4,000,000 lines in all, all different
-    server = hostile(embed=flood(b"HTTP/1.1 200 OK\r\n", headers, 1000 * len(headers)))
+    headers = b"".join(b"X-H-%07d: %s\r\n" % (i, b"v" * 112) for i in range(4096))  # 128 bytes a line
+    server = hostile(embed=flood(b"HTTP/1.1 200 OK\r\n", headers, 1024 * len(headers)))  # 4,194,304 lines, 512 MiB
     with pytest.raises(OllamaError, match="more than 100 fields") as caught:
         embed(server)
     assert not isinstance(caught.value, OllamaUnreachable)
-    assert server.sent < 64 * MiB
+    assert server.sent < SENT_BOUND, server.sent
 
 
 @pytest.mark.parametrize(("prefix", "piece", "message"), [
@@ -514,11 +518,11 @@ def test_millions_of_header_lines_are_refused_at_the_bound(hostile) -> None:
     (b"HTTP/1.1 200 OK\r\n\r\n", b"[" * 65536, "reply longer than"),  # to the end of the connection
 ], ids=["status-line", "header", "content-length", "chunked", "until-close"])
 def test_an_embedding_reply_past_its_bounds_is_refused(hostile, prefix: bytes, piece: bytes, message: str) -> None:
-    server = hostile(embed=flood(prefix, piece, 1024 * MiB))
+    server = hostile(embed=flood(prefix, piece, FLOOD))
     with pytest.raises(OllamaError, match=message) as caught:
         embed(server)
     assert type(caught.value) is OllamaError
-    assert server.sent < 64 * MiB
+    assert server.sent < SENT_BOUND, server.sent
 
 
 def test_the_embedding_bound_scales_with_the_batch(hostile) -> None:
