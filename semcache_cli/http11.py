@@ -31,6 +31,7 @@ MAX_INTERIM = 10  # 1xx replies before the real one
 MAX_CHUNK_LINE = 4_096  # a chunk-size line with its extensions
 MAX_CHUNK_SIZE = 1 << 31  # real servers write chunks of kilobytes to megabytes
 RECV_BYTES = 65_536
+MAX_WAIT_S = 86_400.0  # one socket wait at most; a later deadline is reached by waiting again (time_t overflows)
 
 # Characters of an HTTP token (a header name), for bytes.translate(None, ...).
 _TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -78,17 +79,23 @@ def authority(host: str, port: int, default_port: int) -> str:
     return name if port == default_port else f"{name}:{port}"
 
 
+def _wait(deadline: float) -> float:
+    """The socket timeout that ends a wait at the deadline: TimeoutError if it has passed."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("the deadline passed")
+    return min(remaining, MAX_WAIT_S)
+
+
 def connect(host: str, port: int, deadline: float) -> socket.socket:
     """A TCP connection to one of host's addresses, all tried within the deadline (name
     resolution itself is bounded only by the system resolver's own timeouts)."""
     error: OSError = OSError(f"no address for {host}")
     for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("connecting took too long")
+        timeout = _wait(deadline)
         sock = socket.socket(family, kind, proto)
         try:
-            sock.settimeout(remaining)
+            sock.settimeout(timeout)
             sock.connect(address)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return sock
@@ -111,13 +118,16 @@ class _Reader:
 
     def _fill(self) -> bool:
         """One recv into the buffer; False at the end of the connection."""
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the deadline passed")
-        self._sock.settimeout(remaining)
-        data = self._sock.recv(RECV_BYTES)
-        self._buf += data
-        return bool(data)
+        while True:
+            self._sock.settimeout(_wait(self.deadline))
+            try:
+                data = self._sock.recv(RECV_BYTES)
+            except TimeoutError:
+                if time.monotonic() < self.deadline:  # a wait of MAX_WAIT_S ended before the deadline
+                    continue
+                raise
+            self._buf += data
+            return bool(data)
 
     def _take(self, n: int) -> bytes:
         piece = bytes(self._buf[:n])
@@ -221,7 +231,7 @@ class Connection:
         lines = [f"CONNECT {self._tunnel_target} HTTP/1.1", f"Host: {self._tunnel_target}"]
         if self._proxy.authorization:
             lines.append(f"Proxy-Authorization: {self._proxy.authorization}")
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        sock.settimeout(_wait(deadline))
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         reader = _Reader(sock, deadline)
         status, reason, _ = _head(reader)
@@ -260,7 +270,7 @@ class Connection:
         head = "\r\n".join(lines)
         self.deadline = deadline
         try:
-            self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            self._sock.settimeout(_wait(deadline))
             self._sock.sendall(head.encode("latin-1") + b"\r\n\r\n" + (body or b""))
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise NoReply(f"the connection closed while sending: {exc}") from None
@@ -292,7 +302,7 @@ def _tls(sock: socket.socket, host: str, deadline: float) -> socket.socket:
 
     context = ssl.create_default_context()  # system CAs, and SSL_CERT_FILE / SSL_CERT_DIR when set
     # CPython bounds the whole handshake by the socket timeout, not each wait in it.
-    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    sock.settimeout(_wait(deadline))
     try:
         return context.wrap_socket(sock, server_hostname=host)
     except ssl.SSLCertVerificationError as exc:

@@ -222,3 +222,12 @@ def test_a_redirect_that_cannot_be_followed_is_an_error(ollama: FakeOllama, loca
     finally:
         c.close()
     assert type(caught.value) is OllamaError
+
+
+def test_a_timeout_past_what_a_socket_can_wait_still_works(ollama: FakeOllama) -> None:
+    c = OllamaClient(ollama.url, timeout=1e21)  # --timeout 999999999999999999999s parses; time_t does not hold it
+    try:
+        assert c.chat("llama3.2", USER, {}).done_reason == "stop"
+        assert len(c.embed("all-minilm", ["x"])[0]) == 384
+    finally:
+        c.close()
