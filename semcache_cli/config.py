@@ -242,26 +242,55 @@ def parse_options(pairs: list[tuple[str, str]], base: Mapping[str, Any] | None =
 def parse_ollama_host(raw: str | None) -> str:
     """Base URL from OLLAMA_HOST, read as ollama-python's _parse_host does, plus the two
     things the Go CLI adds: surrounding whitespace is trimmed, and 0.0.0.0 / :: (server
-    bind addresses) mean this machine."""
+    bind addresses) mean this machine. What ollama-python would turn into a wrong URL
+    without a word (port 0 or past 65535, a port that is not a number, `http://` with no
+    host, spaces or control characters inside) is a usage error. Credentials in the value
+    are dropped, and never shown in a message."""
     text = (raw or "").strip()
+    shown = re.sub(r"^([a-z]+://)?[^/@]*@", r"\1…@", text, flags=re.IGNORECASE)  # no password in messages
+    if not text.isprintable() or any(ch.isspace() for ch in text):
+        raise UsageError(f"OLLAMA_HOST: {shown!r} has a space or control character inside")
     port = DEFAULT_OLLAMA_PORT
-    scheme, _, hostport = text.partition("://")
-    if not hostport:
+    scheme, sep, hostport = text.partition("://")
+    if not sep:
         scheme, hostport = "http", text
     elif scheme == "http":
         port = 80
     elif scheme == "https":
         port = 443
     else:
-        raise UsageError(f"OLLAMA_HOST: unsupported scheme {scheme!r} in {raw!r} (use http or https)")
+        raise UsageError(f"OLLAMA_HOST: unsupported scheme {scheme!r} in {shown!r} (use http or https)")
     try:
         split = urllib.parse.urlsplit(f"{scheme}://{hostport}")
-        host = split.hostname or "127.0.0.1"
-        port = split.port or port
-    except ValueError:
-        raise UsageError(
-            f"OLLAMA_HOST: cannot parse {raw!r} (IPv6 addresses need brackets, e.g. [::1]:11434)"
-        ) from None
+    except ValueError:  # an unclosed or not-IPv6 bracket
+        raise UsageError(f"OLLAMA_HOST: cannot parse {shown!r} (an IPv6 address goes in brackets, e.g. [::1]:11434)") from None
+    hostinfo = split.netloc.rpartition("@")[2]
+    if sep and not hostinfo:
+        raise UsageError(f"OLLAMA_HOST: {shown!r} has no host after {scheme}:// (e.g. {scheme}://127.0.0.1:11434)")
+    if hostinfo.startswith("["):
+        name, bracket, port_text = hostinfo[1:].partition("]")
+        if not bracket or (port_text and not port_text.startswith(":")):
+            raise UsageError(f"OLLAMA_HOST: cannot parse {shown!r} (an IPv6 address goes in brackets, e.g. [::1]:11434)")
+        port_text = port_text[1:]
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            raise UsageError(f"OLLAMA_HOST: {name!r} in {shown!r} is not an IPv6 address") from None
+    elif hostinfo.count(":") > 1:
+        raise UsageError(f"OLLAMA_HOST: cannot parse {shown!r} (IPv6 addresses need brackets, e.g. [::1]:11434)")
+    else:
+        name, _, port_text = hostinfo.partition(":")
+    if port_text:
+        # str.isdigit() alone would take '²' or '٨'; int() would take '+80'.
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
+            raise UsageError(f"OLLAMA_HOST: the port {port_text!r} in {shown!r} is not a number from 1 to 65535")
+        port = int(port_text)
+    host = name.lower() or "127.0.0.1"
+    if not host.startswith("[") and not re.fullmatch(r"[a-z0-9_.-]+|[0-9a-f:.%]+", host):
+        try:
+            host = host.encode("idna").decode("ascii")  # an international name, as DNS spells it
+        except UnicodeError:
+            raise UsageError(f"OLLAMA_HOST: {name!r} in {shown!r} is not a host name") from None
     if host in {"0.0.0.0", "::"}:
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
     try:
@@ -269,7 +298,7 @@ def parse_ollama_host(raw: str | None) -> str:
             host = f"[{host}]"
     except ValueError:
         pass
-    path = split.path.strip("/")
+    path = urllib.parse.quote(split.path.strip("/"), safe="/%:@!$&'()*+,;=-._~")
     return f"{scheme}://{host}:{port}/{path}" if path else f"{scheme}://{host}:{port}"
 
 

@@ -1,85 +1,314 @@
 """One HTTP/1.1 client connection over a socket, as much of the protocol as talking to
-Ollama takes: POST a body, read the reply by Content-Length, chunked transfer coding or
+Ollama takes: send a request, read the reply by Content-Length, chunked transfer coding or
 to the end of the connection, whole or line by line as it streams, and keep the
-connection for the next request. The standard library's http.client imports the email
-package and ssl on every start (~25 ms measured, a sixth of a semantic ask).
+connection for the next request; through an HTTP proxy when one is given (absolute-form
+targets for http, a CONNECT tunnel for https). The standard library's http.client imports
+the email package and ssl on every start (~25 ms measured, a sixth of a semantic ask).
 
-Every failure is an OSError: the socket's own (TimeoutError for a timeout) or Broken,
-for a reply that is not HTTP/1.x or ends before its body does.
+Everything a server sends is bounded and checked before use: every receive waits at most
+until the connection's `deadline` (a time.monotonic() value the caller sets), so a server
+that trickles a byte at a time cannot stretch a wait; the head of a reply, each line and
+each body are bounded in bytes; framing values must be plain ASCII numbers.
+
+Every failure is an OSError: the socket's own (TimeoutError once the deadline passes),
+NoReply (the connection ended before the first byte of a reply), TLSFailure,
+ProxyRefused, or Broken for a reply that is not HTTP/1.x, breaks its framing, passes a
+bound (TooLarge) or ends early.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+import time
+from collections.abc import Mapping
+from typing import NamedTuple
+from urllib.parse import unquote, urlsplit
 
-MAX_LINE = 65_536  # a status, header or chunk-size line longer than this is not HTTP
+MAX_HEAD_BYTES = 65_536  # status line and header fields of one reply
+MAX_FIELDS = 100  # header fields of one reply (and trailer fields of a chunked one)
+MAX_INTERIM = 10  # 1xx replies before the real one
+MAX_CHUNK_LINE = 4_096  # a chunk-size line with its extensions
+MAX_CHUNK_SIZE = 1 << 31  # real servers write chunks of kilobytes to megabytes
+RECV_BYTES = 65_536
+MAX_WAIT_S = 86_400.0  # one socket wait at most; a later deadline is reached by waiting again (time_t overflows)
+
+# Characters of an HTTP token (a header name), for bytes.translate(None, ...).
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 class Broken(OSError):
     """The reply broke HTTP/1.1 framing or ended early."""
 
 
-class Connection:
-    def __init__(self, host: str, port: int, https: bool, connect_timeout: float, read_timeout: float) -> None:
-        sock = socket.create_connection((host, port), timeout=connect_timeout)
-        try:
-            if https:
-                import ssl  # loaded only for https: certificates cost ~85 ms
+class TooLarge(Broken):
+    """The reply passed one of the bounds on its size."""
 
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-            sock.settimeout(read_timeout)
+
+class Truncated(Broken):
+    """The connection ended before the reply did."""
+
+
+class NoReply(ConnectionResetError):
+    """The connection ended before the first byte of a reply (or while the request was
+    being sent): on a kept-alive connection, the server let it go."""
+
+
+class TLSFailure(OSError):
+    """The TLS handshake failed; the message says why in a few words."""
+
+
+class ProxyRefused(OSError):
+    """The proxy answered CONNECT with something other than 2xx."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status} {reason}".strip())
+        self.status = status
+
+
+class Proxy(NamedTuple):
+    host: str
+    port: int
+    authorization: str | None  # the Proxy-Authorization value, from credentials in the proxy URL
+    label: str  # scheme://host:port, never the credentials: for messages
+
+
+def authority(host: str, port: int, default_port: int) -> str:
+    """host[:port] as the Host header and CONNECT write it; IPv6 literals in brackets."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port == default_port else f"{name}:{port}"
+
+
+def _wait(deadline: float) -> float:
+    """The socket timeout that ends a wait at the deadline: TimeoutError if it has passed."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("the deadline passed")
+    return min(remaining, MAX_WAIT_S)
+
+
+def connect(host: str, port: int, deadline: float) -> socket.socket:
+    """A TCP connection to one of host's addresses, all tried within the deadline (name
+    resolution itself is bounded only by the system resolver's own timeouts)."""
+    error: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        timeout = _wait(deadline)
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
+
+
+class _Reader:
+    """Buffered receiving on a socket where every recv waits only until `deadline`."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+        self.deadline = deadline
+
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def _fill(self) -> bool:
+        """One recv into the buffer; False at the end of the connection."""
+        while True:
+            self._sock.settimeout(_wait(self.deadline))
+            try:
+                data = self._sock.recv(RECV_BYTES)
+            except TimeoutError:
+                if time.monotonic() < self.deadline:  # a wait of MAX_WAIT_S ended before the deadline
+                    continue
+                raise
+            self._buf += data
+            return bool(data)
+
+    def _take(self, n: int) -> bytes:
+        piece = bytes(self._buf[:n])
+        del self._buf[:n]  # bytearray drops a prefix in O(1)
+        return piece
+
+    def line(self, limit: int) -> bytes:
+        """Through the next newline, at most `limit` bytes: shorter without a newline only
+        at the end of the connection, exactly `limit` without one when the line is longer."""
+        start = 0
+        while True:
+            end = self._buf.find(b"\n", start, limit)
+            if end >= 0:
+                return self._take(end + 1)
+            if len(self._buf) >= limit:
+                return self._take(limit)
+            start = len(self._buf)
+            if not self._fill():
+                return self._take(len(self._buf))
+
+    def some(self, n: int, newline: bool) -> bytes:
+        """1 to n bytes, those already here when there are any (through the first newline
+        when `newline`); b"" at the end of the connection."""
+        if not self._buf and not self._fill():
+            return b""
+        if newline:
+            end = self._buf.find(b"\n", 0, n)
+            if end >= 0:
+                n = end + 1
+        return self._take(n)
+
+
+def _status_line(line: bytes) -> tuple[int, str]:
+    if not line.endswith(b"\n"):
+        raise TooLarge("a status line too long") if len(line) == MAX_HEAD_BYTES else Truncated("the reply ended mid-line")
+    version, _, rest = line.rstrip(b"\r\n").partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit() or code[:1] == b"0":
+        raise Broken(f"not an HTTP/1.x reply: {line[:40]!r}")
+    return int(code), reason.decode("latin-1").strip()
+
+
+def _fields(reader: _Reader, budget: int) -> dict[str, str]:
+    """Header (or trailer) fields up to the blank line, names lower-cased; a repeated field's
+    values joined with commas, as RFC 9110 allows for lists."""
+    fields: dict[str, str] = {}
+    for _ in range(MAX_FIELDS + 1):
+        line = reader.line(budget)
+        if line in (b"\r\n", b"\n"):
+            return fields
+        if not line.endswith(b"\n"):
+            raise TooLarge(f"a reply head longer than {MAX_HEAD_BYTES} bytes") if len(line) == budget \
+                else Truncated("the reply ended inside its head")
+        budget -= len(line)
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name.translate(None, _TOKEN):  # empty, spaced or folded name
+            raise Broken(f"malformed header line: {line[:40]!r}")
+        key = name.decode("ascii").lower()
+        text = value.strip().decode("latin-1")
+        fields[key] = f"{fields[key]}, {text}" if key in fields else text
+    raise TooLarge(f"a reply head with more than {MAX_FIELDS} fields")
+
+
+def _content_length(fields: dict[str, str]) -> int | None:
+    value = fields.get("content-length")
+    if value is None:
+        return None
+    values = {v.strip() for v in value.split(",")}  # a repeated identical value is allowed
+    text = values.pop()
+    # isdigit() alone accepts '²' and other Unicode digits; int() accepts '+1', '1_0' and spaces.
+    if values or not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise Broken(f"malformed Content-Length: {value[:40]!r}")
+    return int(text)
+
+
+class Connection:
+    def __init__(self, host: str, port: int, https: bool, deadline: float, proxy: Proxy | None = None) -> None:
+        """Connected (through the proxy when given), and for https the TLS handshake done,
+        all within the deadline."""
+        self._authority = authority(host, port, 443 if https else 80)
+        self._tunnel_target = authority(host, port, 0)  # CONNECT always names the port
+        self._proxy = proxy
+        self._forward = proxy is not None and not https  # plain http through a proxy: absolute-form targets
+        sock = connect(proxy.host, proxy.port, deadline) if proxy else connect(host, port, deadline)
+        try:
+            if https and proxy is not None:
+                self._tunnel(sock, deadline)
+            if https:
+                sock = _tls(sock, host, deadline)
         except BaseException:
             sock.close()
             raise
         self._sock = sock
-        self._in = sock.makefile("rb")
-        default_port = 443 if https else 80
-        name = f"[{host}]" if ":" in host else host
-        self._host = name if port == default_port else f"{name}:{port}"
+        self._reader = _Reader(sock, deadline)
         self.reusable = True  # until the server says close or a reply is left unread
         self.response: Response | None = None
 
+    def _tunnel(self, sock: socket.socket, deadline: float) -> None:
+        """CONNECT through the proxy; on a 2xx the socket carries bytes to the origin."""
+        assert self._proxy is not None
+        lines = [f"CONNECT {self._tunnel_target} HTTP/1.1", f"Host: {self._tunnel_target}"]
+        if self._proxy.authorization:
+            lines.append(f"Proxy-Authorization: {self._proxy.authorization}")
+        sock.settimeout(_wait(deadline))
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        reader = _Reader(sock, deadline)
+        status, reason, _ = _head(reader)
+        if not 200 <= status < 300:
+            raise ProxyRefused(status, reason[:80])
+        if reader.buffered():  # the origin cannot have spoken before the TLS hello
+            raise Broken("the proxy sent bytes after its CONNECT reply")
+
+    @property
+    def deadline(self) -> float:
+        return self._reader.deadline
+
+    @deadline.setter
+    def deadline(self, value: float) -> None:
+        self._reader.deadline = value
+
     def close(self) -> None:
         self.reusable = False
-        self._in.close()
         self._sock.close()
 
     def idle(self) -> bool:
         """Ready for another request: open, and the last reply read to its end."""
         return self.reusable and (self.response is None or self.response.done)
 
-    def post(self, target: str, headers: dict[str, str], body: bytes) -> Response:
-        """Send a POST and read the reply's status and headers."""
-        lines = [f"POST {target} HTTP/1.1", f"Host: {self._host}", *(f"{k}: {v}" for k, v in headers.items()),
-                 f"Content-Length: {len(body)}", "", ""]
-        self._sock.sendall("\r\n".join(lines).encode("latin-1") + body)
-        while True:
-            status, fields = self._head()
+    def request(self, method: str, target: str, headers: dict[str, str], body: bytes | None, deadline: float) -> Response:
+        """Send a request and read the reply's status and headers, all by the deadline."""
+        if self._forward:
+            target = f"http://{self._authority}{target}"
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self._authority}", *(f"{k}: {v}" for k, v in headers.items())]
+        if self._forward and self._proxy and self._proxy.authorization:
+            lines.append(f"Proxy-Authorization: {self._proxy.authorization}")
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        if not all(line.isprintable() for line in lines):  # CR, LF or NUL would split or forge fields
+            raise ValueError("a control character in the request head")
+        head = "\r\n".join(lines)
+        self.deadline = deadline
+        try:
+            self._sock.settimeout(_wait(deadline))
+            self._sock.sendall(head.encode("latin-1") + b"\r\n\r\n" + (body or b""))
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise NoReply(f"the connection closed while sending: {exc}") from None
+        for _ in range(MAX_INTERIM + 1):
+            status, _reason, fields = _head(self._reader)
+            if status == 101:
+                raise Broken("the server switched protocols unasked")
             if status >= 200:  # 1xx replies are interim: the real one follows
                 self.response = Response(self, status, fields)
                 return self.response
+        raise Broken(f"more than {MAX_INTERIM} interim (1xx) replies")
 
-    def _head(self) -> tuple[int, dict[str, str]]:
-        line = self._in.readline(MAX_LINE)
-        if not line:  # closed without a word: a kept-alive connection the server let go
-            raise ConnectionResetError("the server closed the connection before replying")
-        parts = line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise Broken(f"not an HTTP/1.x reply: {line[:40]!r}")
-        fields: dict[str, str] = {}
-        while (line := self._line()) not in (b"\r\n", b"\n"):
-            name, colon, value = line.partition(b":")
-            if not colon:
-                raise Broken(f"malformed header line: {line[:40]!r}")
-            fields[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-        return int(parts[1]), fields
 
-    def _line(self) -> bytes:
-        line = self._in.readline(MAX_LINE)
-        if not line.endswith(b"\n"):
-            raise Broken("the reply ended mid-line")
-        return line
+def _head(reader: _Reader) -> tuple[int, str, dict[str, str]]:
+    try:
+        line = reader.line(MAX_HEAD_BYTES)
+    except ConnectionResetError as exc:
+        if reader.buffered():
+            raise
+        raise NoReply(f"the connection was reset before a reply: {exc}") from None
+    if not line:
+        raise NoReply("the server closed the connection before replying")
+    status, reason = _status_line(line)
+    return status, reason, _fields(reader, MAX_HEAD_BYTES - len(line))
+
+
+def _tls(sock: socket.socket, host: str, deadline: float) -> socket.socket:
+    import ssl  # only for https: loading certificates costs ~85 ms
+
+    context = ssl.create_default_context()  # system CAs, and SSL_CERT_FILE / SSL_CERT_DIR when set
+    # CPython bounds the whole handshake by the socket timeout, not each wait in it.
+    sock.settimeout(_wait(deadline))
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        raise TLSFailure(f"its TLS certificate failed verification ({exc.verify_message})") from None
+    except ssl.SSLError as exc:
+        raise TLSFailure(f"the TLS handshake failed ({exc.reason or exc})") from None
 
 
 class Response:
@@ -89,68 +318,210 @@ class Response:
         self.status = status
         self.fields = fields
         self._conn = conn
-        self._in = conn._in
+        self._reader = conn._reader
         no_body = status in (204, 304)  # whatever the headers say
-        self._chunked = not no_body and "chunked" in fields.get("transfer-encoding", "").lower()
-        length = "0" if no_body else fields.get("content-length")
-        if not self._chunked and length is not None and not length.isdigit():
-            raise Broken(f"malformed Content-Length: {length!r}")
-        self._left = int(length) if not self._chunked and length is not None else None  # None: chunked or to the end
+        coding = fields.get("transfer-encoding", "").strip().lower()
+        if coding and coding != "chunked" and not no_body:
+            raise Broken(f"unsupported Transfer-Encoding: {coding[:40]!r}")  # gzip and the like, never asked for
+        self._chunked = coding == "chunked" and not no_body
+        self._left = 0 if no_body else None if self._chunked else _content_length(fields)  # None: chunked or to the end
         self._chunk_left = 0
-        self.done = self._left == 0
-        if fields.get("connection", "").lower() == "close" or (not self._chunked and length is None):
+        self.done = False
+        if fields.get("connection", "").strip().lower() == "close" or (not self._chunked and self._left is None):
             conn.reusable = False
+        if self._left == 0:
+            self._finish()
 
-    def read(self) -> bytes:
-        """The rest of the body."""
-        return b"".join(iter(self.readline, b""))
+    @property
+    def deadline(self) -> float:
+        return self._reader.deadline
 
-    def readline(self) -> bytes:
-        """The next line of the body with its newline (the last may lack one), b"" at its end."""
-        parts: list[bytes] = []
-        while not self.done:
-            piece = self._piece()
+    @deadline.setter
+    def deadline(self, value: float) -> None:
+        self._reader.deadline = value
+
+    @property
+    def length(self) -> int | None:
+        """The Content-Length, when the reply has one."""
+        return None if self._chunked else self._left
+
+    def _finish(self) -> None:
+        self.done = True
+        if self._reader.buffered():  # bytes beyond the reply: the next one would start in garbage
+            self._conn.reusable = False
+
+    def read(self, limit: int, truncate: bool = False) -> bytes:
+        """The rest of the body, at most `limit` bytes: TooLarge past it, or with
+        `truncate` the first `limit` bytes (and the connection is not reused)."""
+        if self._left is not None and self._left > limit and not truncate:
+            raise TooLarge(f"a reply of {self._left} bytes, more than the {limit} allowed")
+        out = bytearray()
+        while piece := self._piece(limit + 1 - len(out), newline=False):
+            out += piece
+            if len(out) > limit:
+                if not truncate:
+                    raise TooLarge(f"a reply longer than the {limit} bytes allowed")
+                self._conn.reusable = False
+                return bytes(out[:limit])
+        return bytes(out)
+
+    def readline(self, limit: int) -> bytes:
+        """The next line of the body with its newline (the last may lack one), b"" at its
+        end; TooLarge for a line longer than `limit` bytes."""
+        out = bytearray()
+        while len(out) < limit:
+            piece = self._piece(limit - len(out), newline=True)
             if not piece:
-                break
-            parts.append(piece)
+                return bytes(out)
+            out += piece
             if piece.endswith(b"\n"):
-                break
-        return b"".join(parts)
+                return bytes(out)
+        raise TooLarge(f"a line longer than {limit} bytes")
 
-    def _piece(self) -> bytes:
-        """Up to the next newline or the end of what the framing allows now."""
+    def _piece(self, n: int, newline: bool) -> bytes:
+        """1 to n bytes of the body from what the framing allows now; b"" at its end."""
+        if self.done:
+            return b""
         if self._chunked:
             if self._chunk_left == 0 and not self._next_chunk():
                 return b""
-            piece = self._in.readline(self._chunk_left)
+            piece = self._reader.some(min(n, self._chunk_left), newline)
             if not piece:
-                raise Broken("the reply ended mid-chunk")
+                raise Truncated("the reply ended mid-chunk")
             self._chunk_left -= len(piece)
-            if self._chunk_left == 0 and self._in.read(2) != b"\r\n":
-                raise Broken("a chunk did not end with CRLF")
+            if self._chunk_left == 0:
+                end = self._reader.line(2)
+                if end not in (b"\r\n", b"\n"):
+                    raise Broken("a chunk did not end with CRLF") if end else Truncated("the reply ended after a chunk")
             return piece
         if self._left is not None:
-            piece = self._in.readline(self._left)
+            piece = self._reader.some(min(n, self._left), newline)
             if not piece:
-                raise Broken("the reply ended before its Content-Length")
+                raise Truncated("the reply ended before its Content-Length")
             self._left -= len(piece)
-            self.done = self._left == 0
+            if self._left == 0:
+                self._finish()
             return piece
-        piece = self._in.readline()  # to the end of the connection
-        self.done = not piece
+        piece = self._reader.some(n, newline)  # to the end of the connection
+        if not piece:
+            self._finish()
         return piece
 
     def _next_chunk(self) -> bool:
         """Read a chunk-size line; False (and done) at the last, empty chunk."""
-        size_text = self._conn._line().split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise Broken(f"malformed chunk size: {size_text[:20]!r}") from None
+        line = self._reader.line(MAX_CHUNK_LINE)
+        if not line.endswith(b"\n"):
+            raise Broken("a chunk-size line too long") if len(line) == MAX_CHUNK_LINE else Truncated("the reply ended mid-body")
+        size_text = line.split(b";", 1)[0].strip()
+        # int(x, 16) alone accepts '-5', '+5', '0x5' and '5_0'.
+        if not size_text or size_text.translate(None, b"0123456789abcdefABCDEF") or len(size_text) > 16:
+            raise Broken(f"malformed chunk size: {size_text[:20]!r}")
+        size = int(size_text, 16)
+        if size > MAX_CHUNK_SIZE:
+            raise Broken(f"a chunk size of {size} bytes")
         if size == 0:
-            while self._conn._line() not in (b"\r\n", b"\n"):  # trailer fields, unused
-                pass
-            self.done = True
+            _fields(self._reader, MAX_HEAD_BYTES)  # trailer fields, bounded and unused
+            self._finish()
             return False
         self._chunk_left = size
         return True
+
+
+# -- which proxy, from the environment -----------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (also as ::ffff:127.x): never reached through a proxy."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _variable(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
+    """(value, variable name) of a proxy variable: the lower-case form first, as curl and
+    httpx read them; a set but empty lower-case one hides the upper-case one."""
+    lower, upper = name.lower(), name.upper()
+    if lower in env:
+        return (env[lower], lower) if env[lower].strip() else None
+    # Under CGI, HTTP_PROXY can come from a client's "Proxy:" header (httpoxy): not trusted.
+    if upper in env and env[upper].strip() and not (upper == "HTTP_PROXY" and "REQUEST_METHOD" in env):
+        return env[upper], upper
+    return None
+
+
+def bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
+    """NO_PROXY as curl and httpx read it: `*`; a name, which covers its subdomains too
+    (a leading dot or `*.` changes nothing); an IP address or CIDR block; any of them with
+    `:port` to cover that port only."""
+    host = host.lower().rstrip(".")
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        address = None
+    for raw in no_proxy.split(","):
+        entry = raw.strip().lower().partition("://")[2] or raw.strip().lower()
+        if entry == "*":
+            return True
+        if entry.startswith("["):
+            name, _, rest = entry[1:].partition("]")
+            entry_port = rest[1:] if rest.startswith(":") else ""
+        elif entry.count(":") == 1:
+            name, entry_port = entry.split(":")
+        else:
+            name, entry_port = entry, ""
+        name = name.lstrip("*.").rstrip(".")
+        if not name or (entry_port and entry_port != str(port)):
+            continue
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(name, strict=False):
+                    return True
+            except ValueError:
+                pass
+        elif host == name or host.endswith("." + name):
+            return True
+    return False
+
+
+def parse_proxy(value: str, variable: str) -> Proxy:
+    """An http:// proxy URL (a bare host:port means http), with optional user:password.
+    Errors name the variable, never its value: it may hold a password."""
+    text = value.strip()
+    split = urlsplit(text if "://" in text else f"http://{text}")
+    if split.scheme.lower() != "http":
+        raise ValueError(f"{variable}: {split.scheme or 'this'} proxies are not supported "
+                         "(use an http:// proxy, or name the host in NO_PROXY)")
+    try:
+        port = split.port or 80
+    except ValueError:
+        raise ValueError(f"{variable}: the proxy's port is not a number from 1 to 65535") from None
+    host = split.hostname
+    if not host or not text.isprintable() or " " in text or port == 0:
+        raise ValueError(f"{variable}: not a proxy URL (use http://host:port)")
+    authorization = None
+    if split.username is not None or split.password is not None:
+        import binascii
+
+        credentials = f"{unquote(split.username or '')}:{unquote(split.password or '')}".encode()
+        authorization = "Basic " + binascii.b2a_base64(credentials, newline=False).decode("ascii")
+    return Proxy(host, port, authorization, f"http://{authority(host, port, 0)}")
+
+
+def proxy_from_env(scheme: str, host: str, port: int, env: Mapping[str, str]) -> Proxy | None:
+    """The proxy for an origin: {scheme}_proxy, else all_proxy, unless the host is loopback
+    or NO_PROXY covers it. ValueError for a proxy URL that cannot be used."""
+    if is_loopback(host):
+        return None
+    no_proxy = _variable(env, "no_proxy")
+    if no_proxy is not None and bypasses_proxy(host, port, no_proxy[0]):
+        return None
+    for name in (f"{scheme}_proxy", "all_proxy"):
+        found = _variable(env, name)
+        if found is not None:
+            return parse_proxy(*found)
+    return None

@@ -1,31 +1,57 @@
 """The Ollama HTTP client: embeddings, streaming chat, and error mapping.
 
 Every connection error and every Ollama error body is translated here into the exception
-tree of errors.py, with a one-line message that says what to do. Timeouts are explicit:
-a short connect timeout (an absent server answers fast) and a long read timeout (a cold
-model load can take minutes before the first token).
+tree of errors.py, with a one-line message that says what to do. Only a failure to connect
+or a timeout is "unreachable" (exit 4); a reply that arrives but cannot be used is an
+OllamaError (for embeddings: the engine warns and skips the semantic layer) or, for an
+answer, GenerationFailed (nothing is stored).
 
-One kept-alive HTTP/1.1 connection per client (a client belongs to one thread), from
-http11.py: semcache makes two kinds of POST, and importing httpx with httpcore cost
-every fresh process ~100 ms, http.client ~25 ms.
+Every reply is hostile until checked: each field is checked for type and range before
+use, every wait has a deadline and every buffer a bound (the limits below; README "Limits
+and deadlines"). Deadlines are wall-clock, not per read: connecting within
+CONNECT_TIMEOUT_S; the reply's head, and for embeddings its whole body, within `timeout`;
+an answer's first token within `timeout` (a cold model load is slow), then each next one
+within min(timeout, IDLE_LIMIT_S), with no cap on a long answer that keeps streaming.
+
+Redirects are followed (MAX_REDIRECTS), the API key only ever sent to the origin of
+OLLAMA_HOST; HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY are honoured for hosts
+other than loopback. One kept-alive HTTP/1.1 connection per client (a client belongs to
+one thread), from http11.py: importing httpx with httpcore cost every fresh process
+~100 ms, http.client ~25 ms.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from semcache_cli import __version__, http11
-from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable
+from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable, UsageError
 
 CONNECT_TIMEOUT_S = 5.0
+IDLE_LIMIT_S = 120.0  # the most silence between two tokens of an answer that has started
+BODY_GRACE_S = 1.0  # for the rest of a body once what matters is known: the end after done:true, an error's text
 BUSY_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
+MAX_REDIRECTS = 5
+MAX_LINE_BYTES = 1 << 20  # one NDJSON line of an answer: a real one is ~200 bytes
+MAX_ANSWER_CHARS = 4_000_000  # a whole answer; a 256k-token context is ~1 MB of text
+EMBED_REPLY_BASE_BYTES = 65_536
+EMBED_REPLY_PER_TEXT_BYTES = 131_072  # a 4096-dim vector as JSON is ~60 KB, 1024 dims ~20 KB
+MAX_ERROR_BODY_BYTES = 65_536  # of an error or redirect reply: read for its message only
+MAX_SERVER_TEXT = 200  # characters of server text in one of our messages
+MAX_COUNT = 1_000_000_000  # a token count above this is not a real one
+MAX_DURATION_NS = 7 * 86_400 * 10**9  # nor a generation time above a week
+
+_DONE_REASON = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class EmbedInputTooLong(OllamaError):
@@ -33,8 +59,9 @@ class EmbedInputTooLong(OllamaError):
     so a long query is never silently cut and matched on its first part only)."""
 
 
-class _Dropped(Exception):
-    """The connection failed after the request was sent (reset, closed, cut short)."""
+class _Unusable(Exception):
+    """A reply arrived but cannot be used (broken framing, a bound passed, a malformed
+    field, a connection dropped mid-reply); the reason completes "Ollama at X ..."."""
 
 
 @dataclass
@@ -51,15 +78,86 @@ class Reply(NamedTuple):
     body: bytes
 
     def error_text(self) -> tuple[str, bool]:
-        """The `error` value of an Ollama error body, and whether the body was JSON."""
-        text = self.body.decode("utf-8", "replace").strip()
+        """The `error` value of an Ollama error body made one short line, and whether the
+        body was JSON."""
         try:
-            body = json.loads(self.body)
+            body = _decode_json(self.body)
         except ValueError:
-            return text, False
+            return one_line(self.body.decode("utf-8", "replace")), False
         if isinstance(body, dict) and "error" in body:
-            return str(body["error"]), True
-        return text, True
+            error = body["error"]
+            return one_line(error if isinstance(error, str) else json.dumps(error)), True
+        return one_line(self.body.decode("utf-8", "replace")), True
+
+
+def one_line(text: str, limit: int = MAX_SERVER_TEXT) -> str:
+    """Server text fit for one line of ours: tags of an HTML page dropped, whitespace runs
+    (newlines too) made one space, other control and invisible characters (escape
+    sequences, bidi overrides, lone surrogates) removed, at most `limit` characters."""
+    if text.lstrip().startswith("<"):
+        text = re.sub(r"<[^>]*>", " ", text)
+    kept = "".join(" " if ch.isspace() else ch for ch in text if ch.isprintable() or ch.isspace())
+    kept = " ".join(kept.split())
+    return kept if len(kept) <= limit else kept[:limit - 1].rstrip() + "…"
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity; Ollama never sends them
+
+
+_JSON = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _decode_json(data: bytes) -> Any:
+    """Strict JSON from UTF-8 bytes; ValueError for anything else, nesting too deep included."""
+    try:
+        return _JSON.decode(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
+
+
+def _count(value: Any) -> int | None:
+    return value if type(value) is int and 0 <= value <= MAX_COUNT else None  # type(): bool is an int too
+
+
+def _seconds(nanoseconds: Any) -> float | None:
+    if type(nanoseconds) not in (int, float) or not 0 <= nanoseconds <= MAX_DURATION_NS:  # NaN fails too
+        return None
+    return float(nanoseconds) / 1e9
+
+
+def _valid_text(text: str) -> bool:
+    """Encodable as UTF-8: JSON can spell a lone surrogate ("\\ud800"), which no terminal
+    or database takes; such an answer is refused, never stored repaired."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _api_key() -> str | None:
+    """OLLAMA_API_KEY, refused when it could forge or split request headers."""
+    key = os.environ.get("OLLAMA_API_KEY")
+    if not key:
+        return None
+    for position, ch in enumerate(key, 1):
+        if not "!" <= ch <= "~":
+            kind = "a control character" if not ch.isprintable() else "a space" if ch.isspace() else "a non-ASCII character"
+            raise UsageError(f"OLLAMA_API_KEY: character {position} is {kind}; an API key is printable ASCII "
+                             "without spaces (check how it was exported)")
+    return key
+
+
+class _Origin(NamedTuple):
+    scheme: str
+    host: str  # IPv6 without brackets
+    port: int
+
+    def url(self) -> str:
+        return f"{self.scheme}://{http11.authority(self.host, self.port, 0)}"
 
 
 class OllamaClient:
@@ -69,15 +167,17 @@ class OllamaClient:
         self._sleep = sleep
         self._legacy_embed = False
         url = urlsplit(base_url)
-        self._https = url.scheme == "https"
-        self._host = url.hostname or "127.0.0.1"
-        self._port = url.port or (443 if self._https else 80)
+        https = url.scheme == "https"
+        self._origin = _Origin(url.scheme, url.hostname or "127.0.0.1", url.port or (443 if https else 80))
         self._prefix = url.path.rstrip("/")
         self._headers = {"Content-Type": "application/json", "Accept": "application/json",
                          "User-Agent": f"semcache/{__version__}"}
-        if os.environ.get("OLLAMA_API_KEY"):
-            self._headers["Authorization"] = f"Bearer {os.environ['OLLAMA_API_KEY']}"
+        key = _api_key()
+        self._auth = {"Authorization": f"Bearer {key}"} if key else {}
+        self._proxies: dict[_Origin, http11.Proxy | None] = {}
+        self._proxy(self._origin)  # a proxy setting that cannot be used is a usage error before any request
         self._conn: http11.Connection | None = None
+        self._conn_origin: _Origin | None = None
 
     def close(self) -> None:
         if self._conn is not None:
@@ -86,87 +186,187 @@ class OllamaClient:
 
     # -- transport -----------------------------------------------------------------------
 
-    def _connection(self) -> http11.Connection:
-        """The open connection, or a new one: connected within the connect timeout, then
-        reading with the (long) read timeout."""
-        if self._conn is not None and self._conn.idle():
+    def _proxy(self, origin: _Origin) -> http11.Proxy | None:
+        if origin not in self._proxies:
+            try:
+                self._proxies[origin] = http11.proxy_from_env(origin.scheme, origin.host, origin.port, os.environ)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        return self._proxies[origin]
+
+    def _where(self, origin: _Origin | None = None) -> str:
+        origin = origin or self._origin
+        proxy = self._proxy(origin)
+        name = self.base_url if origin == self._origin else origin.url()
+        return f"{name} (through the proxy {proxy.label})" if proxy else name
+
+    def _connection(self, origin: _Origin, deadline: float) -> http11.Connection:
+        """The open connection to origin, or a new one, connected within the connect timeout."""
+        if self._conn is not None and self._conn_origin == origin and self._conn.idle():
             return self._conn
         self.close()
+        proxy = self._proxy(origin)
         try:
-            self._conn = http11.Connection(self._host, self._port, self._https, CONNECT_TIMEOUT_S, self.timeout)
-        except OSError:  # refused, unknown host, no route, connect timeout, bad certificate
-            raise self._unreachable(timed_out=False) from None
+            self._conn = http11.Connection(origin.host, origin.port, origin.scheme == "https",
+                                           min(deadline, time.monotonic() + CONNECT_TIMEOUT_S), proxy)
+        except http11.TLSFailure as exc:
+            raise OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: {exc}; if its certificate "
+                                    "comes from a private CA, point SSL_CERT_FILE at that CA's certificate") from None
+        except http11.ProxyRefused as exc:
+            hint = "check the credentials in the proxy URL" if exc.status == 407 else "or name the host in NO_PROXY"
+            raise OllamaUnreachable(f"cannot reach Ollama at {origin.url()}: the proxy {proxy.label if proxy else ''} "
+                                    f"answered {one_line(str(exc), 80)} ({hint})") from None
+        except TimeoutError:
+            seconds = min(CONNECT_TIMEOUT_S, self.timeout)
+            raise OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: no connection within "
+                                    f"{seconds:g} s (set OLLAMA_HOST if it runs elsewhere)") from None
+        except OSError:  # refused, unknown host, no route, the proxy closed or broke
+            if proxy:
+                raise OllamaUnreachable(f"cannot reach Ollama at {origin.url()} through the proxy {proxy.label}: "
+                                        "is the proxy running, and can it reach Ollama?") from None
+            raise OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: is `ollama serve` running "
+                                    "there? (set OLLAMA_HOST if it runs elsewhere)") from None
+        self._conn_origin = origin
         return self._conn
 
-    def _send(self, path: str, body: dict[str, Any]) -> http11.Response:
-        """POST a JSON body; the reply with its status and headers read. A kept-alive
-        connection the server closed meanwhile is reopened once: the request never got there."""
-        data = json.dumps(body).encode()
-        for fresh_only in (False, True):
-            reused = self._conn is not None and self._conn.idle()
-            conn = self._connection()
+    def _request(self, origin: _Origin, method: str, target: str, body: bytes | None,
+                 deadline: float) -> http11.Response:
+        """One request and its reply's head. A kept-alive connection the server let go
+        meanwhile is reopened once: the request never got there."""
+        headers = {**self._headers, **self._auth} if origin == self._origin else self._headers
+        for retry in (False, True):
+            reused = self._conn is not None and self._conn_origin == origin and self._conn.idle()
+            conn = self._connection(origin, deadline)
             try:
-                return conn.post(self._prefix + path, self._headers, data)
+                return conn.request(method, target, headers, body, deadline)
             except TimeoutError:
                 self.close()
-                raise self._unreachable(timed_out=True) from None
+                raise self._timed_out() from None
+            except http11.NoReply:
+                self.close()
+                if reused and not retry:
+                    continue
+                raise OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: the connection closed "
+                                        "before any reply (is `ollama serve` running there?)") from None
             except OSError as exc:
                 self.close()
-                if reused and not fresh_only and isinstance(exc, (BrokenPipeError, ConnectionResetError)):
-                    continue
-                raise _Dropped() from None
+                raise _Unusable(self._broken(exc)) from None
         raise AssertionError("unreachable")  # the second try returns or raises
 
-    def _read(self, response: http11.Response) -> Reply:
-        return Reply(response.status, self._receive(response.read))
+    def _exchange(self, path: str, body: bytes, deadline: float) -> http11.Response:
+        """POST to the API and follow redirects: 301, 302, 307 and 308 repeat the POST with
+        its body (a GET is of no use to Ollama's POST-only API; curl's --post301/302),
+        303 turns it into a GET as it means. The API key goes only to OLLAMA_HOST's origin."""
+        origin, target, method, data = self._origin, quote(self._prefix + path, safe="/%:@!$&'()*+,;=-._~"), "POST", body
+        for hop in range(MAX_REDIRECTS + 1):
+            response = self._request(origin, method, target, data, deadline)
+            location = response.fields.get("location")
+            if response.status not in _REDIRECTS or location is None:
+                return response
+            self._discard(response)
+            if hop == MAX_REDIRECTS:
+                raise _Unusable(f"redirected more than {MAX_REDIRECTS} times (last to {one_line(location, 80)}); "
+                                "set OLLAMA_HOST to the final URL")
+            origin, target = self._redirect_target(origin, target, location)
+            if response.status == 303:
+                method, data = "GET", None
+        raise AssertionError("unreachable")  # the last hop returns or raises
 
-    def _receive(self, read: Callable[[], bytes]) -> bytes:
-        """Body bytes from the connection; on a failure the connection is closed, so the
-        rest of that reply is never read as the next one."""
+    def _redirect_target(self, origin: _Origin, target: str, location: str) -> tuple[_Origin, str]:
+        if not location.isascii() or not location.isprintable() or " " in location.strip():
+            raise _Unusable("redirected to a malformed Location")
         try:
-            return read()
-        except TimeoutError:
-            self.close()
-            raise self._unreachable(timed_out=True) from None
+            url = urlsplit(urljoin(f"{origin.url()}{target}", location.strip()))
+            port = url.port
+        except ValueError:  # a bad port or IPv6 bracket
+            url, port = urlsplit(""), 0
+        if url.scheme not in ("http", "https") or not url.hostname or port == 0:
+            raise _Unusable(f"redirected to {one_line(location, 80)}, which is not an http(s) URL semcache can follow")
+        new = _Origin(url.scheme, url.hostname, port or (443 if url.scheme == "https" else 80))
+        return new, (url.path or "/") + (f"?{url.query}" if url.query else "")
+
+    def _discard(self, response: http11.Response) -> None:
+        """Read a redirect's small body so the connection can be reused; close it otherwise."""
+        response.deadline = min(response.deadline, time.monotonic() + BODY_GRACE_S)
+        try:
+            response.read(MAX_ERROR_BODY_BYTES, truncate=True)
         except OSError:
             self.close()
-            raise _Dropped() from None
+        if self._conn is not None and not self._conn.idle():
+            self.close()
+
+    def _read_reply(self, response: http11.Response, limit: int) -> Reply:
+        """A whole reply; an error reply's body only as far as its message needs, and
+        only while it comes promptly: the status alone is reported otherwise."""
+        try:
+            if response.status == 200:
+                body = response.read(limit)
+            else:
+                response.deadline = min(response.deadline, time.monotonic() + BODY_GRACE_S)
+                try:
+                    body = response.read(MAX_ERROR_BODY_BYTES, truncate=True)
+                except TimeoutError:
+                    self.close()
+                    return Reply(response.status, b"")
+        except TimeoutError:
+            self.close()
+            raise self._timed_out() from None
+        except OSError as exc:
+            self.close()
+            raise _Unusable(self._broken(exc)) from None
+        if self._conn is not None and not self._conn.idle():
+            self.close()
+        return Reply(response.status, body)
+
+    def _post(self, path: str, body: dict[str, Any], limit: int) -> Reply:
+        """POST with bounded retries on 503 "server busy" (safe: nothing was done); each
+        try has its own deadline for the whole reply."""
+        data = json.dumps(body).encode()
+        for delay in (*BUSY_RETRY_DELAYS_S, None):
+            deadline = time.monotonic() + self.timeout
+            reply = self._read_reply(self._exchange(path, data, deadline), limit)
+            if reply.status != 503 or delay is None:
+                return reply
+            self._sleep(delay)
+        raise AssertionError("unreachable")  # the loop always returns
 
     # -- error mapping -----------------------------------------------------------------
 
-    def _unreachable(self, timed_out: bool) -> OllamaUnreachable:
-        if timed_out:
-            return OllamaUnreachable(
-                f"Ollama at {self.base_url} timed out after {self.timeout:g} s without replying "
-                "(a cold model load can be slow: raise --timeout)"
-            )
+    @staticmethod
+    def _broken(exc: OSError) -> str:
+        if isinstance(exc, http11.TooLarge):
+            return f"sent a reply past semcache's limits ({exc})"
+        if isinstance(exc, http11.Broken) and not isinstance(exc, http11.Truncated):
+            return f"sent a reply that is not valid HTTP ({exc})"
+        return "dropped the connection mid-reply"
+
+    def _timed_out(self) -> OllamaUnreachable:
         return OllamaUnreachable(
-            f"cannot reach Ollama at {self.base_url}: is `ollama serve` running there? "
-            "(set OLLAMA_HOST if it runs elsewhere)"
+            f"Ollama at {self._where()} timed out after {self.timeout:g} s without replying "
+            "(a cold model load can be slow: raise --timeout)"
         )
 
-    def _status_error(self, reply: Reply, model: str) -> OllamaError:
-        text, _ = reply.error_text()
+    def _status_error(self, reply: Reply, model: str, path: str) -> OllamaError:
+        text, is_json = reply.error_text()
         status = reply.status
+        if status == 404 and not is_json:
+            # Ollama's own 404s are JSON; a plain page means nothing there speaks its API.
+            return OllamaUnreachable(
+                f"no Ollama API at {self._where()}: {path} answered HTTP 404 ({text or 'no reason given'}); "
+                "check the host, port and path in OLLAMA_HOST")
+        if status == 407:  # from a proxy forwarding plain http; CONNECT's 407 is reported on connecting
+            return OllamaUnreachable(f"cannot reach Ollama at {self._where()}: the proxy answered HTTP 407 "
+                                     "(check the credentials in the proxy URL)")
         if status == 404 and "not found" in text:
             return ModelNotFound(model, f"model '{model}' not found on Ollama at {self.base_url}: run `ollama pull {model}`")
         if status == 400 and "does not support" in text:
             return OllamaError(f"model '{model}' cannot do this ({text}); choose another model")
         if status == 503:
-            return OllamaError(f"Ollama at {self.base_url} is busy ({text}); try again later")
-        return OllamaError(f"Ollama at {self.base_url} failed: {text or 'no reason given'} (HTTP {status})")
-
-    def _post(self, path: str, body: dict[str, Any]) -> Reply:
-        """POST with bounded retries on 503 "server busy" (safe: nothing was done)."""
-        for delay in (*BUSY_RETRY_DELAYS_S, None):
-            try:
-                reply = self._read(self._send(path, body))
-            except _Dropped:
-                raise self._unreachable(timed_out=False) from None
-            if reply.status != 503 or delay is None:
-                return reply
-            self._sleep(delay)
-        raise AssertionError("unreachable")  # the loop always returns
+            return OllamaError(f"Ollama at {self._where()} is busy ({text}); try again later")
+        if status in (401, 403):
+            return OllamaError(f"Ollama at {self._where()} refused the request: {text or 'no reason given'} "
+                               f"(HTTP {status}); check OLLAMA_API_KEY")
+        return OllamaError(f"Ollama at {self._where()} failed: {text or 'no reason given'} (HTTP {status})")
 
     # -- embeddings --------------------------------------------------------------------
 
@@ -174,8 +374,15 @@ class OllamaClient:
         """One float32 array per text, in order, all of one length (batched through
         /api/embed's list input). array('f') converts and checks a row in C: a batch of
         256 vectors is a megabyte of JSON, and numpy would cost a fresh ask ~90 ms."""
+        try:
+            return self._embed(model, texts)
+        except _Unusable as exc:
+            raise OllamaError(f"Ollama at {self._where()} {exc}") from None
+
+    def _embed(self, model: str, texts: list[str]) -> list[array]:
+        limit = EMBED_REPLY_BASE_BYTES + EMBED_REPLY_PER_TEXT_BYTES * max(1, len(texts))
         if not self._legacy_embed:
-            reply = self._post("/api/embed", {"model": model, "input": texts, "truncate": False})
+            reply = self._post("/api/embed", {"model": model, "input": texts, "truncate": False}, limit)
             text, is_json = reply.error_text() if reply.status != 200 else ("", True)
             if reply.status == 404 and not is_json:
                 # Servers before v0.2.6 have no /api/embed: plain-text 404 page.
@@ -183,36 +390,46 @@ class OllamaClient:
             elif reply.status == 400 and "context length" in text:
                 raise EmbedInputTooLong(f"the query is longer than {model}'s context; semantic layer skipped")
             elif reply.status != 200:
-                raise self._status_error(reply, model)
+                raise self._status_error(reply, model, "/api/embed")
             else:
-                return self._checked_vectors(self._json(reply.body).get("embeddings"), len(texts))
+                return self._checked_vectors(self._object(reply.body).get("embeddings"), len(texts))
         vectors = []
         for text in texts:
-            reply = self._post("/api/embeddings", {"model": model, "prompt": text})
+            reply = self._post("/api/embeddings", {"model": model, "prompt": text},
+                               EMBED_REPLY_BASE_BYTES + EMBED_REPLY_PER_TEXT_BYTES)
             if reply.status != 200:
-                raise self._status_error(reply, model)
-            vectors.append(self._json(reply.body).get("embedding"))
+                raise self._status_error(reply, model, "/api/embeddings")
+            vectors.append(self._object(reply.body).get("embedding"))
         return self._checked_vectors(vectors, len(texts))
 
-    def _json(self, data: bytes) -> dict[str, Any]:
+    @staticmethod
+    def _object(data: bytes) -> dict[str, Any]:
         try:
-            body = json.loads(data)
+            body = _decode_json(data)
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            raise OllamaError(f"Ollama at {self.base_url} sent a reply that is not a JSON object")
+            raise _Unusable("sent a reply that is not a JSON object")
         return body
 
-    def _checked_vectors(self, vectors: Any, count: int) -> list[array]:
-        malformed = OllamaError(f"Ollama at {self.base_url} sent malformed embeddings")
-        if not isinstance(vectors, list) or len(vectors) != count or not all(isinstance(v, list) for v in vectors):
+    @staticmethod
+    def _checked_vectors(vectors: Any, count: int) -> list[array]:
+        malformed = _Unusable("sent malformed embeddings")
+        if not isinstance(vectors, list) or len(vectors) != count or not all(type(v) is list for v in vectors):
             raise malformed
-        try:
-            rows = [array("f", row) for row in vectors]
-        except (TypeError, ValueError, OverflowError):  # something that is not a number
-            raise malformed from None
-        lengths = {len(row) for row in rows}
-        if len(lengths) > 1 or 0 in lengths:  # ragged or empty rows
+        rows = []
+        for row in vectors:
+            if not set(map(type, row)) <= {float, int}:  # array('f') would take True as 1.0
+                raise malformed
+            try:
+                values = array("f", row)
+                finite = math.isfinite(math.fsum(values))  # float32 overflow became inf
+            except (TypeError, ValueError, OverflowError):
+                raise malformed from None
+            if not values or not finite or values.count(0.0) == len(values):
+                raise malformed
+            rows.append(values)
+        if len({len(row) for row in rows}) > 1:  # ragged rows
             raise malformed
         return rows
 
@@ -233,62 +450,115 @@ class OllamaClient:
             body["options"] = options
         if format is not None:
             body["format"] = format
-        for delay in (*BUSY_RETRY_DELAYS_S, None):
-            try:
-                response = self._send("/api/chat", body)
+        data = json.dumps(body).encode()
+        try:
+            for delay in (*BUSY_RETRY_DELAYS_S, None):
+                deadline = time.monotonic() + self.timeout  # the head and the first token
+                response = self._exchange("/api/chat", data, deadline)
                 if response.status != 200:
-                    reply = self._read(response)
+                    reply = self._read_reply(response, MAX_ERROR_BODY_BYTES)
                     if reply.status == 503 and delay is not None:
                         self._sleep(delay)
                         continue
-                    raise self._status_error(reply, model)
+                    raise self._status_error(reply, model, "/api/chat")
                 return self._read_stream(response, on_token)
-            except _Dropped:
-                raise GenerationFailed(
-                    f"the connection to Ollama at {self.base_url} dropped mid-answer; nothing was stored"
-                ) from None
+        except _Unusable as exc:
+            raise GenerationFailed(f"Ollama at {self._where()} {exc}; nothing was stored") from None
         raise AssertionError("unreachable")  # the loop always returns or raises
 
     def _read_stream(self, response: http11.Response, on_token: Callable[[str], None]) -> Generation:
-        """The answer's NDJSON lines up to done:true. The connection is kept for the next
-        call only when the whole response was read; any failure closes it."""
+        """The answer's NDJSON lines up to done:true, each checked whole before its text is
+        handed on. The connection is kept for the next call only when the whole response
+        was read; any failure closes it."""
         parts: list[str] = []
+        size = 0
+        idle = min(self.timeout, IDLE_LIMIT_S)
         try:
-            while line := self._receive(response.readline):
+            while line := self._stream_line(response, started=bool(parts), idle=idle):
                 if not line.strip():
                     continue
                 try:
-                    chunk = json.loads(line)
+                    chunk = _decode_json(line)
                 except ValueError:
-                    raise GenerationFailed("Ollama sent malformed JSON mid-answer; nothing was stored") from None
+                    raise _Unusable("sent malformed JSON mid-answer") from None
                 if not isinstance(chunk, dict):
-                    raise GenerationFailed("Ollama sent malformed JSON mid-answer; nothing was stored")
+                    raise _Unusable("sent malformed JSON mid-answer")
                 if "error" in chunk:
-                    raise GenerationFailed(f"Ollama failed mid-answer: {chunk['error']}; nothing was stored")
-                message = chunk.get("message") or {}
-                piece = message.get("content") or ""
+                    error = chunk["error"]
+                    text = one_line(error if isinstance(error, str) else json.dumps(error))
+                    raise GenerationFailed(f"Ollama failed mid-answer: {text}; nothing was stored")
+                piece, done = self._chunk(chunk)
+                generation = self._final(chunk, parts, piece) if done else None
                 if piece:
+                    size += len(piece)
+                    if size > MAX_ANSWER_CHARS:
+                        raise _Unusable(f"sent an answer longer than {MAX_ANSWER_CHARS:,} characters")
                     parts.append(piece)
                     on_token(piece)
-                if chunk.get("done"):
-                    self._finish(response)
-                    total = chunk.get("total_duration")
-                    return Generation(
-                        text="".join(parts),
-                        done_reason=chunk.get("done_reason"),
-                        prompt_tokens=chunk.get("prompt_eval_count"),
-                        completion_tokens=chunk.get("eval_count"),
-                        total_s=total / 1e9 if isinstance(total, (int, float)) else None,
-                    )
-            raise _Dropped()  # the body ended without done:true
+                    response.deadline = time.monotonic() + idle
+                if generation is not None:
+                    self._finish(response, idle)
+                    return generation
+            raise _Unusable("ended the answer without done:true")
         except BaseException:
             self.close()  # mid-stream: the rest of this response must never be read as the next one
             raise
 
-    def _finish(self, response: http11.Response) -> None:
-        """Read the end of a complete answer's body, so the connection can be reused; an
-        answer already complete is never failed by how its connection ends."""
+    def _stream_line(self, response: http11.Response, started: bool, idle: float) -> bytes:
         try:
-            response.read()
+            return response.readline(MAX_LINE_BYTES)
+        except TimeoutError:
+            if not started:
+                raise self._timed_out() from None
+            raise OllamaUnreachable(f"Ollama at {self._where()} timed out mid-answer: no new text for {idle:g} s; "
+                                    "nothing was stored") from None
+        except OSError as exc:
+            if isinstance(exc, http11.TooLarge):
+                raise _Unusable(f"sent a line longer than {MAX_LINE_BYTES:,} bytes mid-answer") from None
+            broken = isinstance(exc, http11.Broken) and not isinstance(exc, http11.Truncated)
+            raise _Unusable(self._broken(exc) + " mid-answer" if broken else "dropped mid-answer") from None
+
+    @staticmethod
+    def _chunk(chunk: dict[str, Any]) -> tuple[str, bool]:
+        """A chunk's text and whether it is the last: only JSON true ends an answer."""
+        done = chunk.get("done", False)
+        if type(done) is not bool:
+            raise _Unusable(f"sent a malformed chunk (done is {type(done).__name__}, not true or false)")
+        if "message" not in chunk:
+            return "", done
+        message = chunk["message"]
+        if not isinstance(message, dict):
+            raise _Unusable("sent a malformed chunk (message is not an object)")
+        content = message.get("content", "")
+        if not isinstance(content, str):
+            raise _Unusable("sent a malformed chunk (message.content is not a string)")
+        if not _valid_text(content):
+            raise _Unusable("sent text that is not valid Unicode (a lone surrogate)")
+        return content, done
+
+    @staticmethod
+    def _final(chunk: dict[str, Any], parts: list[str], piece: str) -> Generation:
+        """The Generation of the done chunk: metrics are optional and an invalid one is
+        dropped (None); done_reason decides whether the answer is stored, so a malformed
+        one fails the answer."""
+        reason = chunk.get("done_reason")
+        if reason == "":
+            reason = None
+        if reason is not None and not (isinstance(reason, str) and _DONE_REASON.fullmatch(reason)):
+            raise _Unusable("sent a malformed done_reason")
+        return Generation(
+            text="".join(parts) + piece,
+            done_reason=reason,
+            prompt_tokens=_count(chunk.get("prompt_eval_count")),
+            completion_tokens=_count(chunk.get("eval_count")),
+            total_s=_seconds(chunk.get("total_duration")),
+        )
+
+    def _finish(self, response: http11.Response, idle: float) -> None:
+        """Read the end of a complete answer's body, so the connection can be reused; an
+        answer already complete is never failed, nor held up, by how its connection ends."""
+        response.deadline = time.monotonic() + min(idle, BODY_GRACE_S)
+        try:
+            response.read(MAX_LINE_BYTES)
         except OSError:
             self.close()

@@ -34,7 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No test touches the user's real cache, config or Ollama."""
     for name in list(os.environ):
-        if name.startswith("SEMCACHE_") or name.startswith("OLLAMA_"):
+        # the proxy variables too: a test's made-up hosts must not go to the machine's proxy
+        if name.startswith(("SEMCACHE_", "OLLAMA_")) or name.lower() in ("http_proxy", "https_proxy", "all_proxy",
+                                                                          "no_proxy"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("SEMCACHE_DB", str(tmp_path / "cache.db"))
     monkeypatch.setenv("SEMCACHE_CONFIG", str(tmp_path / "config.toml"))

@@ -76,6 +76,7 @@ class Faults:
     chunk_delay: float = 0.0  # seconds between chunks
     legacy: bool = False  # a server before v0.2.6: no /api/embed
     idle_close: bool = False  # close every kept-alive connection after its reply, unannounced
+    redirects: dict[str, tuple[int, str]] = field(default_factory=dict)  # path -> (3xx status, Location)
 
 
 @dataclass
@@ -92,6 +93,7 @@ class FakeOllama:
     def __post_init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers) of every request
         self.lock = threading.Lock()
         self.connections = 0  # TCP connections accepted
         self.stopping = threading.Event()
@@ -101,9 +103,11 @@ class FakeOllama:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self, port: int = 0) -> FakeOllama:
+    def start(self, port: int = 0, tls: Any = None) -> FakeOllama:
+        """Serve on a loopback port; with an ssl.SSLContext as `tls`, over https."""
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = _Server(("127.0.0.1", port), handler)
+        self._server.tls = tls
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -121,7 +125,7 @@ class FakeOllama:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._server and self._server.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def generations(self) -> int:
@@ -131,6 +135,7 @@ class FakeOllama:
         with self.lock:
             self.counts.clear()
             self.requests.clear()
+            self.seen.clear()
             self.connections = 0
             self._table_json.clear()
         self.faults = Faults()
@@ -169,6 +174,8 @@ class FakeOllama:
 
 
 class _Server(ThreadingHTTPServer):
+    tls: Any = None
+
     def get_request(self) -> tuple[socket.socket, Any]:
         # Go's net/http (real Ollama) sets TCP_NODELAY; without it Nagle's algorithm and
         # delayed ACKs add ~40 ms to every small keep-alive reply.
@@ -176,13 +183,25 @@ class _Server(ThreadingHTTPServer):
         with self.RequestHandlerClass.fake.lock:  # type: ignore[attr-defined]
             self.RequestHandlerClass.fake.connections += 1  # type: ignore[attr-defined]
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:  # handshake in the request's own thread: a slow client holds only that one
+            conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         return conn, addr
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is not None:
+            request.settimeout(10)
+            try:
+                request.do_handshake()
+            except OSError:  # a client that does not trust the certificate hangs up: normal in the TLS tests
+                return
+            request.settimeout(None)
+        super().finish_request(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up mid-reply (a timeout test, a killed process) is normal here."""
         import sys
 
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        if not isinstance(sys.exc_info()[1], OSError):  # reset, broken pipe, a TLS peer gone
             super().handle_error(request, client_address)
 
 
@@ -281,14 +300,28 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self) -> None:
         fake = self.fake
         path = self.path.split("?", 1)[0]
+        with fake.lock:
+            fake.seen.append((self.command, path, {k.lower(): v for k, v in self.headers.items()}))
+        if path in fake.faults.redirects:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, location = fake.faults.redirects[path]
+            body = f"<a href='{location}'>moved</a>".encode()
+            self.send_response(status)
+            self.send_header("Location", location)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if path == "/api/embed" and fake.faults.legacy:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             with fake.lock:
                 fake.counts[path] += 1
             return self._text(404, "404 page not found")
-        if path not in self.ROUTES:
-            return self._text(404, "404 page not found")
-        if self.command not in self.ROUTES[path]:
+        if path not in self.ROUTES or self.command not in self.ROUTES[path]:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))  # as Go does: the connection stays usable
+            if path not in self.ROUTES:
+                return self._text(404, "404 page not found")
             return self._text(405, "405 method not allowed")
         body: dict[str, Any] = {}
         if self.command == "POST":

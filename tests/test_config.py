@@ -88,6 +88,39 @@ def test_bad_ollama_host(raw: str) -> None:
         config.parse_ollama_host(raw)
 
 
+@pytest.mark.parametrize(("raw", "message"), [
+    ("127.0.0.1:0", "port '0'"),  # ollama-python silently uses 11434
+    ("127.0.0.1:65536", "not a number from 1 to 65535"),
+    ("127.0.0.1:99999", "not a number from 1 to 65535"),
+    ("127.0.0.1:http", "port 'http'"),
+    ("127.0.0.1:+80", r"port '\+80'"),
+    ("127.0.0.1:\u00b2", "port"),  # str.isdigit() says yes
+    ("http://", "no host after http://"),  # ollama-python makes it http://http:11434
+    ("https://", "no host after https://"),
+    ("http:///path", "no host"),
+    ("my host:11434", "space or control character"),
+    ("127.0.0.1:11434/a b", "space or control character"),
+    ("127.0.0.1\r\nX-Injected: 1", "space or control character"),
+    ("[::1", "IPv6"),
+    ("[not-ip]:80", "IPv6"),
+    ("1.2.3.4:8O", "port '8O'"),
+])
+def test_ollama_host_values_that_would_mean_a_wrong_url_are_refused(raw: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as caught:
+        config.parse_ollama_host(raw)
+    assert str(caught.value).startswith("OLLAMA_HOST: ") and "\n" not in str(caught.value)
+
+
+def test_credentials_in_ollama_host_never_reach_a_message() -> None:
+    with pytest.raises(UsageError) as caught:
+        config.parse_ollama_host("http://alice:hunter2@example.com:99999")
+    assert "hunter2" not in str(caught.value) and "alice" not in str(caught.value)
+
+
+def test_an_international_host_name_is_spelled_as_dns_does() -> None:
+    assert config.parse_ollama_host("bücher.example:8080") == "http://xn--bcher-kva.example:8080"
+
+
 def test_options_are_typed_like_ollama() -> None:
     options = config.parse_options(
         [("temperature", "0"), ("seed", "42"), ("stop", "\n\n"), ("stop", "END"), ("penalize_newline", "false")]

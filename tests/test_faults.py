@@ -126,3 +126,46 @@ def test_credentials_never_reach_the_cache_or_the_log(ollama: FakeOllama, isolat
         for secret in (b"hunter2secret", b"sk-topsecretkey", b"pw9secret", b"alice"):
             assert secret not in content, (path, secret)
     assert len(logged(isolated_env)) == 3
+
+
+@pytest.mark.parametrize("key", ["sk-abc\r\nX-Injected: 1", "sk-abc\n", "sk-\tabc", "sk-\x1b[2Jabc", "sk abc", "sk-ключ"],
+                         ids=["crlf", "lf", "tab", "escape", "space", "non-ascii"])
+def test_an_api_key_that_could_forge_headers_is_refused_before_any_request(
+        ollama: FakeOllama, isolated_env: Path, monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    monkeypatch.setenv("OLLAMA_API_KEY", key)
+    result = run_cli("ask", Q)
+    assert result.exit_code == 2
+    line = one_line_error(result.stderr)
+    assert line.startswith("semcache: error: OLLAMA_API_KEY: character ") and "abc" not in line
+    assert ollama.seen == []  # not one request, so no forged header anywhere
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:0", "http://", "127.0.0.1:70000", "127.0.0.1:port", "my host"])
+def test_an_ollama_host_that_means_a_wrong_url_exits_2(isolated_env: Path, host: str) -> None:
+    result = run_proc("ask", Q, env={"OLLAMA_HOST": host})
+    assert result.exit_code == 2 and one_line_error(result.stderr).startswith("semcache: error: OLLAMA_HOST: ")
+
+
+def test_a_wrong_path_in_ollama_host_is_not_a_missing_model(ollama: FakeOllama, isolated_env: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every route under /wrong is the server's plain-text "404 page not found", unlike a missing model's JSON 404.
+    monkeypatch.setenv("OLLAMA_HOST", ollama.url + "/wrong")
+    result = run_cli("ask", Q)
+    assert result.exit_code == 4
+    line = one_line_error(result.stderr)
+    assert "no Ollama API at" in line and "check the host, port and path in OLLAMA_HOST" in line
+    assert [path for _, path, _ in ollama.seen] == ["/wrong/api/embed", "/wrong/api/embeddings"]  # the v0.2.6 fallback kept
+    assert stored(isolated_env) == []
+
+
+def test_a_missing_model_is_still_exit_5(ollama: FakeOllama, isolated_env: Path) -> None:
+    result = run_cli("ask", Q, "-m", "llama9")
+    assert result.exit_code == 5 and "ollama pull llama9" in one_line_error(result.stderr)
+
+
+def test_a_multi_line_error_from_ollama_is_one_line(ollama: FakeOllama, isolated_env: Path) -> None:
+    ollama.faults.chat_status = (500, "llama runner process has terminated:\nexit status 2\n\x1b[31mCUDA error\x1b[0m")
+    result = run_cli("ask", Q)
+    assert result.exit_code == 1
+    assert one_line_error(result.stderr).endswith(
+        "failed: llama runner process has terminated: exit status 2 [31mCUDA error[0m (HTTP 500)")

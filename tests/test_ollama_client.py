@@ -148,3 +148,86 @@ def test_an_interrupted_answer_never_leaks_into_the_next_one(client: OllamaClien
         client.chat("llama3.2", USER, {}, on_token=stop_at_first_piece)
     other = [{"role": "user", "content": "five six"}]
     assert client.chat("llama3.2", other, {}).text == "This is the answer to: five six"
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_on_the_same_origin_is_followed_with_the_post_and_the_key(
+        ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+    monkeypatch.setenv("OLLAMA_API_KEY", "sk-same-origin")
+    ollama.faults.redirects = {"/old/api/chat": (status, "/api/chat"), "/old/api/embed": (status, "/api/embed")}
+    c = OllamaClient(ollama.url + "/old", timeout=5.0)
+    assert c.chat("llama3.2", USER, {}).text == "This is the answer to: one two three four"
+    assert len(c.embed("all-minilm", ["x", "y"])) == 2
+    c.close()
+    assert [(method, path) for method, path, _ in ollama.seen] == [
+        ("POST", "/old/api/chat"), ("POST", "/api/chat"), ("POST", "/old/api/embed"), ("POST", "/api/embed")]
+    assert all(headers["authorization"] == "Bearer sk-same-origin" for _, _, headers in ollama.seen)
+    assert ollama.requests[0][1]["messages"] == USER  # the body came along
+
+
+@pytest.fixture(scope="module")
+def _front() -> Iterator[FakeOllama]:
+    server = FakeOllama().start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("status", [301, 307, 308])
+def test_the_api_key_never_follows_a_redirect_to_another_origin(
+        ollama: FakeOllama, _front: FakeOllama, monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+    monkeypatch.setenv("OLLAMA_API_KEY", "sk-only-for-the-front")
+    front = _front
+    front.reset()
+    front.faults.redirects = {"/api/chat": (status, f"{ollama.url}/api/chat")}  # another port: another origin
+    c = OllamaClient(front.url, timeout=5.0)
+    try:
+        assert c.chat("llama3.2", USER, {}).done_reason == "stop"
+    finally:
+        c.close()
+    assert front.seen[0][2]["authorization"] == "Bearer sk-only-for-the-front"
+    assert [(m, p) for m, p, _ in ollama.seen] == [("POST", "/api/chat")]
+    assert "authorization" not in ollama.seen[0][2]
+
+
+def test_a_303_becomes_a_get_as_it_means(ollama: FakeOllama) -> None:
+    ollama.faults.redirects = {"/api/chat": (303, "/")}
+    c = OllamaClient(ollama.url, timeout=5.0)
+    try:
+        with pytest.raises(GenerationFailed, match="malformed JSON mid-answer"):  # "Ollama is running", as text
+            c.chat("llama3.2", USER, {})
+    finally:
+        c.close()
+    assert [(m, p) for m, p, _ in ollama.seen] == [("POST", "/api/chat"), ("GET", "/")]
+
+
+def test_redirects_are_bounded(ollama: FakeOllama) -> None:
+    ollama.faults.redirects = {"/api/chat": (307, "/loop/api/chat"), "/loop/api/chat": (307, "/api/chat")}
+    c = OllamaClient(ollama.url, timeout=5.0)
+    try:
+        with pytest.raises(GenerationFailed, match="redirected more than 5 times"):
+            c.chat("llama3.2", USER, {})
+    finally:
+        c.close()
+    assert len(ollama.seen) == 6  # the request and five redirects followed
+
+
+@pytest.mark.parametrize("location", ["ftp://example.com/api/chat", "http://[::1/api/embed", "http://h:99999/x",
+                                      "/a b\x01", "/caf\u00e9"])
+def test_a_redirect_that_cannot_be_followed_is_an_error(ollama: FakeOllama, location: str) -> None:
+    ollama.faults.redirects = {"/api/embed": (308, location)}
+    c = OllamaClient(ollama.url, timeout=5.0)
+    try:
+        with pytest.raises(OllamaError, match="redirected to") as caught:
+            c.embed("all-minilm", ["x"])
+    finally:
+        c.close()
+    assert type(caught.value) is OllamaError
+
+
+def test_a_timeout_past_what_a_socket_can_wait_still_works(ollama: FakeOllama) -> None:
+    c = OllamaClient(ollama.url, timeout=1e21)  # --timeout 999999999999999999999s parses; time_t does not hold it
+    try:
+        assert c.chat("llama3.2", USER, {}).done_reason == "stop"
+        assert len(c.embed("all-minilm", ["x"])[0]) == 384
+    finally:
+        c.close()
