@@ -392,8 +392,8 @@ def stats(
             sys.stdout.write(render.stats_text(figures, f"last {since}" if since else "all time") + "\n")
 
 
-def _progress_factory() -> Any:
-    """Rich progress bars on stderr when it is a terminal (transient, with queries/s);
+def _progress_factory(unit: str = "queries") -> Any:
+    """Rich progress bars on stderr when it is a terminal (transient, with `unit`/s);
     nothing at all otherwise. Returns (factory, close): factory(description, total) gives
     an advance(n) callable."""
     if not sys.stderr.isatty():
@@ -415,7 +415,7 @@ def _progress_factory() -> Any:
             nonlocal done
             done += n
             elapsed = time.perf_counter() - started
-            bar.update(task, advance=n, rate=f"{done / elapsed:,.0f} queries/s" if elapsed > 0 else "")
+            bar.update(task, advance=n, rate=f"{done / elapsed:,.0f} {unit}/s" if elapsed > 0 else "")
 
         return advance
 
@@ -529,6 +529,33 @@ def replay(
             raise typer.Exit(EXIT_INTERRUPTED)
         if any(report.errors for report in reports):
             raise typer.Exit(EXIT_RUNTIME)
+
+
+@app.command(name="copy", epilog=EXIT_CODES_HELP)
+def copy_store(
+    source: Annotated[str, typer.Option("--from", metavar="DB", help="The store to copy: a file path or a URL.")],
+    target: Annotated[
+        str, typer.Option("--to", metavar="DB", help="The store to copy into (created if new): a path or a URL.")
+    ],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No report line on stderr.")] = False,
+) -> None:
+    """Copy every entry of one store into another (a SQLite file and a shared PostgreSQL
+    store, either way), with vectors, hits and metadata. Running it again adds nothing:
+    an entry already there is replaced only by a newer answer."""
+    from semcache_cli import copying
+
+    with _errors_to_exit():
+        settings = config.load_settings({})
+        factory, close_progress = _progress_factory("entries")
+        try:
+            report = copying.run(settings, source, target, factory, _warn).as_dict()
+        finally:
+            close_progress()
+        if json_output:
+            sys.stdout.write(json.dumps(report) + "\n")
+        if not quiet:
+            _stderr(render.copy_line(report))
 
 
 def _read_lines(source: str) -> list[bytes]:

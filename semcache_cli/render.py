@@ -55,6 +55,12 @@ def purge_line(report: dict[str, Any]) -> str:
     return f"{PREFIX}: {text}"
 
 
+def copy_line(report: dict[str, Any]) -> str:
+    written, unchanged = report["written"], report["unchanged"]
+    text = f"copied {written:,} entr{'y' if written == 1 else 'ies'} from {report['source']} to {report['target']}"
+    return f"{PREFIX}: {text}" + (f" ({unchanged:,} already there)" if unchanged else "")
+
+
 def status_line(outcome: Outcome) -> str:
     total = elapsed(outcome.timings_ms.get("total", 0.0))
     if outcome.hit:

@@ -215,7 +215,7 @@ def restore(db: Path | str, entry: Entry, **changes: object) -> None:
 def run_in_terminal(*args: str, answer: str | None = None, env: dict[str, str] | None = None,
                     timeout: float = 30) -> tuple[int, str]:
     """semcache as a subprocess whose stdin, stdout and stderr are a pseudo-terminal, as
-    when a person runs it; `answer` is typed once it prompts. Colour codes are stripped."""
+    when a person runs it; `answer` is typed once it prompts. Terminal control codes (colour, cursor moves) are stripped."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "semcache_cli", *args], stdin=follower, stdout=follower, stderr=follower,
@@ -242,4 +242,4 @@ def run_in_terminal(*args: str, answer: str | None = None, env: dict[str, str] |
             answer = None
     proc.wait(timeout=timeout)
     os.close(leader)
-    return proc.returncode, re.sub(r"\x1b\[[0-9;]*m", "", output.decode()).replace("\r\n", "\n")
+    return proc.returncode, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode()).replace("\r\n", "\n")

@@ -15,7 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "semcache_cli"
 # What each module may import of the package; keep in step with docs/architecture.md.
 ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
-    "cli": {"config", "errors", "render", "engine", "inspection", "purge", "stats", "replay", "storage.selector"},
+    "cli": {"config", "errors", "render", "engine", "inspection", "purge", "stats", "replay", "copying",
+            "storage.selector"},
+    "copying": {"config", "errors", "storage", "storage.selector"},
     "inspection": {"config", "errors", "engine", "storage", "storage.models", "storage.port", "storage.selector"},
     "purge": {"config", "errors", "storage", "storage.port", "storage.selector"},
     "stats": {"config", "errors", "storage", "storage.port"},

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from semcache_cli import vectors
-from semcache_cli.storage.models import EntryCounts, LogRow, NewEntry
+from semcache_cli.storage.models import Entry, EntryCounts, LogRow, NewEntry
 from semcache_cli.storage.port import Store
 from semcache_cli.storage.selector import Selector
 
@@ -362,3 +362,25 @@ def test_another_connection_sees_the_same_store(backend_store: Store) -> None:
         other.checkpoint()
     finally:
         other.close()
+
+
+def test_entries_of_another_store_are_imported_once(backend_store: Store) -> None:
+    source = [
+        Entry(901, "s1", "k-a", "default", "llama3.2:latest", "Be brief.", {"seed": 1}, {"type": "object"}, "a",
+              "answer a", MODEL, 2, NOW, 3600.0, NOW + 3600, 7, NOW + 60, 5, 12, 2.5, "stop", {"label": "x"}),
+        Entry(902, "s1", "k-b", "team", "llama3.2:latest", None, {}, None, "b", "answer b", None, None, NOW - 10,
+              None, None, 0, None, None, None, None, "stop", {}),
+    ]
+    rows = [(source[0], unit([1, 0])), (source[1], None)]
+    assert backend_store.import_entries(rows) == 2
+    assert backend_store.import_entries(rows) == 0  # again: nothing new, nothing added
+    a = backend_store.find_exact("s1", "k-a")
+    assert a is not None and a._replace(id=901) == source[0]  # hits, metadata, everything but the id
+    assert backend_store.nearest("s1", MODEL, unit([1, 0.1]), 1)[0][0] == a.id
+    newer = source[0]._replace(created_at=NOW + 100, response="a newer answer", hits=0)
+    older = source[1]._replace(created_at=NOW - 500, response="an older answer")
+    assert backend_store.import_entries([(newer, None), (older, None)]) == 1
+    assert backend_store.get(a.id).response == "a newer answer"  # type: ignore[union-attr]
+    assert backend_store.vector_of(a.id) is None and backend_store.nearest("s1", MODEL, unit([1, 0]), 1) == []
+    assert backend_store.find_exact("s1", "k-b").response == "answer b"  # type: ignore[union-attr]
+    assert backend_store.count() == 2

@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     from semcache_cli.storage.port import Store
 
 
-def open_store(settings: Settings, warn: Callable[[str], None] | None = None) -> Store:
+def open_store(settings: Settings, warn: Callable[[str], None] | None = None, create: bool = True) -> Store:
     """The store the settings name, created and migrated as needed (only the default
-    location's directory is created on demand)."""
+    location's directory is created on demand); with create=False, one that must exist."""
     location = settings.db
     if is_database_url(location):
         scheme = location.split("://", 1)[0].lower()
@@ -30,7 +30,7 @@ def open_store(settings: Settings, warn: Callable[[str], None] | None = None) ->
         except ImportError:  # psycopg is an optional extra; the SQLite path never imports it
             raise UsageError("postgresql:// stores need the PostgreSQL extra: pip install 'semcache-cli[postgres]'") \
                 from None
-        return PostgresStore.open(location, settings.timeout)
+        return PostgresStore.open(location, settings.timeout, create=create)
     from semcache_cli.storage.sqlite import SQLiteStore
 
-    return SQLiteStore.open(Path(location), create_parent=settings.db_is_default, warn=warn)
+    return SQLiteStore.open(Path(location), create_parent=settings.db_is_default, warn=warn, create=create)

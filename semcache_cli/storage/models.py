@@ -61,11 +61,25 @@ class Entry(NamedTuple):
     def saved_tokens(self) -> int:
         return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
 
+    def stored_values(self) -> tuple[Any, ...]:
+        """The values of STORED_FIELDS, JSON fields as text: the entry as another store
+        keeps it, hits and all (copy)."""
+        return _as_stored(self._asdict())
+
 
 ENTRY_FIELDS: tuple[str, ...] = Entry._fields
 # The fields an answer is stored with (all but the id), in the order of stored_values().
 STORED_FIELDS: tuple[str, ...] = ENTRY_FIELDS[1:]
 JSON_FIELDS = frozenset({"options", "format", "metadata"})
+
+
+def _as_stored(values: dict[str, Any]) -> tuple[Any, ...]:
+    """STORED_FIELDS of a record, its JSON fields as the stores keep them: keys sorted,
+    no format as NULL."""
+    values = {**values, "options": json.dumps(values["options"] or {}, sort_keys=True),
+              "format": json.dumps(values["format"]) if values["format"] is not None else None,
+              "metadata": json.dumps(values["metadata"] or {}, sort_keys=True)}
+    return tuple(values[name] for name in STORED_FIELDS)
 
 
 @dataclass
@@ -99,20 +113,11 @@ class NewEntry:
     def stored_values(self) -> tuple[Any, ...]:
         """The values of STORED_FIELDS for this answer, JSON fields as text: a new entry
         has no hits yet."""
-        has_vector = self.vector is not None
-        values = {
-            "scope": self.scope, "exact_key": self.exact_key, "namespace": self.namespace, "model": self.model,
-            "system": self.system, "options": json.dumps(self.options, sort_keys=True),
-            "format": json.dumps(self.format) if self.format is not None else None,
-            "query": self.query, "response": self.response,
-            "embed_model": self.embed_model if has_vector else None, "dims": self.dims,
-            "created_at": self.created_at, "ttl": self.ttl,
-            "expires_at": None if self.ttl is None else self.created_at + self.ttl,
-            "hits": 0, "last_hit_at": None, "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens, "generation_s": self.generation_s,
-            "done_reason": self.done_reason, "metadata": json.dumps(self.metadata or {}, sort_keys=True),
-        }
-        return tuple(values[name] for name in STORED_FIELDS)
+        return _as_stored({
+            **{name: getattr(self, name) for name in self.__dataclass_fields__}, "dims": self.dims,
+            "embed_model": self.embed_model if self.vector is not None else None,
+            "expires_at": None if self.ttl is None else self.created_at + self.ttl, "hits": 0, "last_hit_at": None,
+        })
 
 
 class LogRow(NamedTuple):

@@ -9,7 +9,8 @@ Shaped by what the callers do, not by tables:
 - purge: select_ids, lru_ids, delete, delete_log_before, the size accounting
   (used_bytes, entry_sizes, log_bytes), compact, vacuum;
 - stats: entry_counts, request_counts, similarity_samples, top_entries, disk_bytes;
-- replay: request_log, store_many (bulk warming, benchmarks, copies).
+- replay: request_log, store_many (bulk warming, benchmarks);
+- copy: entries, import_entries.
 
 Every failure of the backend reaches the caller as a StoreError (errors.py), with a
 message that says what to do.
@@ -53,6 +54,12 @@ class Store(Protocol):
 
     def store_many(self, news: list[NewEntry]) -> list[int]:
         """Insert many new answers (new exact keys) at once. Returns their ids."""
+
+    def import_entries(self, rows: list[tuple[Entry, Sequence[float] | None]]) -> int:
+        """Entries of another store (with their vectors), hits and all, under ids of this
+        store's own: one new here is added, one created later than this store's copy
+        replaces it, the rest are left as they are; so importing again adds nothing.
+        Returns how many were written."""
 
     def record_hit(self, entry_id: int, now: float, request: LogRow) -> None:
         """Count a hit on the entry and log the request, together."""

@@ -213,11 +213,13 @@ class PostgresStore:
     # -- opening -----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str, timeout_s: float = 300.0) -> PostgresStore:
+    def open(cls, url: str, timeout_s: float = 300.0, create: bool = True) -> PostgresStore:
         conninfo, schema, location = parse_url(url)
         conn = cls._connect(conninfo, location, timeout_s)
         try:
             state = cls._describe(conn, schema)
+            if not create and (state is None or state[2] is None):
+                raise UsageError(f"there is no cache in schema {schema} at {location} (check the URL and ?schema=)")
             if state is None or state[2] is None or int(state[2]) < SCHEMA_VERSION:
                 cls._migrate(conn, schema, location)
                 state = cls._describe(conn, schema)
@@ -430,6 +432,32 @@ class PostgresStore:
                          f"SELECT {', '.join(f'%(log_{c})s' for c in columns)}, id FROM stored)")
         row = self._conn.execute(f"WITH {', '.join(steps)} SELECT id FROM stored", params).fetchone()
         return int(row[0])
+
+    def import_entries(self, rows: list[tuple[Entry, Sequence[float] | None]]) -> int:
+        s = self._s
+        updates = ", ".join(f"{f} = excluded.{f}" for f in STORED_FIELDS if f not in ("scope", "exact_key"))
+        insert = (f"INSERT INTO {s}.entries ({', '.join(STORED_FIELDS)}) VALUES ({', '.join('%s' for _ in STORED_FIELDS)}) "
+                  f"ON CONFLICT (scope, exact_key) DO UPDATE SET {updates} "
+                  f"WHERE excluded.created_at > {s}.entries.created_at RETURNING id")
+        for group in {(e.embed_model or "", len(v)) for e, v in rows if v is not None}:
+            self._ensure_index(*group)
+        written = 0
+        with self._conn.transaction():
+            for entry, vector in rows:
+                row = self._conn.execute(insert, entry.stored_values()).fetchone()
+                if row is None:
+                    continue
+                written += 1
+                if vector is None:
+                    self._conn.execute(f"DELETE FROM {s}.entry_vectors WHERE entry_id = %s", (row[0],))
+                else:
+                    self._conn.execute(
+                        f"INSERT INTO {s}.entry_vectors (entry_id, scope, embed_model, dims, embedding) "
+                        f"VALUES (%s, %s, %s, %s, %s::{self._vector}) ON CONFLICT (entry_id) DO UPDATE SET "
+                        "scope = excluded.scope, embed_model = excluded.embed_model, dims = excluded.dims, "
+                        "embedding = excluded.embedding",
+                        (row[0], entry.scope, entry.embed_model, len(vector), _vector_text(vector)))
+        return written
 
     def store_many(self, news: list[NewEntry]) -> list[int]:
         """COPY in one transaction (vectors in pgvector's binary form); a group's index is

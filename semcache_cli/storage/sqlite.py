@@ -55,6 +55,7 @@ _UPSERT_SET = ", ".join(
     "hits = 0" if name == "hits" else "last_hit_at = NULL" if name == "last_hit_at" else f"{name} = excluded.{name}"
     for name in STORED_FIELDS if name not in ("scope", "exact_key")
 )
+_IMPORT_SET = ", ".join(f"{name} = excluded.{name}" for name in STORED_FIELDS if name not in ("scope", "exact_key"))
 _INSERT_REQUEST = (f"INSERT INTO requests ({', '.join(LOG_FIELDS)}) "
                    f"VALUES ({', '.join('?' for _ in LOG_FIELDS)})")
 _SORTS = {
@@ -141,10 +142,13 @@ class SQLiteStore:
         self.location = str(path)
 
     @classmethod
-    def open(cls, path: Path, create_parent: bool = False, warn: Callable[[str], None] | None = None) -> SQLiteStore:
+    def open(cls, path: Path, create_parent: bool = False, warn: Callable[[str], None] | None = None,
+             create: bool = True) -> SQLiteStore:
         path = Path(path)
         if path.is_dir():
             raise UsageError(f"database path {path} is a directory")
+        if not create and not path.exists():
+            raise UsageError(f"there is no cache at {path} (check the path)")
         _create_private_file(path, create_parent)
         if not os.access(path, os.R_OK | os.W_OK):
             raise StoreError(f"cannot read and write the database {path}: permission denied "
@@ -258,23 +262,38 @@ class SQLiteStore:
                 f"{_INSERT_ENTRY} ON CONFLICT (scope, exact_key) DO UPDATE SET {_UPSERT_SET} RETURNING id",
                 new.stored_values(),
             ).fetchone()[0]
-            if new.vector is not None:
-                from semcache_cli import vectors
-                from semcache_cli.storage import sqlite_index
-
-                blob = vectors.encode(new.vector)
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO entry_vectors (entry_id, scope, embed_model, dims, vector) "
-                    "VALUES (?, ?, ?, ?, ?)", (entry_id, new.scope, new.embed_model, new.dims, blob),
-                )
-                sqlite_index.append_codes(self._conn, new.scope, new.embed_model or "", new.dims or 0, [entry_id],
-                                          [vectors.sign_code(vectors.decode(blob))])
-            else:
-                # The old answer's vector belongs to the old row state; drop it.
-                self._conn.execute("DELETE FROM entry_vectors WHERE entry_id = ?", (entry_id,))
+            self._put_vector(entry_id, new.scope, new.embed_model, new.vector)
             if request is not None:
                 self._conn.execute(_INSERT_REQUEST, request._replace(entry_id=entry_id)[:-1])
         return int(entry_id)
+
+    def _put_vector(self, entry_id: int, scope: str, embed_model: str | None, vector: Sequence[float] | None) -> None:
+        """The entry's vector and its sign code, in the caller's transaction; without one,
+        a vector of the row's old state is dropped."""
+        if vector is None:
+            self._conn.execute("DELETE FROM entry_vectors WHERE entry_id = ?", (entry_id,))
+            return
+        from semcache_cli import vectors
+        from semcache_cli.storage import sqlite_index
+
+        blob = vectors.encode(vector)
+        self._conn.execute("INSERT OR REPLACE INTO entry_vectors (entry_id, scope, embed_model, dims, vector) "
+                           "VALUES (?, ?, ?, ?, ?)", (entry_id, scope, embed_model, len(vector), blob))
+        sqlite_index.append_codes(self._conn, scope, embed_model or "", len(vector), [entry_id],
+                                  [vectors.sign_code(vectors.decode(blob))])
+
+    def import_entries(self, rows: list[tuple[Entry, Sequence[float] | None]]) -> int:
+        written = 0
+        with self._write():
+            for entry, vector in rows:
+                row = self._conn.execute(
+                    f"{_INSERT_ENTRY} ON CONFLICT (scope, exact_key) DO UPDATE SET {_IMPORT_SET} "
+                    "WHERE excluded.created_at > entries.created_at RETURNING id", entry.stored_values(),
+                ).fetchone()
+                if row is not None:
+                    written += 1
+                    self._put_vector(row[0], entry.scope, entry.embed_model, vector)
+        return written
 
     def store_many(self, news: list[NewEntry]) -> list[int]:
         """In one transaction: for warming and benchmark caches, where per-answer
