@@ -18,7 +18,7 @@ message that says what to do.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from semcache_cli.storage.models import (
@@ -52,7 +52,7 @@ class Store(Protocol):
         id. With `request`, its log row goes in the same transaction (with the entry id);
         with `claim_owner`, that owner's claim on the question is released with it."""
 
-    def store_many(self, news: list[NewEntry]) -> list[int]:
+    def store_many(self, news: Iterable[NewEntry]) -> list[int]:
         """Insert many new answers (new exact keys) at once. Returns their ids."""
 
     def import_entries(self, rows: list[tuple[Entry, Sequence[float] | None]]) -> int:

@@ -26,10 +26,11 @@ Design choices:
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import urllib.parse
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -59,6 +60,7 @@ HNSW_MAX_DIMS = {"vector": 2_000, "halfvec": 4_000}  # pgvector's limits for an 
 EF_SEARCH = 100
 EF_SEARCH_WITHOUT_ITERATIVE = 400  # pgvector before 0.8: a wider search instead
 DELETE_BATCH = 500
+COPY_CHUNK = 10_000  # answers a bulk load holds in memory at once
 ROW_OVERHEAD = 28  # a heap tuple's header and line pointer, beside its data
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SORTS = {
@@ -459,40 +461,44 @@ class PostgresStore:
                         (row[0], entry.scope, entry.embed_model, len(vector), _vector_text(vector)))
         return written
 
-    def store_many(self, news: list[NewEntry]) -> list[int]:
-        """COPY in one transaction (vectors in pgvector's binary form); a group's index is
-        built after its vectors are loaded when the group is new, which is much faster
-        than growing it row by row."""
-        if not news:
-            return []
+    def store_many(self, news: Iterable[NewEntry]) -> list[int]:
+        """COPY in one transaction, a chunk at a time so a million answers stream through
+        (vectors in pgvector's binary form). A group new to the store gets its index after
+        its vectors are loaded, which is much faster than growing it row by row."""
+        from pgvector import Vector
         from pgvector.psycopg import register_vector
 
         s = self._s
+        ids: list[int] = []
+        indexed: dict[tuple[str, int], bool] = {}  # group -> had an index before this load
+        iterator = iter(news)
+        chunks = iter(lambda: list(itertools.islice(iterator, COPY_CHUNK)), [])
         with self._conn.transaction():
-            ids = [r[0] for r in self._conn.execute(
-                f"SELECT nextval(pg_get_serial_sequence('{s}.entries', 'id')) FROM generate_series(1, %s)",
-                (len(news),))]
-            with self._conn.cursor() as cursor:
-                with cursor.copy(f"COPY {s}.entries (id, {', '.join(STORED_FIELDS)}) FROM STDIN") as copy:
-                    for entry_id, new in zip(ids, news, strict=True):
-                        copy.write_row((entry_id, *new.stored_values()))
-            groups = {(new.embed_model or "", len(new.vector)) for new in news if new.vector is not None}
-            new_groups = [g for g in groups if self._conn.execute(
-                "SELECT to_regclass(%s)", (f"{s}.{_index_name(*g)}",)).fetchone()[0] is None]
-            if groups:
-                register_vector(self._conn)
-                from pgvector import Vector
-
+            register_vector(self._conn)
+            for chunk in chunks:
+                chunk_ids = [r[0] for r in self._conn.execute(
+                    f"SELECT nextval(pg_get_serial_sequence('{s}.entries', 'id')) FROM generate_series(1, %s)",
+                    (len(chunk),))]
                 with self._conn.cursor() as cursor:
+                    with cursor.copy(f"COPY {s}.entries (id, {', '.join(STORED_FIELDS)}) FROM STDIN") as copy:
+                        for entry_id, new in zip(chunk_ids, chunk, strict=True):
+                            copy.write_row((entry_id, *new.stored_values()))
+                    for new in chunk:
+                        group = (new.embed_model or "", len(new.vector)) if new.vector is not None else None
+                        if group is not None and group not in indexed:
+                            indexed[group] = self._conn.execute("SELECT to_regclass(%s)", (
+                                f"{s}.{_index_name(*group)}",)).fetchone()[0] is not None
                     with cursor.copy(f"COPY {s}.entry_vectors (entry_id, scope, embed_model, dims, embedding) "
                                      "FROM STDIN WITH (FORMAT BINARY)") as copy:
                         copy.set_types(["int8", "text", "text", "int4", "vector"])
-                        for entry_id, new in zip(ids, news, strict=True):
+                        for entry_id, new in zip(chunk_ids, chunk, strict=True):
                             if new.vector is not None:
                                 copy.write_row((entry_id, new.scope, new.embed_model, len(new.vector),
                                                 Vector(list(new.vector))))
-        for group in new_groups:
-            self._ensure_index(*group)
+                ids += chunk_ids
+        for group, had_index in indexed.items():
+            if not had_index:
+                self._ensure_index(*group)
         return ids
 
     @_reconnecting

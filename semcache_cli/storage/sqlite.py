@@ -20,7 +20,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -295,12 +295,13 @@ class SQLiteStore:
                     self._put_vector(row[0], entry.scope, entry.embed_model, vector)
         return written
 
-    def store_many(self, news: list[NewEntry]) -> list[int]:
+    def store_many(self, news: Iterable[NewEntry]) -> list[int]:
         """In one transaction: for warming and benchmark caches, where per-answer
         transactions and chunk rewrites would dominate."""
         from semcache_cli import vectors
         from semcache_cli.storage import sqlite_index
 
+        news = list(news)
         ids: list[int] = []
         with self._write():
             for new in news:
