@@ -205,6 +205,21 @@ def test_a_claim_whose_lease_ran_out_is_taken_over_unless_renewed(backend_store:
     assert not backend_store.take_claim("s1", "k", "third", "host-c", 3, 15.0)
 
 
+def test_a_claim_outlives_the_connection_and_transaction_that_took_it(backend_store: Store) -> None:
+    # What a transaction-pooling PgBouncer does to a client: every statement may run on
+    # another server connection. A lease in the store, unlike a session lock, holds.
+    taker, renewer = backend_store.reopen(), backend_store.reopen()
+    assert taker.take_claim("s1", "k", "holder", "host-a", 1, 0.5)
+    taker.close()  # the session that took it is gone
+    assert not backend_store.take_claim("s1", "k", "waiter", "host-b", 2, 15.0)
+    renewer.renew_claim("s1", "k", "holder", 15.0)  # the holder's heartbeat, on yet another connection
+    time.sleep(0.6)  # past the lease it was taken with
+    assert not backend_store.take_claim("s1", "k", "waiter", "host-b", 2, 15.0)
+    renewer.release_claim("s1", "k", "holder")
+    renewer.close()
+    assert backend_store.take_claim("s1", "k", "waiter", "host-b", 2, 15.0)
+
+
 def test_storing_the_answer_releases_its_claim(backend_store: Store) -> None:
     assert backend_store.take_claim("s1", "k-q", "me", "host-a", 1, 15.0)
     backend_store.store_answer(answer("q"), claim_owner="me")

@@ -57,8 +57,10 @@ SCHEMA_VERSION = 1
 DEFAULT_SCHEMA = "semcache"
 EXACT_UP_TO = 5_000  # vectors in a scope searched exactly, without the index
 HNSW_MAX_DIMS = {"vector": 2_000, "halfvec": 4_000}  # pgvector's limits for an HNSW index
-EF_SEARCH = 100
-EF_SEARCH_WITHOUT_ITERATIVE = 400  # pgvector before 0.8: a wider search instead
+# How wide an HNSW search is: pgvector's most. Measured on 100k random 768-dim vectors
+# and paraphrase-like queries (cosine 0.5-0.98 to a stored one), top-1 agreement with an
+# exact scan: 100 -> 67% (6.7 ms), 400 -> 96% (19 ms), 1000 -> 100% (39 ms).
+EF_SEARCH = 1_000
 DELETE_BATCH = 500
 COPY_CHUNK = 10_000  # answers a bulk load holds in memory at once
 ROW_OVERHEAD = 28  # a heap tuple's header and line pointer, beside its data
@@ -367,9 +369,9 @@ class PostgresStore:
         cast = f"{self._vec_schema}.{_index_kind(dims)}({dims:d})"
         literal = {name: sql.Literal(value).as_string(self._conn)
                    for name, value in (("model", embed_model), ("scope", scope), ("q", text))}
-        settings = [f"SET LOCAL hnsw.ef_search = {EF_SEARCH_WITHOUT_ITERATIVE}"]
-        if self.pgvector >= (0, 8):
-            settings = [f"SET LOCAL hnsw.ef_search = {EF_SEARCH}", "SET LOCAL hnsw.iterative_scan = strict_order"]
+        settings = [f"SET LOCAL hnsw.ef_search = {EF_SEARCH}"]
+        if self.pgvector >= (0, 8):  # before 0.8 the filter applies to the ef_search rows found, and no more
+            settings.append("SET LOCAL hnsw.iterative_scan = strict_order")
         query = (f"SELECT entry_id, 1 - (embedding::{cast} {self._distance} {literal['q']}::{cast}) "
                  f"FROM {self._s}.entry_vectors WHERE embed_model = {literal['model']} AND dims = {dims:d} "
                  f"AND scope = {literal['scope']} ORDER BY embedding::{cast} {self._distance} {literal['q']}::{cast} "
