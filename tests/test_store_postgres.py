@@ -112,7 +112,10 @@ def test_models_of_several_dimensions_share_one_database(pg: PostgresStore) -> N
     with psycopg.connect(pg._conninfo, autocommit=True) as conn:
         indexes = {r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = %s "
                                               "AND indexname LIKE 'entry_vectors_hnsw_%%'", (pg.schema,))}
-    assert len(indexes) == 3 and sum("halfvec(2048)" in d for d in indexes) == 1
+    if pg.pgvector >= (0, 7):
+        assert len(indexes) == 3 and sum("halfvec(2048)" in d for d in indexes) == 1
+    else:  # no halfvec before pgvector 0.7: above 2,000 dimensions every lookup is an exact scan
+        assert len(indexes) == 2 and not any("2048" in d for d in indexes)
     assert all("USING hnsw" in d and "cosine_ops" in d for d in indexes)
 
 

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 DEFAULT_SCHEMA = "semcache"
 EXACT_UP_TO = 5_000  # vectors in a scope searched exactly, without the index
-HNSW_MAX_DIMS = {"vector": 2_000, "halfvec": 4_000}  # pgvector's limits for an HNSW index
+HNSW_MAX_DIMS = {"vector": 2_000, "halfvec": 4_000}  # pgvector's limits for an HNSW index (halfvec: 0.7+)
 # How wide an HNSW search is: pgvector's most. Measured on 100k random 768-dim vectors
 # and paraphrase-like queries (cosine 0.5-0.98 to a stored one), top-1 agreement with an
 # exact scan: 100 -> 67% (6.7 ms), 400 -> 96% (19 ms), 1000 -> 100% (39 ms).
@@ -160,10 +160,11 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
-def _index_kind(dims: int) -> str | None:
-    """The type a group's HNSW index is built on (vector; halfvec for larger vectors), or
-    None: too many dimensions for an index, every lookup an exact scan."""
-    return next((kind for kind, limit in HNSW_MAX_DIMS.items() if dims <= limit), None)
+def _index_kind(dims: int, pgvector: tuple[int, ...]) -> str | None:
+    """The type a group's HNSW index is built on (vector; halfvec, from pgvector 0.7, for
+    larger vectors), or None: too many dimensions for an index, every lookup exact."""
+    kinds = HNSW_MAX_DIMS if pgvector >= (0, 7) else {"vector": HNSW_MAX_DIMS["vector"]}
+    return next((kind for kind, limit in kinds.items() if dims <= limit), None)
 
 
 def _index_name(embed_model: str, dims: int) -> str:
@@ -349,7 +350,7 @@ class PostgresStore:
         ).fetchone()[0]
         if size == 0:
             return []
-        if size > EXACT_UP_TO and _index_kind(dims) is not None:
+        if size > EXACT_UP_TO and _index_kind(dims, self.pgvector) is not None:
             found = self._approximate(scope, embed_model, dims, text, k)
             if len(found) >= min(k, size):
                 return found
@@ -366,7 +367,7 @@ class PostgresStore:
         Values are inlined as quoted literals: the partial index is chosen by them."""
         from psycopg import sql
 
-        cast = f"{self._vec_schema}.{_index_kind(dims)}({dims:d})"
+        cast = f"{self._vec_schema}.{_index_kind(dims, self.pgvector)}({dims:d})"
         literal = {name: sql.Literal(value).as_string(self._conn)
                    for name, value in (("model", embed_model), ("scope", scope), ("q", text))}
         settings = [f"SET LOCAL hnsw.ef_search = {EF_SEARCH}"]
@@ -386,7 +387,7 @@ class PostgresStore:
     def _ensure_index(self, embed_model: str, dims: int) -> None:
         """The group's HNSW index, created with the group's first vector (building it on
         an empty group takes no time). Checked once per connection."""
-        kind = _index_kind(dims)
+        kind = _index_kind(dims, self.pgvector)
         if kind is None or (embed_model, dims) in self._indexed:
             return
         name = _index_name(embed_model, dims)
