@@ -160,7 +160,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="semcache-bench-"))
     os.chdir(work)  # the installed package, not the source tree (see bench/run.py)
     base = {**os.environ, "OLLAMA_HOST": ollama.url, "SEMCACHE_EMBED_MODEL": MODEL,
-            "SEMCACHE_CONFIG": str(work / "none.toml")}
+            "XDG_CONFIG_HOME": str(work / "no-config")}
     print("backend | N | exact | floor | x floor | semantic | floor | x floor | miss | floor | x floor | "
           "top-1 agreement | build s")
     for n in (int(x) for x in args.sizes.split(",") if x):

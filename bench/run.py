@@ -192,7 +192,7 @@ def bench_size(n: int, dims: int, args: argparse.Namespace, server: FakeOllama, 
     matrix = build(db, n, dims, rng)
     built_s = time.perf_counter() - started
     env = {**os.environ, "SEMCACHE_DB": str(db), "OLLAMA_HOST": server.url, "SEMCACHE_EMBED_MODEL": EMBED[dims],
-           "SEMCACHE_CONFIG": str(work / "none.toml")}
+           "XDG_CONFIG_HOME": str(work / "no-config")}
     target = int(rng.integers(n))
     probe = near(matrix[target], rng, 0.93)
     question = f"a semantic bench query {target}"  # the same number as its stored neighbour: no guard fires

@@ -718,6 +718,9 @@ def _leave(code: object) -> None:
 def main() -> None:
     import signal
 
+    # A background job of a non-interactive shell starts with SIGINT ignored, and Ctrl-C
+    # (or kill -INT) would then leave a half-answered ask running: take the default back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_terminated)
     _keep_only_invoked_command(sys.argv[1:])
     try:

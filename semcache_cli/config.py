@@ -64,6 +64,9 @@ OPTION_TYPES: dict[str, type] = {
 }
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.IGNORECASE)
+# The longest duration semcache takes (a TTL, --older-than, --timeout ...): 100 years. A
+# longer TTL would put an entry's expiry past what a date can say; `never` is the way.
+MAX_DURATION_S = 100 * 365.25 * 86400
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -81,7 +84,13 @@ def parse_duration(text: str, what: str = "duration") -> float:
             pos += 1
     if not cleaned or pos != len(cleaned) or not math.isfinite(total):
         raise UsageError(f"{what}: {text!r} is not a duration (use e.g. 90s, 10m, 2h, 7d)")
-    return total
+    return _bounded(total, what, text)
+
+
+def _bounded(seconds: float, what: str, given: Any) -> float:
+    if seconds > MAX_DURATION_S:
+        raise UsageError(f"{what}: {given!r} is longer than semcache allows (100 years; a TTL can be 'never')")
+    return seconds
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib|k|m|g|t)?", re.IGNORECASE)
@@ -119,7 +128,7 @@ def _to_seconds(value: Any, what: str) -> float:
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise UsageError(f"{what}: expected a duration, got {value!r}")
-        return float(value)
+        return _bounded(float(value), what, value)
     if isinstance(value, str):
         return parse_duration(value, what)
     raise UsageError(f"{what}: expected a duration, got {value!r}")
@@ -152,10 +161,22 @@ def _positive_int(value: Any, what: str) -> int:
     return number
 
 
+def valid_text(value: str, what: str) -> str:
+    """Text that is valid UTF-8 with no NUL: a byte that is not UTF-8 reaches Python (in
+    argv, the environment) as a lone surrogate, which no store or server can take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what}: not valid UTF-8") from None
+    if "\x00" in value:
+        raise UsageError(f"{what}: contains a NUL byte")
+    return value
+
+
 def _text(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise UsageError(f"{what}: expected a non-empty string, got {value!r}")
-    return value.strip()
+    return valid_text(value.strip(), what)
 
 
 def _optional_text(value: Any, what: str) -> str | None:
@@ -163,7 +184,7 @@ def _optional_text(value: Any, what: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise UsageError(f"{what}: expected a string, got {value!r}")
-    return value
+    return valid_text(value, what)
 
 
 def _guard_names(value: Any, what: str) -> tuple[str, ...]:
@@ -325,24 +346,32 @@ def default_db_path() -> Path:
     return platformdirs.user_cache_path(APP_NAME, appauthor=False) / "cache.db"
 
 
-def config_file_path(env: Mapping[str, str]) -> Path:
+def config_file_path(env: Mapping[str, str]) -> tuple[Path, bool]:
+    """The config file, and whether it was named (SEMCACHE_CONFIG): a named file must
+    exist; the default one may be absent."""
     if env.get("SEMCACHE_CONFIG"):
-        return Path(env["SEMCACHE_CONFIG"]).expanduser()
+        return Path(valid_text(env["SEMCACHE_CONFIG"], "SEMCACHE_CONFIG")).expanduser(), True
     import platformdirs
 
-    return platformdirs.user_config_path(APP_NAME, appauthor=False) / "config.toml"
+    return platformdirs.user_config_path(APP_NAME, appauthor=False) / "config.toml", False
 
 
-def load_config_file(path: Path) -> dict[str, Any]:
+def load_config_file(path: Path, named: bool = False) -> dict[str, Any]:
     if not path.is_file():
+        if named or path.exists():  # a directory, a device, or a mistyped name
+            what = "is not a file" if path.exists() else "does not exist"
+            raise UsageError(f"config file {path}{' (SEMCACHE_CONFIG)' if named else ''} {what}")
         return {}
     import tomllib
 
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"config file {path}: {exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: TOMLDecodeError, or bytes that are not UTF-8
+        reason = exc.strerror if isinstance(exc, OSError) else " ".join(str(exc).split()) or "not TOML"
+        if isinstance(exc, UnicodeDecodeError):
+            reason = "not a text file (not valid UTF-8)"
+        raise UsageError(f"config file {path}: {reason}") from None
     known = set(_PARSERS) | {"db", "options"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -390,8 +419,8 @@ def load_settings(
     durations, which arrive as text."""
     env = os.environ if env is None else env
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    path = config_file_path(env)
-    file_values = load_config_file(path)
+    path, named = config_file_path(env)
+    file_values = load_config_file(path, named)
 
     resolved: dict[str, Any] = {}
     for key, parse in _PARSERS.items():

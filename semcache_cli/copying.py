@@ -52,7 +52,7 @@ def run(settings: Settings, source: str, target: str, progress: Callable[[str, i
     source, target = database_setting(source, "--from"), database_setting(target, "--to")
     if _same(source, target):
         raise UsageError("--from and --to name the same store")
-    with open_store(replace(settings, db=source, db_is_default=False), warn, create=False) as reader, \
+    with open_store(replace(settings, db=source, db_is_default=False), warn, read_only=True) as reader, \
             open_store(replace(settings, db=target, db_is_default=False), warn) as writer:
         advance = progress(f"copying to {writer.location}", reader.count())
         read = written = 0

@@ -23,6 +23,7 @@ from semcache_cli.errors import (
     OllamaError,
     OllamaUnreachable,
     SemcacheError,
+    UnreadableEntry,
     UsageError,
 )
 from semcache_cli.storage.models import Entry, LogRow, NewEntry
@@ -84,6 +85,10 @@ class Outcome:
 def validate_query(query: str, max_chars: int) -> str:
     if "\x00" in query:
         raise UsageError("the question contains a NUL byte")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, as argv hands them to Python
+        raise UsageError("the question is not valid UTF-8") from None
     text = query.strip()
     if not text:
         raise UsageError('the question is empty: semcache ask "your question"')
@@ -218,6 +223,7 @@ class Engine:
         self._client: OllamaClient | None = None
         self.clock = clock
         self.warn = warn
+        self._unreadable: set[int] = set()  # entries already warned about
 
     @property
     def client(self) -> OllamaClient:
@@ -277,6 +283,7 @@ class Engine:
             raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set")
 
         claim: Claim | None = None
+        failing = False
         try:
             if req.lookup and req.store:
                 from semcache_cli.singleflight import Claim
@@ -286,9 +293,18 @@ class Engine:
                 if answered is not None:
                     return self._served(ask, answered)
             return self._answer(ask, claim if claim is not None and claim.held else None)
+        except BaseException:
+            failing = True
+            raise
         finally:
             if claim is not None:  # held from before its row is committed, so a signal cannot strand it
-                claim.release()  # unless the store released it with the answer: after a failure
+                try:  # unless the store released it with the answer: after a failure
+                    claim.release()
+                except SemcacheError:
+                    # The store failed already (a full disk, a lost server): that error is the
+                    # one to report; the lease (or, on this host, the pid) frees the claim.
+                    if not failing:
+                        raise
 
     def _served(self, ask: _Asking, judged: Judged) -> Outcome:
         entry = judged.entry
@@ -371,31 +387,44 @@ class Engine:
 
     # -- steps -------------------------------------------------------------------------
 
-    def explain(self, req: AskRequest, limit: int, vector: Any = None) -> Explanation:
+    def explain(self, req: AskRequest, limit: int, vector: Any = None, semantic: bool = True) -> Explanation:
         """The exact candidate and the `limit` nearest entries of the scope, each judged
         as ask would judge it now, and ask's decision. Reads only: no hit is counted,
-        nothing is logged. An embedding failure is an error here, not a degradation."""
+        nothing is logged. An embedding failure is an error here, not a degradation;
+        semantic=False: the exact layer only (a question without a usable vector)."""
         query = validate_query(req.query, req.max_query_chars)
         scope_hash, now = req.scope.hash, self.clock()
         exact = self._exact(req, scope_hash, policy.exact_key(query), now)
-        if vector is None:
+        if vector is None and semantic:
             vector = self._embed_vector(query, req)
-        neighbours = list(self._neighbours(req, scope_hash, vector, now, max(limit, SEMANTIC_CANDIDATES)))
+        neighbours = list(self._neighbours(req, scope_hash, vector, now, max(limit, SEMANTIC_CANDIDATES))) \
+            if semantic else []
         considered = neighbours[:SEMANTIC_CANDIDATES]
         decision = decide(itertools.chain([exact] if exact else [], considered), req.margin)
         return Explanation(decision, exact, neighbours[:limit], len(considered))
 
     def _exact(self, req: AskRequest, scope_hash: str, key: str, now: float) -> Judged | None:
-        entry = self.store.find_exact(scope_hash, key)
+        entry = self._readable(lambda: self.store.find_exact(scope_hash, key))
         return judge("exact", entry, 1.0, req, now) if entry is not None else None
+
+    def _readable(self, read: Callable[[], Entry | None]) -> Entry | None:
+        """An entry, or None for one whose stored fields cannot be read: a damaged entry
+        is a miss, said once (the answer stored next replaces it), never a broken ask."""
+        try:
+            return read()
+        except UnreadableEntry as exc:
+            if exc.entry_id not in self._unreadable:
+                self._unreadable.add(exc.entry_id)
+                self.warn(f"{exc}; treated as a miss (semcache purge --id {exc.entry_id} removes it)")
+            return None
 
     def _neighbours(self, req: AskRequest, scope_hash: str, vector: Any, now: float, limit: int) -> Iterator[Judged]:
         """The nearest entries of the scope, best first, judged lazily: ask stops
         reading entries at the first one it serves."""
         for entry_id, similarity in self.store.nearest(scope_hash, policy.canonical_model(req.embed_model), vector,
                                                        limit):
-            entry = self.store.get(entry_id)
-            if entry is not None:  # None: purged since the vectors were read
+            entry = self._readable(lambda entry_id=entry_id: self.store.get(entry_id))
+            if entry is not None:  # None: purged since the vectors were read, or unreadable
                 yield judge("semantic", entry, similarity, req, now)
 
     def _outcome(self, ask: _Asking, response: str, source: str, entry: Entry | None,
@@ -414,6 +443,8 @@ class Engine:
         from semcache_cli import vectors
 
         values = self.client.embed(req.embed_model, [embedding_text(req.embed_model, query)])[0]
+        if values is None:
+            raise OllamaError(f"{req.embed_model} gave this question an unusable vector (all zeros, or not finite)")
         try:
             return vectors.unit_vector(values)
         except ValueError as exc:
@@ -449,11 +480,12 @@ class Engine:
         return generation
 
 
-def open_engine(settings: Settings, warn: Callable[[str], None] = lambda _: None) -> Engine:
-    """The settings' store and (lazily) the Ollama client, wired into an engine that owns both."""
+def open_engine(settings: Settings, warn: Callable[[str], None] = lambda _: None, read_only: bool = False) -> Engine:
+    """The settings' store and (lazily) the Ollama client, wired into an engine that owns
+    both. read_only: for explanations, which never create or change a store."""
     from semcache_cli.storage import open_store
 
-    store = open_store(settings, warn=warn)
+    store = open_store(settings, warn=warn, read_only=read_only)
 
     def client() -> OllamaClient:
         from semcache_cli.ollama import OllamaClient

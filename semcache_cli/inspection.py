@@ -39,7 +39,7 @@ def get_entry(store: Store, entry_id: int) -> tuple[Entry, Sequence[float] | Non
 
 
 def show(settings: Settings, entry_id: int, warn: Callable[[str], None]) -> tuple[Entry, Sequence[float] | None]:
-    with open_store(settings, warn) as store:
+    with open_store(settings, warn, read_only=True) as store:
         return get_entry(store, entry_id)
 
 
@@ -48,7 +48,7 @@ def listing(settings: Settings, selector: Selector, now: float, sort: str, limit
     """The entries, streamed; the store closes when the listing ends. The sort is checked
     before anything is read, so a bad one prints nothing."""
     check_sort(sort)
-    store = open_store(settings, warn)
+    store = open_store(settings, warn, read_only=True)
 
     def rows() -> Iterator[tuple[Entry, Sequence[float] | None]]:
         with store:
@@ -62,7 +62,7 @@ def explain(settings: Settings, request: AskRequest, limit: int, now: float, wit
     """What ask would do with the request now, and the candidates' vectors when asked."""
     from semcache_cli.engine import open_engine
 
-    with open_engine(settings, warn=warn) as engine:
+    with open_engine(settings, warn=warn, read_only=True) as engine:
         engine.clock = lambda: now
         explanation = engine.explain(request, limit)
         candidates = ([explanation.exact] if explanation.exact else []) + explanation.neighbours

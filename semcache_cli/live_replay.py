@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from semcache_cli.engine import open_engine, request_from
 from semcache_cli.errors import EXIT_TERMINATED, ModelNotFound, OllamaError, OllamaUnreachable, SemcacheError
-from semcache_cli.replay_core import ReplayQuery, Row, Stopped, embed_batches, settings_for
+from semcache_cli.replay_core import ReplayQuery, Row, Stopped, embed_batches, settings_for, usable
 
 if TYPE_CHECKING:
     from semcache_cli.config import Settings
@@ -41,7 +41,7 @@ class LiveEmbeddings:
 
     def __init__(self, settings: Settings, texts: list[str], progress: Callable[[int], None],
                  warn: Callable[[str], None], stop: threading.Event) -> None:
-        self._rows: list[bytes] = []  # float32 vectors, in query order
+        self._rows: list[bytes | None] = []  # float32 vectors in query order; None: unusable
         self._done = False
         self._error: BaseException | None = None
         self._changed = threading.Condition()
@@ -56,7 +56,7 @@ class LiveEmbeddings:
         try:
             for block in embed_batches(client, settings.embed_model, texts):
                 with self._changed:
-                    self._rows.extend(row.tobytes() for row in block)
+                    self._rows.extend(row.tobytes() if ok else None for row, ok in zip(block, usable(block), strict=True))
                     self._changed.notify_all()
                 progress(len(block))
                 if stop.is_set():

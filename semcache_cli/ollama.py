@@ -370,16 +370,18 @@ class OllamaClient:
 
     # -- embeddings --------------------------------------------------------------------
 
-    def embed(self, model: str, texts: list[str]) -> list[array]:
+    def embed(self, model: str, texts: list[str]) -> list[array | None]:
         """One float32 array per text, in order, all of one length (batched through
-        /api/embed's list input). array('f') converts and checks a row in C: a batch of
-        256 vectors is a megabyte of JSON, and numpy would cost a fresh ask ~90 ms."""
+        /api/embed's list input); None for a text whose vector is unusable (all zeros, or
+        not finite), so one bad row does not cost a batch its other vectors. A reply
+        that is malformed as a whole raises. array('f') converts and checks a row in C:
+        a batch of 256 vectors is a megabyte of JSON, and numpy would cost ~90 ms."""
         try:
             return self._embed(model, texts)
         except _Unusable as exc:
             raise OllamaError(f"Ollama at {self._where()} {exc}") from None
 
-    def _embed(self, model: str, texts: list[str]) -> list[array]:
+    def _embed(self, model: str, texts: list[str]) -> list[array | None]:
         limit = EMBED_REPLY_BASE_BYTES + EMBED_REPLY_PER_TEXT_BYTES * max(1, len(texts))
         if not self._legacy_embed:
             reply = self._post("/api/embed", {"model": model, "input": texts, "truncate": False}, limit)
@@ -413,11 +415,11 @@ class OllamaClient:
         return body
 
     @staticmethod
-    def _checked_vectors(vectors: Any, count: int) -> list[array]:
+    def _checked_vectors(vectors: Any, count: int) -> list[array | None]:
         malformed = _Unusable("sent malformed embeddings")
         if not isinstance(vectors, list) or len(vectors) != count or not all(type(v) is list for v in vectors):
             raise malformed
-        rows = []
+        rows: list[array | None] = []
         for row in vectors:
             if not set(map(type, row)) <= {float, int}:  # array('f') would take True as 1.0
                 raise malformed
@@ -426,10 +428,11 @@ class OllamaClient:
                 finite = math.isfinite(math.fsum(values))  # float32 overflow became inf
             except (TypeError, ValueError, OverflowError):
                 raise malformed from None
-            if not values or not finite or values.count(0.0) == len(values):
+            if not values:
                 raise malformed
-            rows.append(values)
-        if len({len(row) for row in rows}) > 1:  # ragged rows
+            # all zeros or not finite: no direction to compare, that text only goes without
+            rows.append(values if finite and values.count(0.0) != len(values) else None)
+        if len({len(row) for row in rows if row is not None}) > 1:  # ragged rows
             raise malformed
         return rows
 

@@ -141,7 +141,7 @@ def run(settings: Settings, selector: Selector, now: float, *, max_entries: int 
         warn: Callable[[str], None]) -> PurgeReport:
     """One `semcache purge`: plan, have `confirm_all(count, location)` approve deleting
     every entry (it raises to refuse), delete."""
-    with open_store(settings, warn) as store:
+    with open_store(settings, warn, read_only=dry_run) as store:
         chosen = plan(store, selector, now, max_entries, max_bytes)
         if chosen.deletes_everything and not dry_run:
             confirm_all(chosen.total, store.location)

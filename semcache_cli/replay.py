@@ -29,7 +29,7 @@ from semcache_cli import policy
 from semcache_cli.engine import SEMANTIC_CANDIDATES, Judged, decide, judge, open_engine, request_from
 from semcache_cli.errors import UsageError
 from semcache_cli.live_replay import LiveEmbeddings, run_live
-from semcache_cli.replay_core import ReplayQuery, Row, Stopped, embed_batches, settings_for
+from semcache_cli.replay_core import ReplayQuery, Row, Stopped, embed_batches, settings_for, usable
 from semcache_cli.storage.models import Entry
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def from_log(settings: Settings, since: float | None) -> list[ReplayQuery]:
     current settings."""
     from semcache_cli.storage import open_store
 
-    store = open_store(settings)
+    store = open_store(settings, read_only=True)
     try:
         return [ReplayQuery(row.id or 0, row.query, namespace=row.namespace, model=row.model)
                 for row in store.request_log(since) if row.query is not None]
@@ -194,14 +194,19 @@ def recommend(reports: list[Report], target_error: float) -> Report | None:
 # -- embeddings ----------------------------------------------------------------------------
 
 def embed_all(client: Any, embed_model: str, texts: list[str], progress: Callable[[int], None]) -> np.ndarray:
-    """Unit float32 vectors for every text, batched through /api/embed."""
+    """Unit float32 vectors for every text, batched through /api/embed; rows of NaN for
+    the texts whose vector is unusable."""
     import numpy as np
 
     blocks = []
     for block in embed_batches(client, embed_model, texts):
         blocks.append(block)
         progress(len(block))
-    return np.concatenate(blocks) if blocks else np.empty((0, 0), dtype=np.float32)
+    if not blocks:
+        return np.empty((0, 0), dtype=np.float32)
+    dims = max(block.shape[1] for block in blocks)  # a block with no usable row at all is one NaN wide
+    return np.concatenate([block if block.shape[1] == dims else np.full((len(block), dims), np.nan, np.float32)
+                           for block in blocks])
 
 
 # -- simulate ------------------------------------------------------------------------------
@@ -232,13 +237,14 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
                                    policy.expires_at(now, settings.ttl), 0, None, None, None, None, "stop", {})
         return entries[index]
 
+    has_vector = usable(matrix) if len(matrix) else np.zeros(0, dtype=bool)
     for members in scopes.values():
         stored = np.empty((len(members), matrix.shape[1]), dtype=np.float32)
         stored_index: list[int] = []  # item index of each stored row
         exact: dict[str, int] = {}
         for block_start in range(0, len(members), SIM_BLOCK):
             block = members[block_start:block_start + SIM_BLOCK]
-            vectors = matrix[block]
+            vectors = np.where(has_vector[block][:, None], matrix[block], 0.0)  # no vector: compared with nothing
             m = len(stored_index)
             before = vectors @ stored[:m].T if m else None
             if before is not None:
@@ -254,9 +260,10 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
                 if keys[index] in exact:
                     candidates.append(judge("exact", entry(exact[keys[index]]), 1.0, request, now))
                 best: tuple[int, float] | None = None
-                if before is not None:
+                semantic = bool(has_vector[index])  # without a vector, the exact layer only: as ask
+                if semantic and before is not None:
                     best = stored_index[int(best_before[pos])], float(best_before_sim[pos])
-                if new_rows:
+                if semantic and new_rows:
                     sims = within[pos, new_rows]
                     j = int(sims.argmax())
                     if best is None or float(sims[j]) > best[1]:
@@ -273,7 +280,8 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
                           similarity=decision.similarity, confidence=decision.confidence)
                 if served is None:
                     exact[keys[index]] = index
-                    new_rows.append(pos)
+                    if has_vector[index]:  # stored without a vector: the exact layer finds it, nothing else
+                        new_rows.append(pos)
                 else:
                     row.matched_label = items[served.entry.id].label
                     row.matched = items[served.entry.id].line
@@ -311,12 +319,15 @@ def _nearest(before: np.ndarray | None, before_index: list[int], within: np.ndar
 def run_dry(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray | None,
             on_row: Callable[[Row], None], stop: threading.Event) -> None:
     """What each query would get from the cache as it is now: reads only."""
-    with open_engine(settings) as engine:
+    has_vector = usable(vectors) if vectors is not None else None
+    with open_engine(settings, read_only=True) as engine:
         for index, item in enumerate(items):
             if stop.is_set():
                 return
             request = request_from(settings_for(settings, item), item.query)
-            explanation = engine.explain(request, SEMANTIC_CANDIDATES, vectors[index] if vectors is not None else None)
+            semantic = has_vector is None or bool(has_vector[index])  # without a vector, as ask: exact only
+            explanation = engine.explain(request, SEMANTIC_CANDIDATES, vectors[index] if semantic and vectors
+                                         is not None else None, semantic=semantic)
             decision = explanation.decision
             served = decision.served
             on_row(Row(item.line, item.query, item.label, served.source if served else "miss",

@@ -70,21 +70,31 @@ class Row:
 
 
 def embed_batches(client: Any, embed_model: str, texts: list[str]) -> Iterator[np.ndarray]:
-    """Unit float32 vectors of the texts, a block per /api/embed call of EMBED_BATCH."""
+    """Unit float32 vectors of the texts, a block per /api/embed call of EMBED_BATCH. A
+    text the model gave an unusable vector (all zeros, or not finite) gets a row of NaN:
+    that query goes without its semantic layer, as `ask` does (`usable` tells them)."""
     import numpy as np
 
     dims: int | None = None
     for start in range(0, len(texts), EMBED_BATCH):
         batch = [embedding_text(embed_model, t) for t in texts[start:start + EMBED_BATCH]]
         block = client.embed(embed_model, batch)
-        if dims is not None and len(block[0]) != dims:
+        lengths = {len(row) for row in block if row is not None}
+        if dims is not None and lengths - {dims}:
             raise SemcacheError(f"{embed_model} returned embeddings of different lengths")
-        dims = len(block[0])
-        matrix = np.frombuffer(b"".join(block), dtype=np.float32).reshape(len(batch), -1)
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise SemcacheError(f"{embed_model} returned an empty or zero embedding")
-        yield matrix / norms  # unit length, as vectors.unit_vector makes them one at a time
+        dims = dims or next(iter(lengths), None)
+        matrix = np.full((len(batch), dims or 1), np.nan, dtype=np.float32)
+        for i, row in enumerate(block):
+            if row is not None:
+                matrix[i] = np.frombuffer(row, dtype=np.float32)
+        yield matrix / np.linalg.norm(matrix, axis=1, keepdims=True)  # unit length, as vectors.unit_vector makes
+
+
+def usable(matrix: np.ndarray) -> np.ndarray:
+    """Which rows of embed_batches' blocks hold a vector."""
+    import numpy as np
+
+    return np.isfinite(matrix).all(axis=1)
 
 
 class Stopped(BaseException):

@@ -98,7 +98,7 @@ def report(settings: Settings, now: float, since_s: float | None, warn: Callable
     """One `semcache stats`: the figures of the settings' store."""
     from semcache_cli.storage import open_store
 
-    with open_store(settings, warn) as store:
+    with open_store(settings, warn, read_only=True) as store:
         return collect(store, now, since_s, settings.threshold)
 
 

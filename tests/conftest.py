@@ -42,9 +42,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                                                                           "no_proxy"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("SEMCACHE_DB", str(tmp_path / "cache.db"))
-    monkeypatch.setenv("SEMCACHE_CONFIG", str(tmp_path / "config.toml"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))  # no config file unless a test writes one
     monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:9")  # nothing listens: no stray real server
     return tmp_path / "cache.db"
 

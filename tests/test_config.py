@@ -28,8 +28,13 @@ def test_bad_durations_are_usage_errors(text: str) -> None:
 
 
 @given(st.integers(0, 10**6), st.sampled_from(["s", "m", "h", "d", "w"]))
-def test_duration_units_multiply(count: int, unit: str) -> None:
-    assert config.parse_duration(f"{count}{unit}") == count * config._UNIT_SECONDS[unit]
+def test_duration_units_multiply_up_to_the_documented_maximum(count: int, unit: str) -> None:
+    seconds = count * config._UNIT_SECONDS[unit]
+    if seconds <= config.MAX_DURATION_S:
+        assert config.parse_duration(f"{count}{unit}") == seconds
+    else:
+        with pytest.raises(UsageError, match=r"is longer than semcache allows \(100 years"):
+            config.parse_duration(f"{count}{unit}")
 
 
 @pytest.mark.parametrize(
@@ -142,14 +147,14 @@ def test_bad_options(pair: tuple[str, str], message: str) -> None:
 
 
 def test_defaults(tmp_path: Path) -> None:
-    settings = config.load_settings(env={"SEMCACHE_CONFIG": str(tmp_path / "none.toml"), "SEMCACHE_DB": "x.db"})
+    settings = config.load_settings(env={"SEMCACHE_DB": "x.db"})
     assert (settings.model, settings.embed_model) == ("llama3.2", "nomic-embed-text")
     assert (settings.threshold, settings.min_confidence, settings.ttl) == (0.85, 0.7, 7 * 86400)
     assert settings.ollama_url == "http://127.0.0.1:11434"
 
 
 def test_default_db_lives_in_the_platform_cache_dir(tmp_path: Path) -> None:
-    settings = config.load_settings(env={"SEMCACHE_CONFIG": str(tmp_path / "none.toml"), "XDG_CACHE_HOME": str(tmp_path)})
+    settings = config.load_settings(env={"XDG_CACHE_HOME": str(tmp_path)})
     assert Path(settings.db).name == "cache.db" and Path(settings.db).parent.name == "semcache"
     assert settings.db_is_default
 
@@ -176,7 +181,7 @@ def test_bad_values_name_their_source(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"config.toml: threshold: 1.5 is not a number between 0 and 1"):
         config.load_settings(env={"SEMCACHE_CONFIG": str(path)})
     with pytest.raises(UsageError, match="SEMCACHE_MIN_CONFIDENCE"):
-        config.load_settings(env={"SEMCACHE_CONFIG": str(tmp_path / "none"), "SEMCACHE_MIN_CONFIDENCE": "high"})
+        config.load_settings(env={"SEMCACHE_MIN_CONFIDENCE": "high"})
     path.write_text("thresold = 0.9\n")
     with pytest.raises(UsageError, match="unknown key 'thresold'"):
         config.load_settings(env={"SEMCACHE_CONFIG": str(path)})
@@ -193,7 +198,7 @@ def test_format_flag() -> None:
 
 
 def test_the_database_setting_is_a_path_or_a_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    env = {"SEMCACHE_CONFIG": str(tmp_path / "none.toml")}
+    env = {}
     monkeypatch.setenv("HOME", str(tmp_path))
     assert config.load_settings({"db": "~/caches/c.db"}, env=env).db == str(tmp_path / "caches" / "c.db")
     url = "postgresql://alice@db.example.com:5432/cache?sslmode=require"

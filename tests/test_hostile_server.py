@@ -344,8 +344,8 @@ def test_through_the_cli_a_malformed_chunk_is_one_line_exit_1_nothing_stored(hos
 
 
 @pytest.mark.parametrize("embeddings", [
-    "[[true, false, true, false]]", "[[0.1, \"0.2\"]]", "[[NaN, 1.0]]", "[[Infinity, 1.0]]", "[[1e999, 1.0]]",
-    "[[1e39, 1.0]]", "[[0, 0, 0.0]]", "[[]]", "[[0.1], [0.2]]", "[0.1, 0.2]", "{\"a\": 1}", "null", "[[null]]",
+    "[[true, false, true, false]]", "[[0.1, \"0.2\"]]", "[[NaN, 1.0]]", "[[Infinity, 1.0]]",
+    "[[]]", "[[0.1], [0.2]]", "[0.1, 0.2]", "{\"a\": 1}", "null", "[[null]]",
     "[[" + "1" * 5000 + "]]",
 ], ids=lambda v: v[:24])
 def test_malformed_embeddings_are_an_ollama_error(hostile, embeddings: str) -> None:
@@ -355,6 +355,37 @@ def test_malformed_embeddings_are_an_ollama_error(hostile, embeddings: str) -> N
     with pytest.raises(OllamaError, match="malformed embeddings|not a JSON object") as caught:
         embed(server)
     assert type(caught.value) is OllamaError
+
+
+@pytest.mark.parametrize("unusable", ["[1e999, 1.0]", "[1e39, 1.0]", "[0, 0, 0.0]"],
+                         ids=["overflow", "float32-overflow", "zeros"])
+def test_a_vector_with_no_direction_is_none_and_costs_its_batch_nothing(hostile, unusable: str) -> None:
+    # All zeros, or not finite once float32: never stored, never compared; the others kept.
+    good = "[0.6, 0.8, 0.0]" if unusable.count(",") == 2 else "[0.6, 0.8]"
+    body = f'{{"model": "nomic-embed-text", "embeddings": [{good}, {unusable}, {good}]}}'.encode()
+    reply = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    server = hostile(embed=lambda w, b: w.send(reply))
+    client = OllamaClient(server.url, 5)
+    try:
+        rows = client.embed("nomic-embed-text", ["a", "b", "c"])
+    finally:
+        client.close()
+    assert rows[1] is None and list(rows[0] or []) == pytest.approx([0.6, 0.8, 0.0][:len(rows[0] or [])])
+    assert rows[2] == rows[0]
+
+
+def test_through_the_cli_a_question_with_no_direction_is_answered_without_the_semantic_layer(
+        hostile, isolated_env: Path, monkeypatch) -> None:
+    body = b'{"model": "nomic-embed-text", "embeddings": [[0, 0, 0, 0]]}'
+    zero = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    server = hostile(embed=lambda w, b: w.send(zero), chat=lambda w, b: w.answer(token("an answer"), final()))
+    monkeypatch.setenv("OLLAMA_HOST", server.url)
+    result = run_cli("ask", Q)
+    assert result.exit_code == 0 and result.stdout == "an answer\n"
+    warning = result.stderr.splitlines()[0]
+    assert warning.startswith("semcache: warning: embedding failed (") and "unusable vector (all zeros" in warning
+    (entry,) = stored(isolated_env)
+    assert entry.embed_model is None and entry.dims is None  # stored without it: never compared
 
 
 # -- 6. wall-clock deadlines, whatever the server trickles ------------------------------------

@@ -156,10 +156,23 @@ def test_unknown_id_and_contradictions_are_usage_errors(cache: Path) -> None:
     assert bad_sort.exit_code == 2 and "--sort must be one of newest, oldest, hits, last-hit" in bad_sort.stderr
 
 
-def test_empty_and_brand_new_database(isolated_env: Path) -> None:
+def test_before_the_first_ask_the_default_cache_is_empty_and_not_created(
+        isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SEMCACHE_DB")  # the default location, under XDG_CACHE_HOME
     result = run_cli("inspect")
     assert result.exit_code == 0 and listed(result.stdout) == []
     assert json.loads(run_cli("inspect", "--json").stdout) == []
+    assert run_cli("inspect", "--similar", "anything").exit_code in (0, 4)  # no store made for it either
+    assert not (tmp_path / "xdg-cache" / "semcache").exists()
+
+
+def test_a_named_cache_that_is_not_there_is_not_made_up(isolated_env: Path) -> None:
+    # A mistyped --db must not report on an empty cache it just created.
+    for args in (["inspect"], ["inspect", "1"], ["inspect", "--json"]):
+        result = run_cli(*args)
+        assert result.exit_code == 2, args
+        assert result.stderr == f"semcache: error: there is no cache at {isolated_env} (check the path)\n"
+    assert not isolated_env.exists()
 
 
 def test_cron_form_no_terminal_no_stdin(cache: Path) -> None:

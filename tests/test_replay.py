@@ -158,6 +158,29 @@ def test_live_embedding_failing_part_way_leaves_the_rest_to_ask_s_own_fallback(o
     assert dims.count(768) == 256 and dims.count(None) == 44
 
 
+@pytest.mark.parametrize("mode", ["live", "--dry-run", "--simulate"])
+def test_a_vector_with_no_direction_costs_its_query_the_semantic_layer_and_no_more(
+        ollama: FakeOllama, tmp_path: Path, isolated_env: Path, mode: str) -> None:
+    # A broken model gives two questions all-zero vectors: each is still answered (exact layer
+    # only, as ask does), the others keep theirs, and the replay goes on.
+    ollama.table.update({"zero one": np.zeros(384), "zero two": np.zeros(384), "base": at_angle(1.0),
+                         "close": at_angle(0.95)})
+    if mode == "--dry-run":
+        assert run_cli("replay", str(write(tmp_path / "w.txt", ["base", "zero one"])), *MINILM).exit_code == 0
+    path = write(tmp_path / "q.txt", ["base", "zero one", "close", "zero two", "zero one"])
+    args = ["-j", "1"] if mode == "live" else [mode]  # one at a time: close comes after base
+    result = run_cli("replay", str(path), *args, "--json", *MINILM)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)["reports"][0]
+    assert report["queries"] == 5 and report["errors"] == 0
+    assert report["hits"]["semantic"] == 1  # close -> base
+    assert report["hits"]["exact"] == (3 if mode == "--dry-run" else 1)  # the repeated zero one, by its text
+    if mode == "live":
+        assert "unusable vector (all zeros, or not finite)" in result.stderr
+        by_query = {e.query: e.dims for e in stored(isolated_env)}
+        assert by_query == {"base": 384, "zero one": None, "zero two": None}  # never stored with a vector
+
+
 # -- dry run and simulate ------------------------------------------------------------------
 
 @pytest.fixture

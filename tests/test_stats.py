@@ -125,14 +125,24 @@ def test_text_report(known: Path) -> None:
     assert lines[-1] == "       7 hits  entry 1: a"
 
 
-def test_empty_brand_new_database(isolated_env: Path) -> None:
+def test_before_the_first_ask_the_default_cache_is_empty_and_not_created(
+        isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SEMCACHE_DB")  # the default location, under XDG_CACHE_HOME
     result = run_proc("stats", "--json")  # cron form: no terminal, no stdin
     assert result.exit_code == 0, result.stderr
+    assert not (tmp_path / "xdg-cache" / "semcache").exists()
     figures = json.loads(result.stdout)
     assert figures["entries"]["total"] == 0 and figures["requests"]["asks"] == 0
     assert figures["requests"]["hit_rate"] is None and figures["top_entries"] == []
     text = run_cli("stats").stdout
     assert "entries      0 (0 live, 0 expired)\n" in text and "  hits         0: exact 0, semantic 0\n" in text
+
+
+def test_stats_of_a_named_cache_that_is_not_there_is_exit_2(isolated_env: Path) -> None:
+    result = run_proc("stats")
+    assert result.exit_code == 2 and result.stderr == f"semcache: error: there is no cache at {isolated_env} " \
+                                                      "(check the path)\n"
+    assert not isolated_env.exists()
 
 
 def test_stats_after_real_asks(ollama: FakeOllama, isolated_env: Path) -> None:

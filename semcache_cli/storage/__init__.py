@@ -17,9 +17,12 @@ if TYPE_CHECKING:
     from semcache_cli.storage.port import Store
 
 
-def open_store(settings: Settings, warn: Callable[[str], None] | None = None, create: bool = True) -> Store:
+def open_store(settings: Settings, warn: Callable[[str], None] | None = None, create: bool = True,
+               read_only: bool = False) -> Store:
     """The store the settings name, created and migrated as needed (only the default
-    location's directory is created on demand); with create=False, one that must exist."""
+    location's directory is created on demand). create=False: one that must exist.
+    read_only: for commands that only read, which never create a store: before the first
+    ask has made the default file they see an empty cache; a named one must exist."""
     location = settings.db
     if is_database_url(location):
         scheme = location.split("://", 1)[0].lower()
@@ -30,7 +33,11 @@ def open_store(settings: Settings, warn: Callable[[str], None] | None = None, cr
         except ImportError:  # psycopg is an optional extra; the SQLite path never imports it
             raise UsageError("postgresql:// stores need the PostgreSQL extra: pip install 'semcache-cli[postgres]'") \
                 from None
-        return PostgresStore.open(location, settings.timeout, create=create)
+        return PostgresStore.open(location, settings.timeout, create=create and not read_only)
     from semcache_cli.storage.sqlite import SQLiteStore
 
-    return SQLiteStore.open(Path(location), create_parent=settings.db_is_default, warn=warn, create=create)
+    path = Path(location)
+    if read_only and settings.db_is_default and not path.exists():
+        return SQLiteStore.empty(path)
+    return SQLiteStore.open(path, create_parent=settings.db_is_default, warn=warn, create=create,
+                            read_only=read_only)

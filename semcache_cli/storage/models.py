@@ -47,14 +47,22 @@ class Entry(NamedTuple):
     @classmethod
     def from_stored(cls, values: Sequence[Any]) -> Entry:
         """An entry from its stored values in ENTRY_FIELDS order, the JSON fields as text.
-        A row that does not decode is UnreadableEntry, never a half-built entry."""
+        Every field is checked for type and range: a row that does not hold (written by
+        a broken version, or by hand) is UnreadableEntry, never a half-built entry that
+        breaks an ask or a date later."""
         data = dict(zip(ENTRY_FIELDS, values, strict=True))
         try:
             data["options"] = json.loads(data["options"] or "{}")
             data["format"] = json.loads(data["format"]) if data["format"] else None
             data["metadata"] = json.loads(data["metadata"] or "{}")
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             raise UnreadableEntry(data["id"]) from None
+        for name, check in _CHECKS.items():
+            value = data[name]
+            if not check(value):
+                raise UnreadableEntry(data["id"])
+            if isinstance(value, int) and name in _FLOATS:
+                data[name] = float(value)
         return cls(**data)
 
     @property
@@ -66,6 +74,44 @@ class Entry(NamedTuple):
         keeps it, hits and all (copy)."""
         return _as_stored(self._asdict())
 
+
+# Times are seconds since the epoch that a date can show (up to the year 9999).
+MAX_TIMESTAMP = 253_402_300_799.0
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _optional_text(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _count(value: Any) -> bool:
+    return value is None or (type(value) is int and 0 <= value <= 2**53)
+
+
+def _time(value: Any) -> bool:
+    return type(value) in (int, float) and 0 <= value <= MAX_TIMESTAMP
+
+
+def _optional_time(value: Any) -> bool:
+    return value is None or _time(value)
+
+
+def _seconds(value: Any) -> bool:
+    return value is None or (type(value) in (int, float) and 0 <= value <= MAX_TIMESTAMP)
+
+
+_CHECKS = {
+    "id": lambda v: type(v) is int, "scope": _text, "exact_key": _text, "namespace": _text, "model": _text,
+    "system": _optional_text, "options": lambda v: isinstance(v, dict), "query": _text, "response": _text,
+    "embed_model": _optional_text, "dims": lambda v: v is None or (type(v) is int and v > 0),
+    "created_at": _time, "ttl": _seconds, "expires_at": _optional_time, "hits": lambda v: type(v) is int and v >= 0,
+    "last_hit_at": _optional_time, "prompt_tokens": _count, "completion_tokens": _count, "generation_s": _seconds,
+    "done_reason": _optional_text, "metadata": lambda v: isinstance(v, dict),
+}
+_FLOATS = frozenset({"created_at", "ttl", "expires_at", "last_hit_at", "generation_s"})
 
 ENTRY_FIELDS: tuple[str, ...] = Entry._fields
 # The fields an answer is stored with (all but the id), in the order of stored_values().

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from semcache_cli.storage.selector import Selector
 
 BUSY_TIMEOUT_S = 30.0
+MIN_SQLITE = (3, 35, 0)  # RETURNING (3.35), upserts (3.24)
 MMAP_BYTES = 1 << 31  # SQLite's default ceiling; a larger file is mapped this far
 DELETE_BATCH = 500
 ROW_HEADER = 40  # bytes of record header and rowid a row costs beside its values
@@ -76,8 +77,9 @@ def store_error(exc: BaseException, location: str) -> StoreError:
                           f"{BUSY_TIMEOUT_S:.0f} s; try again")
     if code == 8:  # SQLITE_READONLY
         return StoreError(f"cannot write to {location} ({exc}): check the file's and its directory's permissions")
-    if code in (11, 26):  # SQLITE_CORRUPT, SQLITE_NOTADB
-        return StoreDamaged(f"the cache database {location} is damaged ({exc}); move it aside "
+    if code in (11, 26) or isinstance(exc, UnicodeDecodeError):  # SQLITE_CORRUPT, SQLITE_NOTADB; garbled text
+        reason = "text in it is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        return StoreDamaged(f"the cache database {location} is damaged ({reason}); move it aside "
                             "(semcache starts a new one) or restore a backup")
     return StoreError(f"cannot use the cache database {location}: {exc}")
 
@@ -132,7 +134,14 @@ def _window(since: float | None) -> tuple[str, list[Any]]:
     return ("at >= ?", [since]) if since is not None else ("TRUE", [])
 
 
-@translating(sqlite3.Error, lambda store, exc: store_error(exc, store.location))
+def _translate(store: SQLiteStore, exc: BaseException) -> StoreError:
+    error = store_error(exc, store.location)
+    if isinstance(error, StoreDamaged):
+        store.damaged = True  # never written to again by this connection
+    return error
+
+
+@translating((sqlite3.Error, UnicodeDecodeError), _translate)
 class SQLiteStore:
     """One connection to the cache file (one per process, or per thread: `reopen`)."""
 
@@ -140,21 +149,37 @@ class SQLiteStore:
         self._conn = conn
         self.path = path
         self.location = str(path)
+        self.damaged = False
 
     @classmethod
     def open(cls, path: Path, create_parent: bool = False, warn: Callable[[str], None] | None = None,
-             create: bool = True) -> SQLiteStore:
+             create: bool = True, read_only: bool = False) -> SQLiteStore:
+        """The cache file at `path`, created (create) and migrated as needed. read_only:
+        for commands that only read (stats, inspect, dry runs): the file must exist and
+        is left as it was found, its write-ahead log included."""
         path = Path(path)
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StoreError(f"this Python's SQLite is {sqlite3.sqlite_version}; semcache needs "
+                             f"{'.'.join(map(str, MIN_SQLITE))} or newer (RETURNING): use a newer Python build")
         if path.is_dir():
             raise UsageError(f"database path {path} is a directory")
-        if not create and not path.exists():
+        if path.exists() and not path.is_file():
+            raise UsageError(f"database path {path} is not a regular file (a device or a pipe)")
+        if (read_only or not create) and not path.exists():
             raise UsageError(f"there is no cache at {path} (check the path)")
-        _create_private_file(path, create_parent)
-        if not os.access(path, os.R_OK | os.W_OK):
+        if not read_only:
+            _create_private_file(path, create_parent)
+        if not os.access(path, os.R_OK | (0 if read_only else os.W_OK)):
             raise StoreError(f"cannot read and write the database {path}: permission denied "
                              "(semcache writes on every ask; check the file's owner and mode)")
         try:
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            # A log with writes in it stays as it is (mode=ro cannot fold it back); with
+            # none, a plain connection creates and removes its own, leaving no trace.
+            if read_only and Path(f"{path}-wal").exists():
+                conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                                       isolation_level=None)
+            else:
+                conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path} is not a usable SQLite database ({exc}); pick another --db") from None
@@ -167,13 +192,26 @@ class SQLiteStore:
             )
         try:
             if version < SCHEMA_VERSION:
+                if read_only:  # an older file is migrated first, as any command would
+                    conn.close()
+                    cls.open(path, warn=None).close()
+                    return cls.open(path, warn=warn, read_only=True)
                 store._migrate_when_free()
             store._prepare()
         except sqlite3.Error as exc:
             conn.close()
-            raise StoreError(f"cannot prepare database {path}: {exc}") from None
+            raise store_error(exc, str(path)) from None
         if warn is not None and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
             warn(f"{path} is readable by other users and holds your prompts: chmod 600 {path}")
+        return store
+
+    @classmethod
+    def empty(cls, path: Path) -> SQLiteStore:
+        """An empty cache in memory, named after `path`: what a read-only command reports
+        on before the first ask has created the default file, which it must not create."""
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        store = cls(conn, Path(path))
+        store._migrate()
         return store
 
     def _prepare(self) -> None:
@@ -234,6 +272,9 @@ class SQLiteStore:
         self.close()
 
     def _write(self) -> _WriteTransaction:
+        if self.damaged:
+            raise StoreDamaged(f"the cache database {self.location} is damaged; nothing more is written to it: move "
+                               "it aside (semcache starts a new one) or restore a backup")
         return _WriteTransaction(self._conn)
 
     # -- the ask path ------------------------------------------------------------------
