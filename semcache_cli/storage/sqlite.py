@@ -67,18 +67,28 @@ _SORTS = {
 }
 
 
+def _no_space_left(location: str) -> bool:
+    try:
+        return os.statvfs(os.path.dirname(os.path.abspath(location))).f_bavail == 0
+    except OSError:
+        return False
+
+
 def store_error(exc: BaseException, location: str) -> StoreError:
-    """What a sqlite3 error means to the user, by SQLite's own result code."""
+    """What a sqlite3 error means to the user, by SQLite's own result code. An I/O error
+    on a disk with no space left is a full disk too (SQLite says I/O error when it cannot
+    even grow its shared-memory file)."""
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    if code == 13:  # SQLITE_FULL
+    if code == 13 or (code == 10 and _no_space_left(location)):  # SQLITE_FULL, SQLITE_IOERR
         return StoreFull(f"the disk holding {location} is full ({exc}): free some space; the cache was left as it was")
     if code in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED
         return StoreError(f"the cache database {location} stayed locked by another process for "
                           f"{BUSY_TIMEOUT_S:.0f} s; try again")
     if code == 8:  # SQLITE_READONLY
         return StoreError(f"cannot write to {location} ({exc}): check the file's and its directory's permissions")
-    if code in (11, 26) or isinstance(exc, UnicodeDecodeError):  # SQLITE_CORRUPT, SQLITE_NOTADB; garbled text
-        reason = "text in it is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+    garbled = isinstance(exc, UnicodeDecodeError) or "Could not decode to UTF-8" in str(exc)  # as sqlite3 says it
+    if code in (11, 26) or garbled:  # SQLITE_CORRUPT, SQLITE_NOTADB; text that is not UTF-8
+        reason = "text in it is not valid UTF-8" if garbled else str(exc)
         return StoreDamaged(f"the cache database {location} is damaged ({reason}); move it aside "
                             "(semcache starts a new one) or restore a backup")
     return StoreError(f"cannot use the cache database {location}: {exc}")
@@ -182,6 +192,8 @@ class SQLiteStore:
                 conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", 26) & 0xFF != 26:  # not SQLITE_NOTADB: the file may well be fine
+                raise store_error(exc, str(path)) from None
             raise StoreError(f"{path} is not a usable SQLite database ({exc}); pick another --db") from None
         store = cls(conn, path)
         if version > SCHEMA_VERSION:
