@@ -426,6 +426,10 @@ def ask(
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store a new answer.")] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Never call the model; exit 3 on a miss.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the raw answer.")] = False,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="Write a new answer as it streams even when stdout is not a terminal "
+                           "(| tee); parallel runs may then interleave.")
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("-q", "--quiet", help="Print only the answer: no status line (warnings and errors still).")
     ] = False,
@@ -444,9 +448,9 @@ def ask(
             option,
         )
         text = read_question(question)
-        # Streamed only to a terminal: a pipe's reader is a program that wants whole
-        # answers, and with one write per answer parallel asks never interleave.
-        writer = _AnswerWriter(stream=sys.stdout.isatty())
+        # Streamed to a terminal (or with --stream): a pipe's reader is a program that
+        # wants whole answers, and with one write per answer parallel asks never interleave.
+        writer = _AnswerWriter(stream=stream or sys.stdout.isatty())
         try:
             outcome = run_ask(
                 settings, text, config.parse_format(format),
