@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # Typer's own Click
 from typer.core import TyperGroup
 
 from semcache_cli import __version__, config, render
@@ -28,11 +29,15 @@ from semcache_cli.engine import run_ask
 from semcache_cli.errors import (
     EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
+    EXIT_MODEL_MISSING,
     EXIT_RUNTIME,
     EXIT_TERMINATED,
+    EXIT_UNREACHABLE,
+    Interrupted,
     SemcacheError,
     Terminated,
     UsageError,
+    exit_codes_help,
 )
 
 OPTION_FLAGS = ("-o", "--option")
@@ -61,18 +66,78 @@ def join_option_pairs(args: list[str]) -> list[str]:
     return joined
 
 
+def usage_line(exc: ClickException, command_path: str | None = None) -> str:
+    """Click's usage errors in semcache's own one-line style, with where to look:
+    `No such option: -x` -> `semcache: error: no such option: -x (semcache ask --help)`.
+    `command_path` names the command when Click's error carries no context (a missing
+    option value)."""
+    text = " ".join(exc.format_message().split()).rstrip(".")
+    text = text.replace(" (Possible options: ", "; did you mean ").replace(". Did you mean ", "; did you mean ")
+    if "; did you mean " in text and text.endswith(")"):
+        text = text[:-1] + "?"
+    text = text[:1].lower() + text[1:]
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else command_path
+    return render.error_line(text + (f" ({path} --help)" if path else ""))
+
+
+@contextmanager
+def _usage_errors(ctx: Any = None) -> Iterator[None]:
+    try:
+        yield
+    except NoArgsIsHelpError:  # `semcache` alone: the help, as Click shows it
+        raise
+    except ClickException as exc:
+        command = ctx.meta.get(_COMMAND_KEY) if ctx is not None else None
+        path = f"{ctx.command_path} {command}" if command else ctx.command_path if ctx is not None else None
+        _stderr(usage_line(exc, path))
+        raise typer.Exit(exc.exit_code) from None
+
+
+_COMMAND_KEY = "semcache.command"  # the command's name, in the root context's meta
+
+
 class _SemcacheGroup(TyperGroup):
+    """The root command. Every parse of the command line (the root's options, the
+    command's name, the command's own options) happens inside make_context or invoke,
+    so Click's usage errors are caught here and shown as one line."""
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, join_option_pairs(list(args)))
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        with _usage_errors():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        ctx.meta[_COMMAND_KEY] = name
+        return name, command, rest
+
+    def invoke(self, ctx: Any) -> Any:
+        with _usage_errors(ctx):
+            return super().invoke(ctx)
+
+
+def _epilog(exit_codes: str, *examples: str) -> str:
+    """Exit codes, then examples; `\b` keeps Click from rewrapping the example lines."""
+    return exit_codes + "\n\n\b\nExamples:\n" + "\n".join(f"  {example}" for example in examples)
 
 
 app = typer.Typer(
     name="semcache",
     cls=_SemcacheGroup,
     help="A semantic cache for LLM calls: answers repeat questions from a local SQLite file, asks Ollama otherwise.",
-    epilog=EXIT_CODES_HELP,
+    epilog=_epilog(
+        EXIT_CODES_HELP,
+        'semcache ask "What is semantic caching?"',
+        "semcache stats --since 7d",
+        "semcache --install-completion",
+    ),
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion and --show-completion; main() leaves them out of a process
+    # that runs a command, which cannot use them.
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -82,6 +147,29 @@ app = typer.Typer(
 def _stderr(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+# -q/--quiet of the running command: silent on success. Status lines, reports and
+# progress bars go; what stays is data a script asked for (ask's answer, --json and
+# --jsonl), warnings (each names something to fix) and errors. One command runs per
+# process, and each sets this first, so a module-level switch is enough.
+_quiet = False
+
+
+def _set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def _status(line: str) -> None:
+    if not _quiet:
+        _stderr(line)
+
+
+def _report(text: str) -> None:
+    """A command's report for a person, on stdout (stats, replay, inspect's tables)."""
+    if not _quiet:
+        sys.stdout.write(text + "\n")
 
 
 def _warn(message: str) -> None:
@@ -153,21 +241,80 @@ def read_question(argument: str | None) -> str:
         raise UsageError("the question on stdin is not valid UTF-8") from None
 
 
-class _AnswerWriter:
-    """Writes the answer raw to stdout as it streams. A reader that goes away (`| head`)
-    stops the writing, not the generation: the full answer is still stored."""
+def write_all(text: str) -> None:
+    """Write `text` to stdout with one os.write of all its bytes (looping only on a short
+    write), so processes sharing one pipe or file never interleave inside it: a pipe
+    keeps a write of up to PIPE_BUF (4 KiB on Linux) whole, a file every write. Streams
+    without a file descriptor (tests' in-memory ones) get a plain write."""
+    sys.stdout.flush()  # anything written before goes first
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, io.UnsupportedOperation, AttributeError):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    data = memoryview(text.encode("utf-8"))
+    while data:
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:  # a non-blocking stdout handed down by the parent
+            import select
 
-    def __init__(self) -> None:
+            select.select([], [fd], [])
+            continue
+        data = data[written:]
+
+
+class _AnswerWriter:
+    """Writes the answer raw to stdout. Streamed token by token when stdout is a
+    terminal (a person watches it come); otherwise kept until the answer is complete and
+    written with its newline in one write (write_all), as a cached answer always is, so
+    `xargs -P 8 semcache ask` gets whole answers, one a line. A reader that goes away
+    (`| head`) stops the writing, not the generation: the full answer is still stored."""
+
+    def __init__(self, stream: bool) -> None:
+        self.stream = stream
+        self.pending: list[str] = []
         self.wrote = False
         self.ends_with_newline = False
         self.closed = False
 
-    def __call__(self, text: str) -> None:
+    def __call__(self, token: str) -> None:
+        if self.stream:
+            self._emit(token)
+        else:
+            self.pending.append(token)
+
+    def whole(self, text: str) -> None:
+        """A complete answer (a cache hit): text and newline in one write."""
+        self.pending.append(text)
+        self.finish()
+
+    def partial(self) -> None:
+        """The answer broke off: what came of it, as it is (a terminal gets its newline
+        from finish, to keep the error line off the partial answer's line)."""
+        if self.stream:
+            self.finish()
+        else:
+            self._emit("".join(self.pending))
+            self.pending.clear()
+
+    def finish(self) -> None:
+        """The end of the answer, or of what there is of it when it broke: the rest and
+        a final newline, in one write."""
+        text = "".join(self.pending)
+        self.pending.clear()
+        if text and not text.endswith("\n"):
+            text += "\n"
+        elif not text and self.wrote and not self.ends_with_newline:
+            text = "\n"  # the streamed part's line
+        self._emit(text)
+
+    def _emit(self, text: str) -> None:
         if self.closed or not text:
             return
         try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            write_all(text)
         except BrokenPipeError:
             self.closed = True
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -175,10 +322,6 @@ class _AnswerWriter:
             return
         self.wrote = True
         self.ends_with_newline = text.endswith("\n")
-
-    def finish(self) -> None:
-        if self.wrote and not self.ends_with_newline:
-            self("\n")
 
 
 def _option_pair(item: str) -> tuple[str, str]:
@@ -190,8 +333,9 @@ def _option_pair(item: str) -> tuple[str, str]:
 
 def _help(text: str, key: str | None = None, default: str | None = None) -> str:
     bits = []
-    if default is not None or key is not None:
-        default = default if default is not None else str(config.DEFAULTS[key])
+    if default is None and key is not None:
+        default = str(config.DEFAULTS[key])
+    if default is not None:
         bits.append(f"default: {default}")
     if key is not None:
         bits.append(f"env {config.env_name(key)}")
@@ -244,11 +388,23 @@ Database = Annotated[
 ]
 
 
+Quiet = Annotated[
+    bool,
+    typer.Option("-q", "--quiet", help="Silent on success: no report or progress; --json output, warnings and "
+                 "errors still print."),
+]
+
+
 def _settings(flags: dict[str, Any], option: list[str] | None = None) -> config.Settings:
     return config.load_settings(flags, [_option_pair(item) for item in option or []])
 
 
-@app.command(epilog=EXIT_CODES_HELP, no_args_is_help=False)
+@app.command(no_args_is_help=False, epilog=_epilog(
+    EXIT_CODES_HELP,
+    'semcache ask "What is semantic caching?"',
+    'git diff | semcache ask - -s "Review this diff." -o temperature 0',
+    "tr '\\n' '\\0' < questions.txt | xargs -0 -P 8 -n 1 semcache ask -q",
+))
 def ask(
     question: Annotated[
         str | None,
@@ -270,11 +426,18 @@ def ask(
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store a new answer.")] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Never call the model; exit 3 on a miss.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the raw answer.")] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No status line on stderr.")] = False,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="Write a new answer as it streams even when stdout is not a terminal "
+                           "(| tee); parallel runs may then interleave.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="Print only the answer: no status line (warnings and errors still).")
+    ] = False,
     db: Database = None,
 ) -> None:
     """Answer from the cache when the same question, or one that means the same, was
     answered recently enough to trust; otherwise ask the model and store its answer."""
+    _set_quiet(quiet)
     with _errors_to_exit():
         if cache_only and no_cache:
             raise UsageError("--cache-only and --no-cache contradict each other")
@@ -285,7 +448,9 @@ def ask(
             option,
         )
         text = read_question(question)
-        writer = _AnswerWriter()
+        # Streamed to a terminal (or with --stream): a pipe's reader is a program that
+        # wants whole answers, and with one write per answer parallel asks never interleave.
+        writer = _AnswerWriter(stream=stream or sys.stdout.isatty())
         try:
             outcome = run_ask(
                 settings, text, config.parse_format(format),
@@ -294,21 +459,23 @@ def ask(
                 warn=_warn,
             )
         except BaseException:
-            if sys.stdout.isatty():
-                writer.finish()  # keep the error line off the partial answer's line
+            writer.partial()
             raise
         if json_output:
-            sys.stdout.write(render.outcome_json(outcome) + "\n")
+            writer.whole(render.outcome_json(outcome))
+        elif outcome.hit:
+            writer.whole(outcome.response)
         else:
-            if outcome.hit:
-                writer(outcome.response)
             writer.finish()
-        sys.stdout.flush()
-        if not quiet:
-            _stderr(render.status_line(outcome))
+        _status(render.status_line(outcome))
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(epilog=_epilog(
+    exit_codes_help(),
+    "semcache purge --expired --dry-run",
+    "semcache purge -n scratch --older-than 30d --json",
+    "semcache purge -q --expired --max-size 500MB --log-older-than 90d --vacuum --yes   # nightly, from cron",
+))
 def purge(
     expired: Annotated[bool, typer.Option("--expired", help="Entries past their TTL.")] = False,
     older_than: Annotated[str | None, typer.Option("--older-than", help="Entries created longer ago than this (30d).")] = None,
@@ -331,6 +498,7 @@ def purge(
     vacuum: Annotated[bool, typer.Option("--vacuum", help="Reclaim the freed space on disk afterwards.")] = False,
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask before deleting every entry.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    quiet: Quiet = False,
     db: Database = None,
 ) -> None:
     """Delete entries by selector (selectors combine with AND), bound the entry count or
@@ -338,6 +506,7 @@ def purge(
     from semcache_cli import purge as purging
     from semcache_cli.storage.selector import Selector
 
+    _set_quiet(quiet)
     with _errors_to_exit():
         settings = config.load_settings({"db": db})
         selector = Selector(
@@ -353,35 +522,60 @@ def purge(
                 "--grep, --all) or a bound (--max-entries, --max-size, --log-older-than)"
             )
 
-        def confirm_all(total: int, location: str) -> None:
+        def confirm_all(total: int, location: str) -> bool:
             if yes:
-                return
+                return True
             if not (sys.stdin.isatty() and sys.stderr.isatty()):
                 raise UsageError(f"this would delete all {total:,} entries; pass --yes to confirm (no terminal to ask)")
-            if not typer.confirm(f"Delete all {total:,} entries of {location}?", err=True):
-                raise UsageError("nothing deleted")
+            return _confirm(f"Delete all {total:,} entries of {location}?")
 
         report = purging.run(settings, selector, time.time(), max_entries=max_entries, max_bytes=max_bytes,
                              log_older_than=log_age, dry_run=dry_run, vacuum=vacuum, confirm_all=confirm_all,
-                             warn=_warn).as_dict()
+                             warn=_warn)
+        if report is None:  # the person said no: their choice, not an error
+            _status(render.plain_line("nothing deleted"))
+            return
         if json_output:
-            sys.stdout.write(json.dumps(report) + "\n")
-        _stderr(render.purge_line(report))
+            sys.stdout.write(json.dumps(report.as_dict()) + "\n")
+        _status(render.purge_line(report.as_dict()))
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+def _confirm(question: str) -> bool:
+    """A y/N question on the terminal. Enter, end of input or anything but y/yes is no;
+    Ctrl-C is an interrupt (exit 130), not Click's "Aborted!" (exit 1)."""
+    try:  # from the prompt on: Ctrl-C may come as soon as it shows
+        sys.stderr.write(f"{question} [y/N]: ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        raise Interrupted("interrupted; nothing deleted") from None
+    if not answer.endswith("\n"):
+        sys.stderr.write("\n")  # end of input: the next line starts on its own
+    return answer.strip().lower() in ("y", "yes")
+
+
+@app.command(epilog=_epilog(
+    exit_codes_help(),
+    "semcache stats",
+    "semcache stats --since 7d --json",
+    "semcache stats -q --db postgresql://cache@db.internal/semcache || echo 'cache store down'",
+))
 def stats(
     since: Annotated[str | None, typer.Option("--since", help="Only requests in this window (e.g. 7d). [default: all]")] = None,
     threshold: Annotated[
         float | None, typer.Option("--threshold", help=_help("Threshold the similarity histogram is drawn around.", "threshold"))
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
+    quiet: Quiet = False,
     db: Database = None,
 ) -> None:
     """What is stored, and what the cache did: hits by layer, misses by reason, time and
-    tokens saved, latency, and the similarity of hits and near-misses."""
+    tokens saved, latency, and the similarity of hits and near-misses. With -q and no
+    --json it prints nothing: a check that the store opens and can be read."""
     from semcache_cli import stats as statistics
 
+    _set_quiet(quiet)
     with _errors_to_exit():
         settings = config.load_settings({"db": db, "threshold": threshold})
         window = config.parse_duration(since, "--since") if since else None
@@ -389,14 +583,14 @@ def stats(
         if json_output:
             sys.stdout.write(render.stats_json(figures) + "\n")
         else:
-            sys.stdout.write(render.stats_text(figures, f"last {since}" if since else "all time") + "\n")
+            _report(render.stats_text(figures, f"last {since}" if since else "all time"))
 
 
 def _progress_factory(unit: str = "queries") -> Any:
     """Rich progress bars on stderr when it is a terminal (transient, with `unit`/s);
     nothing at all otherwise. Returns (factory, close): factory(description, total) gives
     an advance(n) callable."""
-    if not sys.stderr.isatty():
+    if _quiet or not sys.stderr.isatty():
         return (lambda description, total: lambda n: None), (lambda: None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -422,7 +616,12 @@ def _progress_factory(unit: str = "queries") -> Any:
     return factory, bar.stop
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(epilog=_epilog(
+    exit_codes_help(EXIT_UNREACHABLE, EXIT_MODEL_MISSING),
+    "semcache replay questions.txt -j 4",
+    "semcache replay --from-log --since 7d --dry-run",
+    "semcache replay labelled.jsonl --simulate --thresholds 0.70:0.95:0.01 --target-error 0.005",
+))
 def replay(
     source: Annotated[
         str | None, typer.Argument(metavar="[FILE]", help="Queries: text (one a line) or JSONL; '-' for stdin.")
@@ -457,6 +656,7 @@ def replay(
     guards: Guards = None,
     margin: Margin = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    quiet: Quiet = False,
     db: Database = None,
 ) -> None:
     """Run many queries through the cache: warm it (live), see what it would do (--dry-run),
@@ -465,6 +665,7 @@ def replay(
 
     from semcache_cli import replay as replaying
 
+    _set_quiet(quiet)
     with _errors_to_exit():
         if dry_run and simulate:
             raise UsageError("--dry-run and --simulate: pick one")
@@ -479,9 +680,10 @@ def replay(
             option,
         )
         sweep = replaying.parse_thresholds(thresholds) if thresholds else [settings.threshold]
+        bad: list[replaying.BadLine] = []
         if from_log:
             window = config.parse_duration(since, "--since") if since else None
-            items, bad = replaying.from_log(settings, time.time() - window if window else None), []
+            items = replaying.from_log(settings, time.time() - window if window else None)
         else:
             items, bad = replaying.parse_lines(_read_lines(source or "-"), settings.max_query_chars)
         for problem in bad[:20]:
@@ -504,13 +706,13 @@ def replay(
         rows_file = out.open("w", encoding="utf-8") if out else None
         factory, close_progress = _progress_factory()
         stop = threading.Event()
+
+        def keep_row(row: Any) -> None:
+            if rows_file:
+                rows_file.write(json.dumps(row.as_dict(), ensure_ascii=False) + "\n")
+
         try:
-            reports = replaying.execute(
-                settings, items, plan, factory,
-                (lambda row: rows_file.write(json.dumps(row.as_dict(), ensure_ascii=False) + "\n")) if rows_file
-                else (lambda row: None),
-                warn_once, stop,
-            )
+            reports = replaying.execute(settings, items, plan, factory, keep_row, warn_once, stop)
         finally:
             close_progress()
             if rows_file:
@@ -523,28 +725,32 @@ def replay(
             sys.stdout.write(json.dumps({"reports": figures, "target_error": target_error,
                                          "recommended_threshold": recommended.threshold if recommended else None}) + "\n")
         else:
-            sys.stdout.write(render.replay_text(figures, recommended.threshold if recommended else None,
-                                                target_error) + "\n")
+            _report(render.replay_text(figures, recommended.threshold if recommended else None, target_error))
         if any(report.interrupted for report in reports):
             raise typer.Exit(EXIT_INTERRUPTED)
         if any(report.errors for report in reports):
             raise typer.Exit(EXIT_RUNTIME)
 
 
-@app.command(name="copy", epilog=EXIT_CODES_HELP)
+@app.command(name="copy", epilog=_epilog(
+    exit_codes_help(),
+    "semcache copy --from ~/.cache/semcache/cache.db --to postgresql://cache@db.internal/semcache",
+    "semcache copy --from postgresql://cache@db.internal/semcache --to backup.db --json",
+))
 def copy_store(
     source: Annotated[str, typer.Option("--from", metavar="DB", help="The store to copy: a file path or a URL.")],
     target: Annotated[
         str, typer.Option("--to", metavar="DB", help="The store to copy into (created if new): a path or a URL.")
     ],
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No report line on stderr.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Copy every entry of one store into another (a SQLite file and a shared PostgreSQL
     store, either way), with vectors, hits and metadata. Running it again adds nothing:
     an entry already there is replaced only by a newer answer."""
     from semcache_cli import copying
 
+    _set_quiet(quiet)
     with _errors_to_exit():
         settings = config.load_settings({})
         factory, close_progress = _progress_factory("entries")
@@ -554,8 +760,7 @@ def copy_store(
             close_progress()
         if json_output:
             sys.stdout.write(json.dumps(report) + "\n")
-        if not quiet:
-            _stderr(render.copy_line(report))
+        _status(render.copy_line(report))
 
 
 def _read_lines(source: str) -> list[bytes]:
@@ -584,18 +789,30 @@ def _write_json_stream(items: Iterable[dict[str, Any]], jsonl: bool) -> None:
 
 
 def _write_table(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]], wide: tuple[str, ...]) -> None:
-    """A Rich table on a terminal; tab-separated lines with a header when piped."""
+    """A Rich table on a terminal, its text cells on one line and cut to fit; when piped,
+    tab-separated lines with a header, every cell whole (render.tsv_field escapes tabs,
+    newlines and backslashes). Nothing under -q."""
+    if _quiet:
+        for _ in rows:  # read to the end, so the store closes as it does otherwise
+            pass
+        return
     if sys.stdout.isatty():
         from rich.console import Console
 
-        Console().print(render.rich_table(columns, list(rows), wide))
+        Console().print(render.rich_table(columns, [tuple(render.one_line(cell, 500) for cell in row) for row in rows],
+                                          wide))
         return
     sys.stdout.write("\t".join(columns) + "\n")
     for row in rows:
-        sys.stdout.write("\t".join(cell.replace("\t", " ") for cell in row) + "\n")
+        sys.stdout.write("\t".join(render.tsv_field(cell) for cell in row) + "\n")
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(epilog=_epilog(
+    exit_codes_help(EXIT_UNREACHABLE, EXIT_MODEL_MISSING, when=" (--similar)"),
+    "semcache inspect --grep password --limit 5",
+    "semcache inspect 42 --json",
+    'semcache inspect --similar "How could I reset my password?"',
+))
 def inspect(
     entry_id: Annotated[int | None, typer.Argument(metavar="[ID]", help="Show this entry whole.")] = None,
     similar: Annotated[
@@ -621,6 +838,10 @@ def inspect(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON array (or object for ID).")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object a line, streamed.")] = False,
     with_vectors: Annotated[bool, typer.Option("--with-vectors", help="Include vectors in JSON output.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="Print only --json/--jsonl output: without them, nothing (exit 0: "
+                           "the entry exists, the store opens).")
+    ] = False,
     db: Database = None,
 ) -> None:
     """List entries (newest first), show one whole (ID), or explain a lookup (--similar):
@@ -630,6 +851,7 @@ def inspect(
     from semcache_cli import inspection
     from semcache_cli.storage.selector import Selector
 
+    _set_quiet(quiet)
     with _errors_to_exit():
         if json_output and jsonl:
             raise UsageError("--json and --jsonl: pick one")
@@ -653,7 +875,7 @@ def inspect(
                 sys.stdout.write(json.dumps(render.entry_dict(entry, now, vector, with_vectors),
                                             ensure_ascii=False) + "\n")
             else:
-                sys.stdout.write(render.entry_detail(entry, now) + "\n")
+                _report(render.entry_detail(entry, now))
             return
         selector = Selector(expired=expired, live=live, namespace=namespace, model=model, grep=grep)
         rows = inspection.listing(settings, selector, now, sort, 20 if limit is None else limit, with_vectors, _warn)
@@ -684,21 +906,36 @@ def _inspect_similar(settings: config.Settings, text: str, format: Any, limit: i
         return
     _write_table(render.SIMILAR_COLUMNS,
                  (render.similar_row(judged, served, rank, considered, now) for rank, judged in ranked), ("query",))
-    sys.stdout.write(render.decision_line(explanation, request.threshold) + "\n")
+    _report(render.decision_line(explanation, request.threshold))
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+COMPLETE_VAR = "_SEMCACHE_COMPLETE"
+
+
 def _keep_only_invoked_command(args: list[str]) -> None:
     """Typer turns every registered command into a Click command before it runs one
     (about 10 ms each, measured); a process runs one command, so when the first
-    argument names one, only that one is kept. Help and unknown names keep all."""
-    if args and not args[0].startswith("-"):
-        chosen = [info for info in app.registered_commands if (info.name or info.callback.__name__) == args[0]]
+    argument names one, only that one is kept, and so are the root's completion options
+    left out (they cannot follow a command). Help, unknown names and completion requests
+    (which carry their words in the environment, not in args) keep all."""
+    if args and not args[0].startswith("-") and COMPLETE_VAR not in os.environ:
+        chosen = [info for info in app.registered_commands
+                  if (info.name or getattr(info.callback, "__name__", None)) == args[0]]
         if chosen:
             app.registered_commands = chosen
+            app._add_completion = False
+
+
+def _completion_instruction() -> None:
+    """Typer reads `_SEMCACHE_COMPLETE=source_bash` (its own order); Click's users write
+    `bash_source`, which Typer would refuse ("Shell source not supported"): both work."""
+    shell, sep, instruction = os.environ.get(COMPLETE_VAR, "").partition("_")
+    if sep and instruction in ("source", "complete") and shell in ("bash", "zsh", "fish"):
+        os.environ[COMPLETE_VAR] = f"{instruction}_{shell}"
 
 
 def _leave(code: object) -> None:
@@ -723,8 +960,12 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_terminated)
     _keep_only_invoked_command(sys.argv[1:])
+    if COMPLETE_VAR in os.environ:
+        _completion_instruction()
     try:
-        app()
+        # One name however it was started (`python -m semcache_cli` too): the name in
+        # messages, in completion scripts and in the variable they set.
+        app(prog_name="semcache")
     except SystemExit as exc:
         _leave(exc.code)
     _leave(0)

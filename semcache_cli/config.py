@@ -39,9 +39,11 @@ DEFAULTS: dict[str, Any] = {
     "margin": 0.0,
 }
 
-# Generation options that change the answer, typed as Ollama expects them. Runtime
-# knobs that do not change the text (num_thread, num_gpu, keep_alive) are not here.
+# Every option of Ollama's API (the Options and Runner structs of ollama/api/types.go,
+# from v0.1.35, when the last model-shape options went, to today; older servers ignore
+# the ones they lack), typed as Ollama decodes them: a wrong type fails the request.
 OPTION_TYPES: dict[str, type] = {
+    # sampling and prediction: they change the answer
     "temperature": float,
     "seed": int,
     "num_predict": int,
@@ -58,10 +60,40 @@ OPTION_TYPES: dict[str, type] = {
     "mirostat": int,
     "mirostat_tau": float,
     "mirostat_eta": float,
+    "stop": list,
+    # the context: what the model sees of a long conversation, so the answer too
     "num_ctx": int,
     "num_keep": int,
-    "stop": list,
+    # how and where the model runs: the same question gets the same kind of answer
+    "num_thread": int,
+    "num_gpu": int,
+    "main_gpu": int,
+    "num_batch": int,
+    "use_mmap": bool,
+    "use_mlock": bool,
+    "numa": bool,
+    "low_vram": bool,
+    "f16_kv": bool,
+    "logits_all": bool,
+    "vocab_only": bool,
+    "draft_num_predict": int,
 }
+
+# Options that only say how the model is run: threads, GPU layers, batch size, memory
+# mapping and locking, NUMA, KV-cache precision, speculative drafting. They are sent to
+# Ollama but are no part of the cache scope, so an answer found with 8 threads serves
+# an ask with 4. (At most they shift floating-point rounding, as a different machine
+# would; what the question asks and how the answer is sampled stay the same.)
+RUNTIME_OPTIONS = frozenset({
+    "num_thread", "num_gpu", "main_gpu", "num_batch", "use_mmap", "use_mlock", "numa", "low_vram", "f16_kv",
+    "logits_all", "vocab_only", "draft_num_predict",
+})
+
+
+def scope_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that are part of the cache scope: all but the runtime ones."""
+    return {key: value for key, value in options.items() if key not in RUNTIME_OPTIONS}
+
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.IGNORECASE)
 # The longest duration semcache takes (a TTL, --older-than, --timeout ...): 100 years. A
@@ -220,8 +252,11 @@ def parse_option(key: str, raw: Any, what: str = "-o") -> Any:
     """Type one Ollama option; raw is a command-line string or a TOML value."""
     kind = OPTION_TYPES.get(key)
     if kind is None:
-        known = ", ".join(sorted(OPTION_TYPES))
-        raise UsageError(f"{what}: unknown option {key!r} (known: {known})")
+        import difflib
+
+        close = difflib.get_close_matches(key, OPTION_TYPES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UsageError(f"{what}: unknown option {key!r} ({hint}Ollama's options: {', '.join(sorted(OPTION_TYPES))})")
     if kind is list:
         return list(raw) if isinstance(raw, list) else [str(raw)]
     if kind is bool:
@@ -405,8 +440,18 @@ class Settings:
     max_query_chars: int = DEFAULTS["max_query_chars"]
     guards: tuple[str, ...] = DEFAULTS["guards"]
     margin: float = DEFAULTS["margin"]
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # every -o option: the request's body
     db_is_default: bool = False  # only the default location is created on demand
+
+    @property
+    def scope_options(self) -> dict[str, Any]:
+        """The options that are part of the cache scope (RUNTIME_OPTIONS are not)."""
+        return scope_options(self.options)
+
+    @property
+    def runtime_options(self) -> dict[str, Any]:
+        """The options sent to Ollama that are no part of the scope."""
+        return {key: value for key, value in self.options.items() if key in RUNTIME_OPTIONS}
 
 
 def load_settings(

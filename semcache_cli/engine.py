@@ -9,6 +9,7 @@ layer and the model call still work, and the answer is stored without a vector.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -55,6 +56,7 @@ class AskRequest:
     lookup: bool = True  # False: --no-cache, the bypass path
     store: bool = True  # False: --no-store
     cache_only: bool = False
+    runtime_options: dict[str, Any] = field(default_factory=dict)  # sent to Ollama, no part of the scope
 
 
 @dataclass
@@ -423,7 +425,7 @@ class Engine:
         reading entries at the first one it serves."""
         for entry_id, similarity in self.store.nearest(scope_hash, policy.canonical_model(req.embed_model), vector,
                                                        limit):
-            entry = self._readable(lambda entry_id=entry_id: self.store.get(entry_id))
+            entry = self._readable(functools.partial(self.store.get, entry_id))
             if entry is not None:  # None: purged since the vectors were read, or unreadable
                 yield judge("semantic", entry, similarity, req, now)
 
@@ -471,7 +473,8 @@ class Engine:
         if req.scope.system:
             messages.append({"role": "system", "content": req.scope.system})
         messages.append({"role": "user", "content": query})
-        generation = self.client.chat(req.scope.model, messages, req.scope.options, req.scope.format, on_token)
+        options = {**req.scope.options, **req.runtime_options}
+        generation = self.client.chat(req.scope.model, messages, options, req.scope.format, on_token)
         if generation.done_reason == "length":
             raise GenerationFailed("the answer was cut off at the length limit (done_reason=length); nothing was stored")
         problem = policy.poison_reason(generation.text, generation.done_reason)
@@ -495,10 +498,12 @@ def open_engine(settings: Settings, warn: Callable[[str], None] = lambda _: None
     return Engine(store, client, warn=warn)
 
 
-def request_from(settings: Settings, query: str, format: Any = None, **flags: bool) -> AskRequest:
+def request_from(settings: Settings, query: str, format: Any = None, *, lookup: bool = True, store: bool = True,
+                 cache_only: bool = False) -> AskRequest:
     return AskRequest(
         query=query,
-        scope=policy.Scope(settings.namespace, settings.model, settings.system, settings.options, format),
+        scope=policy.Scope(settings.namespace, settings.model, settings.system, settings.scope_options, format),
+        runtime_options=settings.runtime_options,
         embed_model=settings.embed_model,
         threshold=settings.threshold,
         min_confidence=settings.min_confidence,
@@ -507,7 +512,9 @@ def request_from(settings: Settings, query: str, format: Any = None, **flags: bo
         guards=settings.guards,
         margin=settings.margin,
         wait_s=settings.timeout,
-        **flags,
+        lookup=lookup,
+        store=store,
+        cache_only=cache_only,
     )
 
 

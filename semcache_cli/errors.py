@@ -17,11 +17,28 @@ EXIT_STORE_UNREACHABLE = 6
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
-EXIT_CODES_HELP = (
-    "Exit codes: 0 ok; 1 runtime failure; 2 usage or bad input; "
-    "3 miss under --cache-only; 4 Ollama unreachable or timed out; 5 model not found; "
-    "6 the cache store (a PostgreSQL server) unreachable; 130/143 interrupted (SIGINT/SIGTERM)."
-)
+_EXIT_MEANINGS = {
+    EXIT_OK: "ok",
+    EXIT_RUNTIME: "runtime failure",
+    EXIT_USAGE: "usage or bad input",
+    EXIT_CACHE_MISS: "miss under --cache-only",
+    EXIT_UNREACHABLE: "Ollama unreachable or timed out",
+    EXIT_MODEL_MISSING: "model not found",
+    EXIT_STORE_UNREACHABLE: "the cache store (a PostgreSQL server) unreachable",
+}
+
+
+def exit_codes_help(*codes: int, when: str = "") -> str:
+    """The exit codes one command can return, for its --help epilog. Every command may
+    fail (1), be misused (2), find its store's server gone (6) or be interrupted
+    (130/143); `codes` adds those only it can return, each followed by `when`."""
+    base = {EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_STORE_UNREACHABLE}
+    listed = "; ".join(f"{code} {_EXIT_MEANINGS[code]}{'' if code in base else when}"
+                       for code in sorted(base | set(codes)))
+    return f"Exit codes: {listed}; 130/143 interrupted (SIGINT/SIGTERM)."
+
+
+EXIT_CODES_HELP = exit_codes_help(EXIT_CACHE_MISS, EXIT_UNREACHABLE, EXIT_MODEL_MISSING)
 
 
 class SemcacheError(Exception):
@@ -95,6 +112,13 @@ class ModelNotFound(OllamaError):
 class GenerationFailed(OllamaError):
     """The answer stream broke off: mid-stream error, dropped connection, bad JSON,
     or a truncated (done_reason "length") answer. Nothing is stored."""
+
+
+class Interrupted(SemcacheError):
+    """Ctrl-C where semcache was waiting for the user (a prompt): exit 130 with the
+    usual one line, not Click's "Aborted!"."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class Terminated(BaseException):

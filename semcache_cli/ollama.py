@@ -257,7 +257,8 @@ class OllamaClient:
         """POST to the API and follow redirects: 301, 302, 307 and 308 repeat the POST with
         its body (a GET is of no use to Ollama's POST-only API; curl's --post301/302),
         303 turns it into a GET as it means. The API key goes only to OLLAMA_HOST's origin."""
-        origin, target, method, data = self._origin, quote(self._prefix + path, safe="/%:@!$&'()*+,;=-._~"), "POST", body
+        origin, target, method = self._origin, quote(self._prefix + path, safe="/%:@!$&'()*+,;=-._~"), "POST"
+        data: bytes | None = body
         for hop in range(MAX_REDIRECTS + 1):
             response = self._request(origin, method, target, data, deadline)
             location = response.fields.get("location")

@@ -13,7 +13,7 @@ import unicodedata
 from typing import Any, NamedTuple
 
 try:  # the built-in sha256: hashlib's OpenSSL binding costs ~4 ms to load on every ask
-    from _sha256 import sha256  # Python 3.11
+    from _sha256 import sha256  # type: ignore[import-not-found]  # Python 3.11's built-in module has no stub
 except ImportError:
     from hashlib import sha256
 

@@ -137,12 +137,13 @@ def _settle_size(store: Store, chosen: Plan, now: float) -> int:
 
 
 def run(settings: Settings, selector: Selector, now: float, *, max_entries: int | None, max_bytes: int | None,
-        log_older_than: float | None, dry_run: bool, vacuum: bool, confirm_all: Callable[[int, str], None],
-        warn: Callable[[str], None]) -> PurgeReport:
+        log_older_than: float | None, dry_run: bool, vacuum: bool, confirm_all: Callable[[int, str], bool],
+        warn: Callable[[str], None]) -> PurgeReport | None:
     """One `semcache purge`: plan, have `confirm_all(count, location)` approve deleting
-    every entry (it raises to refuse), delete."""
+    every entry (False: the user said no, and nothing is done: None; it raises when it
+    cannot ask), delete. A dry run only reads."""
     with open_store(settings, warn, read_only=dry_run) as store:
         chosen = plan(store, selector, now, max_entries, max_bytes)
-        if chosen.deletes_everything and not dry_run:
-            confirm_all(chosen.total, store.location)
+        if chosen.deletes_everything and not dry_run and not confirm_all(chosen.total, store.location):
+            return None
         return purge(store, selector, now, chosen, log_older_than=log_older_than, dry_run=dry_run, vacuum=vacuum)

@@ -75,6 +75,11 @@ def status_line(outcome: Outcome) -> str:
     return f"{PREFIX}: miss ({reason}) · answered by {outcome.model} · {stored} · {total}"
 
 
+def plain_line(message: str) -> str:
+    """A status that is neither a warning nor an error (a choice the user made)."""
+    return f"{PREFIX}: {message}"
+
+
 def warning_line(message: str) -> str:
     return f"{PREFIX}: warning: {message}"
 
@@ -130,6 +135,16 @@ def one_line(text: str | None, width: int = 80) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def tsv_field(text: str) -> str:
+    """A cell of tab-separated output, whole and reversible: backslash, tab, newline and
+    carriage return become \\\\, \\t, \\n and \\r (PostgreSQL's COPY text format does
+    the same), so each row is one line and every field can be read back exactly."""
+    return text.translate(_TSV_ESCAPES)
+
+
 def entry_dict(entry: Entry, now: float, vector: Sequence[float] | None = None,
                with_vector: bool = False) -> dict[str, Any]:
     fresh = policy.freshness(entry.created_at, entry.ttl, now)
@@ -168,7 +183,7 @@ LIST_COLUMNS = ("id", "age", "expires", "hits", "namespace", "model", "query", "
 
 def list_row(entry: Entry, now: float) -> tuple[str, ...]:
     return (str(entry.id), ago(now - entry.created_at), expires_text(entry, now), str(entry.hits),
-            entry.namespace, entry.model, one_line(entry.query, 60), one_line(entry.response, 60))
+            entry.namespace, entry.model, entry.query, entry.response)
 
 
 def rich_table(columns: tuple[str, ...], rows: list[tuple[str, ...]], wide: tuple[str, ...] = ()) -> Any:
@@ -244,7 +259,7 @@ def similar_row(judged: Judged, served: Judged | None, rank: int, considered: in
     entry = judged.entry
     return (str(rank), judged.source, str(entry.id), f"{judged.similarity:.3f}",
             f"{policy.freshness(entry.created_at, entry.ttl, now):.3f}", f"{judged.verdict.confidence:.3f}",
-            verdict_text(judged, served, rank, considered), one_line(entry.query, 70))
+            verdict_text(judged, served, rank, considered), entry.query)
 
 
 def candidate_dict(judged: Judged, served: Judged | None, rank: int, considered: int, now: float,

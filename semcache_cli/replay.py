@@ -384,8 +384,11 @@ def execute(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: 
     else:
         vectors = _embed_for(settings, items, progress)
     if plan.mode == "simulate":
+        import numpy as np
+
+        matrix = vectors if vectors is not None else np.empty((0, 0), dtype=np.float32)  # no queries
         for threshold in plan.thresholds:
-            report, rows = simulate(items, vectors, settings, threshold,
+            report, rows = simulate(items, matrix, settings, threshold,
                                     progress(f"simulating at {threshold:.2f}", len(items)))
             for row in rows:
                 on_row(row)
@@ -410,7 +413,19 @@ def execute(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: 
         report.interrupted = True
     finally:
         report.seconds = time.perf_counter() - start
+    if plan.mode == "live" and report.queries:  # every query wrote: an answer, a hit, a log row
+        _checkpoint(settings)
     return [report]
+
+
+def _checkpoint(settings: Settings) -> None:
+    """Fold the write-ahead log into the store (and truncate it) once a live replay has
+    written: many answers fill SQLite's WAL up to its checkpoint size (16 MB at 16 KB
+    pages), which stays on disk beside the database otherwise."""
+    from semcache_cli.storage import open_store
+
+    with open_store(settings) as store:
+        store.checkpoint()
 
 
 def _embed_for(settings: Settings, items: list[ReplayQuery], progress: ProgressFactory) -> np.ndarray | None:

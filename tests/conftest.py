@@ -219,14 +219,26 @@ def restore(db: Path | str, entry: Entry, **changes: object) -> None:
         store.store_answer(NewEntry(**fields))  # type: ignore[arg-type]
 
 
-def run_in_terminal(*args: str, answer: str | None = None, env: dict[str, str] | None = None,
-                    timeout: float = 30) -> tuple[int, str]:
-    """semcache as a subprocess whose stdin, stdout and stderr are a pseudo-terminal, as
-    when a person runs it; `answer` is typed once it prompts. Terminal control codes (colour, cursor moves) are stripped."""
+def _own_terminal() -> None:
+    """In the child, after setsid: make stdin, the pseudo-terminal, its controlling
+    terminal, so a typed Ctrl-C becomes SIGINT as in a real terminal."""
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def run_in_terminal(*args: str, answer: str | None = None, keys: bytes | None = None,
+                    env: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, str]:
+    """semcache as a subprocess whose stdin, stdout and stderr are a pseudo-terminal (its
+    controlling terminal), as when a person runs it; `answer` and Enter, or the raw `keys`
+    (b"\\x03" is Ctrl-C), are typed once it prompts. Terminal control codes (colour, cursor
+    moves) are stripped."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "semcache_cli", *args], stdin=follower, stdout=follower, stderr=follower,
         env={**os.environ, "COLUMNS": "160", "NO_COLOR": "1", "TERM": "xterm", **(env or {})}, cwd=REPO,
+        start_new_session=True, preexec_fn=_own_terminal,
     )
     os.close(follower)
     output = b""
@@ -244,9 +256,9 @@ def run_in_terminal(*args: str, answer: str | None = None, env: dict[str, str] |
         if not chunk:
             break
         output += chunk
-        if answer is not None and b"[y/N]" in output:
-            os.write(leader, answer.encode() + b"\n")
-            answer = None
+        if (answer is not None or keys is not None) and b"[y/N]" in output:
+            os.write(leader, keys if keys is not None else (answer or "").encode() + b"\n")
+            answer = keys = None
     proc.wait(timeout=timeout)
     os.close(leader)
     return proc.returncode, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode()).replace("\r\n", "\n")

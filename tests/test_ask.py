@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import cache_at, logged, restore, run_cli, stored
+from conftest import cache_at, logged, restore, run_cli, run_proc, stored
 from fake_ollama import FakeOllama
 
 Q = "How do I reset my password?"
@@ -247,6 +247,27 @@ def test_scope_options_reach_ollama(ollama: FakeOllama) -> None:
     assert body["messages"][0] == {"role": "system", "content": "Be terse."}
     assert body["options"] == {"temperature": 0.0, "seed": 42} and body["format"] == "json"
     assert body["stream"] is True
+
+
+def test_runtime_options_reach_ollama_typed(ollama: FakeOllama) -> None:
+    result = run_proc("ask", Q, "-o", "num_thread", "4", "-o", "num_gpu", "0", "-o", "use_mmap", "false",
+                      "-o", "num_batch=256", "-o", "main_gpu", "1")
+    assert result.exit_code == 0, result.stderr
+    body = [b for p, b in ollama.requests if p == "/api/chat"][0]
+    assert body["options"] == {"num_thread": 4, "num_gpu": 0, "use_mmap": False, "num_batch": 256, "main_gpu": 1}
+
+
+def test_runtime_options_do_not_split_the_cache(ollama: FakeOllama, isolated_env: Path) -> None:
+    first = ask_json(Q, "-o", "temperature", "0", "-o", "num_thread", "8", "-o", "num_gpu", "99")
+    assert first["source"] == "model"
+    again = ask_json(Q, "-o", "temperature", "0", "-o", "num_thread", "2", "-o", "use_mmap", "false")
+    assert (again["source"], again["entry_id"]) == ("exact", first["entry_id"])  # another machine's knobs
+    assert ask_json(Q, "-o", "temperature", "0")["source"] == "exact"
+    assert ask_json(Q, "-o", "temperature", "1", "-o", "num_thread", "8")["source"] == "model"  # a scope option
+    bodies = [b for p, b in ollama.requests if p == "/api/chat"]
+    assert [b["options"] for b in bodies] == [{"temperature": 0.0, "num_thread": 8, "num_gpu": 99},
+                                              {"temperature": 1.0, "num_thread": 8}]  # still sent
+    assert [e.options for e in stored(isolated_env)] == [{"temperature": 0.0}, {"temperature": 1.0}]
 
 
 def test_vectors_of_another_embedding_model_are_never_compared(ollama: FakeOllama) -> None:

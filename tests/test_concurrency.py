@@ -133,7 +133,7 @@ def test_signal_mid_stream_stores_nothing_and_leaves_nothing_behind(
     question = "a question cut short"
     ollama.replies[question] = LONG_ANSWER
     ollama.faults.chunk_delay = 0.2
-    proc = asker(question)
+    proc = asker("--stream", question)  # streamed into the pipe, as on a terminal
     assert proc.stdout is not None
     first = proc.stdout.read(5)  # the answer has started streaming
     assert first == b"word0"

@@ -134,8 +134,49 @@ def test_options_are_typed_like_ollama() -> None:
     assert isinstance(options["temperature"], float)
 
 
+def test_every_ollama_option_is_accepted_and_typed() -> None:
+    # The Options and Runner fields of ollama/api/types.go since v0.1.35, with Ollama's types.
+    given = {
+        "num_keep": "5", "seed": "42", "num_predict": "100", "top_k": "20", "top_p": "0.9", "min_p": "0.05",
+        "typical_p": "0.7", "tfs_z": "1", "repeat_last_n": "33", "temperature": "0.8", "repeat_penalty": "1.2",
+        "presence_penalty": "1.5", "frequency_penalty": "1.0", "penalize_newline": "true", "mirostat": "1",
+        "mirostat_tau": "0.8", "mirostat_eta": "0.6", "stop": "user:", "numa": "false", "num_ctx": "1024",
+        "num_batch": "2", "num_gpu": "1", "main_gpu": "0", "low_vram": "false", "f16_kv": "true",
+        "logits_all": "false", "vocab_only": "false", "use_mmap": "true", "use_mlock": "false", "num_thread": "8",
+        "draft_num_predict": "4",
+    }
+    options = config.parse_options(list(given.items()))
+    assert set(options) == set(config.OPTION_TYPES) == set(given)
+    assert options["num_thread"] == 8 and options["main_gpu"] == 0 and options["use_mmap"] is True
+    assert options["low_vram"] is False and options["top_p"] == 0.9 and options["stop"] == ["user:"]
+    for key, value in options.items():
+        assert type(value) is config.OPTION_TYPES[key], key
+
+
+def test_runtime_options_are_no_part_of_the_scope(tmp_path: Path) -> None:
+    settings = config.load_settings(
+        env={"SEMCACHE_DB": "x.db"},
+        option_pairs=[("temperature", "0"), ("num_thread", "4"), ("num_gpu", "99"), ("use_mmap", "false"),
+                      ("num_ctx", "8192"), ("seed", "1")],
+    )
+    assert settings.options == {"temperature": 0.0, "num_thread": 4, "num_gpu": 99, "use_mmap": False,
+                                "num_ctx": 8192, "seed": 1}  # all of them go to Ollama
+    assert settings.scope_options == {"temperature": 0.0, "num_ctx": 8192, "seed": 1}
+    assert settings.runtime_options == {"num_thread": 4, "num_gpu": 99, "use_mmap": False}
+    scope_keys = set(config.OPTION_TYPES) - config.RUNTIME_OPTIONS
+    assert {"temperature", "seed", "num_predict", "top_k", "top_p", "stop", "num_ctx", "mirostat"} <= scope_keys
+    assert config.RUNTIME_OPTIONS <= set(config.OPTION_TYPES)
+
+
+def test_a_misspelt_option_gets_a_suggestion() -> None:
+    with pytest.raises(UsageError, match="unknown option 'num_threads' \\(did you mean 'num_thread'\\?"):
+        config.parse_options([("num_threads", "4")])
+
+
 @pytest.mark.parametrize(("pair", "message"), [
     (("warp", "9"), "unknown option 'warp'"),
+    (("num_thread", "four"), "whole number"),
+    (("use_mmap", "sometimes"), "true or false"),
     (("seed", "abc"), "whole number"),
     (("temperature", "hot"), "a number"),
     (("temperature", "nan"), "finite"),

@@ -196,7 +196,7 @@ def test_ctrl_c_works_even_when_started_with_sigint_ignored(ollama: FakeOllama, 
     # As a background job of a non-interactive shell starts (`cmd &` in a script).
     ollama.replies[Q] = " ".join(f"word{i}" for i in range(40))
     ollama.faults.chunk_delay = 0.2
-    proc = subprocess.Popen([sys.executable, "-m", "semcache_cli", "ask", Q], stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "semcache_cli", "ask", "--stream", Q], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert proc.stdout is not None and proc.stdout.read(5) == b"word0"

@@ -70,7 +70,7 @@ def test_list_piped_is_tab_separated_newest_first(cache: Path) -> None:
                                     "oldest question", "expired question"]
     newest = rows[0]
     assert newest[:6] == ["5", "1m", "in 7d", "0", "default", "llama3.2:latest"]
-    assert newest[7] == "Click 'Forgot password' then check mail"  # one line, no tab
+    assert newest[7] == "Click 'Forgot password'\\nthen\\tcheck mail"  # one line, no tab: escaped, not flattened
     assert rows[3][2] == "never" and rows[4][2] == "expired"
 
 

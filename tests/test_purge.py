@@ -112,11 +112,26 @@ def test_deleting_everything_needs_yes_without_a_terminal(cache: Path) -> None:
 
 def test_deleting_everything_asks_on_a_terminal(cache: Path) -> None:
     code, text = run_in_terminal("purge", "--all", answer="n")
-    assert code == 2 and f"Delete all 6 entries of {cache}? [y/N]" in text and "nothing deleted" in text
+    # No is a choice, not an error: a plain status line, exit 0.
+    assert code == 0 and text == f"Delete all 6 entries of {cache}? [y/N]: n\nsemcache: nothing deleted\n"
     assert len(queries(cache)) == 6
     code, text = run_in_terminal("purge", "--all", answer="y")
     assert code == 0 and "purged 6 entries" in text
     assert queries(cache) == []
+
+
+def test_ctrl_c_at_the_prompt_is_an_interrupt(cache: Path) -> None:
+    code, text = run_in_terminal("purge", "--all", keys=b"\x03")
+    assert code == 130  # as the README says of every interrupt; not Click's "Aborted!" and 1
+    assert text.splitlines()[-1] == "semcache: error: interrupted; nothing deleted"
+    assert "Aborted" not in text and "Traceback" not in text
+    assert len(queries(cache)) == 6
+
+
+def test_end_of_input_at_the_prompt_deletes_nothing(cache: Path) -> None:
+    code, text = run_in_terminal("purge", "--all", keys=b"\x04")  # Ctrl-D
+    assert code == 0 and text.endswith("semcache: nothing deleted\n")
+    assert len(queries(cache)) == 6
 
 
 def test_max_entries_evicts_least_recently_used(isolated_env: Path) -> None:

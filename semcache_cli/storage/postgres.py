@@ -291,8 +291,8 @@ class PostgresStore:
                     raise StoreError(f"this role may not create the pgvector extension in {location}: ask the "
                                      "database's administrator to run CREATE EXTENSION vector in this database "
                                      "(once; semcache needs no superuser after that)") from None
-                ext = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
-                                   "ON n.oid = e.extnamespace WHERE e.extname = 'vector'").fetchone()
+                ext = _one(conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
+                                   "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"))
             try:  # created only when missing: even IF NOT EXISTS needs the privilege to create one
                 if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
                     with conn.transaction():
@@ -344,10 +344,10 @@ class PostgresStore:
     @_reconnecting
     def nearest(self, scope: str, embed_model: str, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
         dims, text = len(vector), _vector_text(vector)
-        size = self._conn.execute(
+        size = _one(self._conn.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM {self._s}.entry_vectors WHERE embed_model = %s AND dims = %s "
             "AND scope = %s LIMIT %s) AS scope_rows", (embed_model, dims, scope, EXACT_UP_TO + 1),
-        ).fetchone()[0]
+        ))[0]
         if size == 0:
             return []
         if size > EXACT_UP_TO and _index_kind(dims, self.pgvector) is not None:
@@ -391,7 +391,7 @@ class PostgresStore:
         if kind is None or (embed_model, dims) in self._indexed:
             return
         name = _index_name(embed_model, dims)
-        exists = self._conn.execute("SELECT to_regclass(%s)", (f"{self._s}.{name}",)).fetchone()[0]
+        exists = _one(self._conn.execute("SELECT to_regclass(%s)", (f"{self._s}.{name}",)))[0]
         if exists is None:
             from psycopg import sql
 
@@ -435,7 +435,7 @@ class PostgresStore:
             columns = [name for name in LOG_FIELDS if name != "entry_id"]
             steps.append(f"logged AS (INSERT INTO {s}.requests ({', '.join(columns)}, entry_id) "
                          f"SELECT {', '.join(f'%(log_{c})s' for c in columns)}, id FROM stored)")
-        row = self._conn.execute(f"WITH {', '.join(steps)} SELECT id FROM stored", params).fetchone()
+        row = _one(self._conn.execute(f"WITH {', '.join(steps)} SELECT id FROM stored", params))
         return int(row[0])
 
     def import_entries(self, rows: list[tuple[Entry, Sequence[float] | None]]) -> int:
@@ -489,8 +489,8 @@ class PostgresStore:
                     for new in chunk:
                         group = (new.embed_model or "", len(new.vector)) if new.vector is not None else None
                         if group is not None and group not in indexed:
-                            indexed[group] = self._conn.execute("SELECT to_regclass(%s)", (
-                                f"{s}.{_index_name(*group)}",)).fetchone()[0] is not None
+                            indexed[group] = _one(self._conn.execute("SELECT to_regclass(%s)", (
+                                f"{s}.{_index_name(*group)}",)))[0] is not None
                     with cursor.copy(f"COPY {s}.entry_vectors (entry_id, scope, embed_model, dims, embedding) "
                                      "FROM STDIN WITH (FORMAT BINARY)") as copy:
                         copy.set_types(["int8", "text", "text", "int4", "vector"])
@@ -560,7 +560,7 @@ class PostgresStore:
         return _parse_vector(row[0]) if row else None
 
     def count(self) -> int:
-        return int(self._conn.execute(f"SELECT count(*) FROM {self._s}.entries").fetchone()[0])
+        return int(_one(self._conn.execute(f"SELECT count(*) FROM {self._s}.entries"))[0])
 
     def select_ids(self, selector: Selector, now: float) -> list[int]:
         where, params = _where(selector, now)
@@ -597,9 +597,9 @@ class PostgresStore:
 
     def entry_counts(self, now: float) -> EntryCounts:
         s = self._s
-        total, expired, oldest, newest = self._conn.execute(
+        total, expired, oldest, newest = _one(self._conn.execute(
             f"SELECT count(*), count(*) FILTER (WHERE expires_at IS NOT NULL AND expires_at <= %s), "
-            f"min(created_at), max(created_at) FROM {s}.entries", (now,)).fetchone()
+            f"min(created_at), max(created_at) FROM {s}.entries", (now,)))
 
         def by(column: str) -> dict[str, int]:
             return {name: int(n) for name, n in self._conn.execute(
@@ -616,11 +616,11 @@ class PostgresStore:
             f"SELECT coalesce(miss_reason, %s), count(*) FROM {s}.requests WHERE {window} "
             "AND path IN ('model', 'miss') AND coalesce(miss_reason, '') != %s GROUP BY 1 ORDER BY 2 DESC, 1",
             [policy.NO_MATCH, *params, policy.BYPASS])}
-        bypasses = conn.execute(f"SELECT count(*) FROM {s}.requests WHERE {window} AND path IN ('model', 'miss') "
-                                "AND miss_reason = %s", [*params, policy.BYPASS]).fetchone()[0]
-        saved_s, saved_tokens = conn.execute(
+        bypasses = _one(conn.execute(f"SELECT count(*) FROM {s}.requests WHERE {window} AND path IN ('model', 'miss') "
+                                "AND miss_reason = %s", [*params, policy.BYPASS]))[0]
+        saved_s, saved_tokens = _one(conn.execute(
             f"SELECT coalesce(sum(saved_s), 0), coalesce(sum(saved_tokens), 0) FROM {s}.requests "
-            f"WHERE {window} AND path IN ('exact', 'semantic')", params).fetchone()
+            f"WHERE {window} AND path IN ('exact', 'semantic')", params))
         latencies: dict[str, list[float]] = {}
         for path, latency in conn.execute(
                 f"SELECT path, latency_ms FROM {s}.requests WHERE {window} AND latency_ms IS NOT NULL "
@@ -646,15 +646,15 @@ class PostgresStore:
 
     def disk_bytes(self) -> int:
         """Every table of the store with its indexes and TOAST, as the server holds them."""
-        return int(self._conn.execute(
-            "SELECT " + " + ".join(f"pg_total_relation_size('{t}')" for t in self._tables())).fetchone()[0])
+        return int(_one(self._conn.execute(
+            "SELECT " + " + ".join(f"pg_total_relation_size('{t}')" for t in self._tables())))[0])
 
     def used_bytes(self) -> int:
         """The live rows as stored (TOAST included, indexes not): what a DELETE frees for
         reuse. The tables' files themselves shrink only with VACUUM FULL."""
         sums = [f"(SELECT coalesce(sum(pg_column_size(t.*) + {ROW_OVERHEAD}), 0) FROM {self._s}.{table} t)"
                 for table in ("entries", "entry_vectors", "requests")]
-        return int(self._conn.execute("SELECT " + " + ".join(sums)).fetchone()[0])
+        return int(_one(self._conn.execute("SELECT " + " + ".join(sums)))[0])
 
     def entry_sizes(self) -> list[tuple[int, int]]:
         return [(r[0], int(r[1])) for r in self._conn.execute(
@@ -663,8 +663,8 @@ class PostgresStore:
             "ORDER BY coalesce(e.last_hit_at, e.created_at), e.created_at, e.id")]
 
     def log_bytes(self) -> int:
-        return int(self._conn.execute(
-            f"SELECT coalesce(sum(pg_column_size(r.*) + {ROW_OVERHEAD}), 0) FROM {self._s}.requests r").fetchone()[0])
+        return int(_one(self._conn.execute(
+            f"SELECT coalesce(sum(pg_column_size(r.*) + {ROW_OVERHEAD}), 0) FROM {self._s}.requests r"))[0])
 
     def compact(self) -> None:
         """Nothing to do: the HNSW indexes drop deleted rows when the server vacuums."""
@@ -716,6 +716,14 @@ def _m001_initial(s: str, vector: str) -> list[str]:
             pid integer NOT NULL, claimed_at double precision NOT NULL, expires_at double precision NOT NULL,
             PRIMARY KEY (scope, exact_key))""",
     ]
+
+
+def _one(cursor: psycopg.Cursor[Any]) -> Any:
+    """The row of a statement that always returns one (an aggregate, a RETURNING)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise StoreError("the PostgreSQL server returned no row where one is always due")
+    return row
 
 
 def _where(selector: Selector, now: float) -> tuple[str, list[Any]]:
