@@ -370,7 +370,13 @@ Ttl = Annotated[
     typer.Option("--ttl", help=_help("How long a new answer may be reused: 90s, 10m, 2h, 7d or never.", "ttl", "7d")),
 ]
 Threshold = Annotated[
-    float | None, typer.Option("--threshold", help=_help("Least cosine similarity for a semantic hit.", "threshold"))
+    float | None, typer.Option("--threshold", help=_help("Least similarity for a semantic hit, on --scale.", "threshold"))
+]
+ScaleChoice = Annotated[
+    str | None,
+    typer.Option("--scale", help=_help("Similarity scale: calibrated (per embedding model, from the cache's own "
+                                       "vectors) or cosine (raw; the right threshold then depends on the model).",
+                                       "scale")),
 ]
 MinConfidence = Annotated[
     float | None,
@@ -422,6 +428,7 @@ def ask(
     timeout: Timeout = None,
     guards: Guards = None,
     margin: Margin = None,
+    scale: ScaleChoice = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Skip the lookup, ask the model, still store.")] = False,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store a new answer.")] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Never call the model; exit 3 on a miss.")] = False,
@@ -444,7 +451,7 @@ def ask(
         settings = _settings(
             {"model": model, "embed_model": embed_model, "system": system, "namespace": namespace, "ttl": ttl,
              "threshold": threshold, "min_confidence": min_confidence, "timeout": timeout, "db": db,
-             "guards": guards, "margin": margin},
+             "guards": guards, "margin": margin, "scale": scale},
             option,
         )
         text = read_question(question)
@@ -655,6 +662,7 @@ def replay(
     timeout: Timeout = None,
     guards: Guards = None,
     margin: Margin = None,
+    scale: ScaleChoice = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
     quiet: Quiet = False,
     db: Database = None,
@@ -676,7 +684,7 @@ def replay(
         settings = _settings(
             {"model": model, "embed_model": embed_model, "system": system, "namespace": namespace, "ttl": ttl,
              "threshold": threshold, "min_confidence": min_confidence, "timeout": timeout, "db": db,
-             "guards": guards, "margin": margin},
+             "guards": guards, "margin": margin, "scale": scale},
             option,
         )
         sweep = replaying.parse_thresholds(thresholds) if thresholds else [settings.threshold]
@@ -835,6 +843,7 @@ def inspect(
     min_confidence: MinConfidence = None,
     guards: Guards = None,
     margin: Margin = None,
+    scale: ScaleChoice = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON array (or object for ID).")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object a line, streamed.")] = False,
     with_vectors: Annotated[bool, typer.Option("--with-vectors", help="Include vectors in JSON output.")] = False,
@@ -861,7 +870,8 @@ def inspect(
             raise UsageError("give an ID or --similar TEXT, not both")
         settings = _settings(
             {"db": db, "namespace": namespace, "model": model, "system": system, "embed_model": embed_model,
-             "threshold": threshold, "min_confidence": min_confidence, "guards": guards, "margin": margin},
+             "threshold": threshold, "min_confidence": min_confidence, "guards": guards, "margin": margin,
+             "scale": scale},
             option,
         )
         now = time.time()
@@ -906,7 +916,33 @@ def _inspect_similar(settings: config.Settings, text: str, format: Any, limit: i
         return
     _write_table(render.SIMILAR_COLUMNS,
                  (render.similar_row(judged, served, rank, considered, now) for rank, judged in ranked), ("query",))
-    _report(render.decision_line(explanation, request.threshold))
+    _report(render.decision_line(explanation, request))
+
+
+@app.command(epilog=_epilog(
+    exit_codes_help(),
+    "semcache calibrate",
+    "semcache calibrate --json --db postgresql://cache@db.internal/semcache",
+))
+def calibrate(
+    json_output: Annotated[bool, typer.Option("--json", help="Print the scales as one JSON object.")] = False,
+    quiet: Quiet = False,
+    db: Database = None,
+) -> None:
+    """Estimate every embedding model's similarity scale again from the vectors the cache
+    holds now. ask does this by itself as the cache grows (at 32 vectors of a model, then
+    each time they double); run it after changing the store by other means."""
+    from semcache_cli import calibrate as calibration
+
+    _set_quiet(quiet)
+    with _errors_to_exit():
+        report = calibration.run(config.load_settings({"db": db}), _warn)
+        if json_output:
+            sys.stdout.write(json.dumps(report) + "\n")
+        elif not report["scales"]:
+            _report(f"no question in {report['database']} has a vector yet: nothing to calibrate")
+        else:
+            _report("\n".join(render.scale_text(row) for row in report["scales"]))
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

@@ -28,7 +28,7 @@ DEFAULT_OLLAMA_PORT = 11434
 DEFAULTS: dict[str, Any] = {
     "model": "llama3.2",
     "embed_model": "nomic-embed-text",
-    "threshold": 0.85,
+    "threshold": 0.84,  # on the calibrated scale (vectors.py): the same on every embedding model
     "min_confidence": 0.7,
     "ttl": 7 * 86400.0,
     "namespace": "default",
@@ -37,7 +37,10 @@ DEFAULTS: dict[str, Any] = {
     "max_query_chars": 32_000,
     "guards": ("negation", "number", "entity", "direction"),  # all of guards.GUARDS
     "margin": 0.0,
+    "scale": "calibrated",  # or "cosine": the raw cosine, as before the calibrated scale
 }
+
+SCALES = ("calibrated", "cosine")
 
 # Every option of Ollama's API (the Options and Runner structs of ollama/api/types.go,
 # from v0.1.35, when the last model-shape options went, to today; older servers ignore
@@ -219,6 +222,12 @@ def _optional_text(value: Any, what: str) -> str | None:
     return valid_text(value, what)
 
 
+def _scale_name(value: Any, what: str) -> str:
+    if value not in SCALES:
+        raise UsageError(f"{what}: expected one of {', '.join(SCALES)}, got {value!r}")
+    return str(value)
+
+
 def _guard_names(value: Any, what: str) -> tuple[str, ...]:
     from semcache_cli import guards
 
@@ -241,6 +250,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "max_query_chars": _positive_int,
     "guards": _guard_names,
     "margin": _unit_interval,
+    "scale": _scale_name,
 }
 
 
@@ -440,6 +450,7 @@ class Settings:
     max_query_chars: int = DEFAULTS["max_query_chars"]
     guards: tuple[str, ...] = DEFAULTS["guards"]
     margin: float = DEFAULTS["margin"]
+    scale: str = DEFAULTS["scale"]
     options: dict[str, Any] = field(default_factory=dict)  # every -o option: the request's body
     db_is_default: bool = False  # only the default location is created on demand
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from semcache_cli.errors import UsageError
-from semcache_cli.storage import open_store
+from semcache_cli.storage import open_store, scales
 from semcache_cli.storage.selector import Selector
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ def run(settings: Settings, source: str, target: str, progress: Callable[[str, i
             written += writer.import_entries(batch)
             read += len(batch)
             advance(len(batch))
-        if written:
+        if written:  # the models' scales from what the target holds now
+            scales.rebuild_all(writer)
             writer.checkpoint()
         return CopyReport(reader.location, writer.location, read, written)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -27,13 +27,14 @@ from semcache_cli.errors import (
     UnreadableEntry,
     UsageError,
 )
-from semcache_cli.storage.models import Entry, LogRow, NewEntry
+from semcache_cli.storage.models import Entry, LogRow, Neighbour, NewEntry
 
 if TYPE_CHECKING:
     from semcache_cli.config import Settings
     from semcache_cli.ollama import OllamaClient
     from semcache_cli.singleflight import Claim
     from semcache_cli.storage.port import Store
+    from semcache_cli.vectors import Calibration
 
 # How many nearest neighbours the semantic layer considers before giving up: enough
 # to step past an expired best match to a live one just below it.
@@ -51,6 +52,7 @@ class AskRequest:
     max_query_chars: int = 32_000
     guards: tuple[str, ...] = ()  # answer-safety guards on semantic candidates
     margin: float = 0.0  # margin rule: a runner-up this close makes a semantic hit a miss
+    scale: str = "calibrated"  # or "cosine": the threshold is on the raw cosine
     metadata: dict[str, Any] | None = None  # stored with a new answer (replay: its label)
     wait_s: float = 300.0  # longest wait for another process answering the same question
     lookup: bool = True  # False: --no-cache, the bypass path
@@ -64,7 +66,7 @@ class Outcome:
     response: str
     source: str  # exact | semantic | model
     entry_id: int | None
-    similarity: float | None  # of the served entry, or of the best candidate on a miss
+    similarity: float | None  # calibrated: of the served entry, or of the best candidate on a miss
     confidence: float | None
     miss_reason: str | None
     model: str
@@ -78,6 +80,8 @@ class Outcome:
     metadata: dict[str, Any] = field(default_factory=dict)  # of the served entry
     warnings: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    cosine: float | None = None  # the raw cosine beside `similarity`
+    calibration: Scale | None = None  # the embedding model's scale, as the lookup found it
 
     @property
     def hit(self) -> bool:
@@ -125,8 +129,9 @@ class Judged(NamedTuple):
 
     source: str  # exact | semantic
     entry: Entry
-    similarity: float
+    similarity: float  # calibrated: what the gate judges
     verdict: policy.Verdict
+    cosine: float  # raw, shown beside it
 
 
 class Decision(NamedTuple):
@@ -134,6 +139,26 @@ class Decision(NamedTuple):
     miss_reason: str | None
     similarity: float | None  # of the served entry, or what explains the miss
     confidence: float | None
+    cosine: float | None = None
+
+
+class Scale(NamedTuple):
+    """The embedding model's calibrated scale as one lookup met it: `state` is ready,
+    cosine (the user chose the raw cosine), calibrating (too few vectors of the model
+    stored yet: no semantic hits) or unusable (vectors that cannot tell questions apart:
+    no semantic hits either)."""
+
+    state: str
+    vectors: int | None  # the model's stored vectors, counted while it is calibrating
+    needed: int
+    estimated_from: int | None = None  # the vectors the scale was made from
+    median: float | None = None
+    problem: str | None = None
+
+    @property
+    def semantic(self) -> bool:
+        """Semantic hits can be made on it."""
+        return self.state in ("ready", "cosine")
 
 
 def decide(candidates: Iterable[Judged], margin: float = 0.0) -> Decision:
@@ -143,23 +168,26 @@ def decide(candidates: Iterable[Judged], margin: float = 0.0) -> Decision:
     whose runner-up is within `margin`, acceptable too, and another entry with another
     answer is too close to call: a miss ("ambiguous")."""
     rejected: Judged | None = None
-    best_semantic: float | None = None
+    best_semantic: Judged | None = None
     remaining = iter(candidates)
     for judged in remaining:
         if judged.source == "semantic" and best_semantic is None:
-            best_semantic = judged.similarity
+            best_semantic = judged
         if judged.verdict.serve:
             if judged.source == "semantic" and margin > 0:
                 runner_up = next(remaining, None)
                 if runner_up is not None and _too_close(judged, runner_up, margin):
-                    return Decision(None, policy.AMBIGUOUS, judged.similarity, judged.verdict.confidence)
-            return Decision(judged, None, judged.similarity, judged.verdict.confidence)
+                    return Decision(None, policy.AMBIGUOUS, judged.similarity, judged.verdict.confidence, judged.cosine)
+            return Decision(judged, None, judged.similarity, judged.verdict.confidence, judged.cosine)
         if judged.verdict.reason == policy.NO_MATCH:
             break
         rejected = rejected or judged
     if rejected is not None:
-        return Decision(None, rejected.verdict.reason, rejected.similarity, rejected.verdict.confidence)
-    return Decision(None, policy.NO_MATCH, best_semantic, None)
+        return Decision(None, rejected.verdict.reason, rejected.similarity, rejected.verdict.confidence,
+                        rejected.cosine)
+    if best_semantic is not None:
+        return Decision(None, policy.NO_MATCH, best_semantic.similarity, None, best_semantic.cosine)
+    return Decision(None, policy.NO_MATCH, None, None)
 
 
 def _too_close(best: Judged, runner_up: Judged, margin: float) -> bool:
@@ -168,16 +196,31 @@ def _too_close(best: Judged, runner_up: Judged, margin: float) -> bool:
             and policy.normalise(runner_up.entry.response) != policy.normalise(best.entry.response))
 
 
-def judge(source: str, entry: Entry, similarity: float, req: AskRequest, now: float) -> Judged:
-    """The reuse gate's verdict on one candidate, with the answer-safety guards on the two
-    questions for a semantic one: the same for ask, inspect and replay's simulation."""
+def judge(source: str, entry: Entry, similarity: float, req: AskRequest, now: float,
+          cosine: float | None = None) -> Judged:
+    """The reuse gate's verdict on one candidate (its calibrated similarity; the raw
+    cosine rides along), with the answer-safety guards on the two questions for a
+    semantic one: the same for ask, inspect and replay's simulation."""
     candidate = policy.Candidate(entry.id, similarity, entry.created_at, entry.ttl, entry.response, entry.done_reason)
     guard = None
     if source == "semantic" and req.guards and similarity >= req.threshold:
         from semcache_cli import guards
 
         guard = guards.check(req.query, entry.query, req.guards)
-    return Judged(source, entry, similarity, policy.judge(candidate, now, req.min_confidence, req.threshold, guard))
+    return Judged(source, entry, similarity, policy.judge(candidate, now, req.min_confidence, req.threshold, guard),
+                  similarity if cosine is None else cosine)
+
+
+def rescore(neighbours: Iterable[Neighbour], query: Sequence[float], scale: Calibration,
+            limit: int) -> list[tuple[int, float, float]]:
+    """(entry id, calibrated similarity, raw cosine) of the best `limit` neighbours by the
+    calibrated score, from their raw cosines and projections: the one ranking of ask,
+    inspect and replay's simulation."""
+    from semcache_cli import vectors
+
+    mine = vectors.projections(query, scale.directions)
+    scored = [(n.id, vectors.calibrated(n.cosine, mine, n.projections, scale), n.cosine) for n in neighbours]
+    return sorted(scored, key=lambda row: (-row[1], -row[2]))[:limit]
 
 
 @dataclass
@@ -188,13 +231,14 @@ class Explanation:
     exact: Judged | None
     neighbours: list[Judged]
     considered: int  # how many of the neighbours ask looks at
+    scale: Scale | None = None  # the embedding model's, None without a semantic layer
 
 
 class _Asking:
     """One ask in progress: its request and everything the steps share. A plain class:
     a dataclass costs every process ~0.3 ms to define."""
 
-    __slots__ = ("req", "query", "scope_hash", "key", "now", "log", "on_token", "vector", "warnings", "timer")
+    __slots__ = ("req", "query", "scope_hash", "key", "now", "log", "on_token", "vector", "warnings", "timer", "scale")
 
     def __init__(self, req: AskRequest, query: str, scope_hash: str, key: str, now: float, log: LogRow,
                  on_token: Callable[[str], None], vector: Any = None) -> None:
@@ -204,6 +248,7 @@ class _Asking:
         self.vector = vector
         self.warnings: list[str] = []
         self.timer = _Timer()
+        self.scale: Scale | None = None
 
     def log_row(self, path: str, **values: Any) -> LogRow:
         return self.log._replace(path=path, latency_ms=self.timer.total()["total"], **values)
@@ -226,6 +271,8 @@ class Engine:
         self.clock = clock
         self.warn = warn
         self._unreadable: set[int] = set()  # entries already warned about
+        self._scales: dict[tuple[str, int], Calibration | None] = {}  # per (embedding model, dims)
+        self._said_unusable: set[tuple[str, int]] = set()
 
     @property
     def client(self) -> OllamaClient:
@@ -269,7 +316,9 @@ class Engine:
             ask.timer.lap("embed")
 
         neighbours: Iterable[Judged] = ()
-        if req.lookup and ask.vector is not None:
+        if ask.vector is not None:
+            ask.scale = self._scale(req.embed_model, len(ask.vector), req.scale)
+        if req.lookup and ask.vector is not None and ask.scale is not None and ask.scale.semantic:
             neighbours = self._neighbours(req, scope_hash, ask.vector, now, SEMANTIC_CANDIDATES)
         decision = decide(itertools.chain([exact] if exact else [], neighbours), req.margin)
         if req.lookup:
@@ -278,8 +327,10 @@ class Engine:
             return self._served(ask, decision.served)
 
         miss_reason = decision.miss_reason if req.lookup else policy.BYPASS
+        if miss_reason == policy.NO_MATCH and ask.scale is not None and ask.scale.state == "calibrating":
+            miss_reason = policy.CALIBRATING  # said so: no semantic hit could be made yet
         ask.log = ask.log._replace(miss_reason=miss_reason, similarity=decision.similarity,
-                                   confidence=decision.confidence)
+                                   confidence=decision.confidence, cosine=decision.cosine)
         if req.cache_only:
             self.store.log_request(ask.log_row("miss"))
             raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set")
@@ -313,8 +364,9 @@ class Engine:
         outcome = self._outcome(ask, entry.response, judged.source, entry, judged.similarity,
                                 judged.verdict.confidence, None)
         outcome.saved_s, outcome.saved_tokens, outcome.metadata = entry.generation_s, entry.saved_tokens, entry.metadata
+        outcome.cosine = judged.cosine
         self.store.record_hit(entry.id, ask.now, ask.log._replace(
-            path=judged.source, entry_id=entry.id, similarity=judged.similarity,
+            path=judged.source, entry_id=entry.id, similarity=judged.similarity, cosine=judged.cosine,
             confidence=judged.verdict.confidence, latency_ms=outcome.timings_ms["total"],
             saved_s=entry.generation_s, saved_tokens=entry.saved_tokens,
         ))
@@ -336,6 +388,7 @@ class Engine:
         created = self.clock()
         outcome = self._outcome(ask, generation.text, "model", None, ask.log.similarity, ask.log.confidence,
                                 ask.log.miss_reason)
+        outcome.cosine = ask.log.cosine
         outcome.created_at = created
         outcome.expires_at = policy.expires_at(created, req.ttl)
         request_row = ask.log._replace(path="model", latency_ms=outcome.timings_ms["total"])
@@ -358,6 +411,8 @@ class Engine:
             if claim is not None:
                 claim.released_with_answer()
             outcome.stored = True
+            if vector is not None:
+                self._grown(req.embed_model, len(vector), outcome.entry_id)
             ask.timer.lap("store")
         else:
             self.store.log_request(request_row)
@@ -399,11 +454,15 @@ class Engine:
         exact = self._exact(req, scope_hash, policy.exact_key(query), now)
         if vector is None and semantic:
             vector = self._embed_vector(query, req)
+        scale = self._scale(req.embed_model, len(vector), req.scale) if semantic else None
         neighbours = list(self._neighbours(req, scope_hash, vector, now, max(limit, SEMANTIC_CANDIDATES))) \
-            if semantic else []
+            if scale is not None and scale.semantic else []
         considered = neighbours[:SEMANTIC_CANDIDATES]
         decision = decide(itertools.chain([exact] if exact else [], considered), req.margin)
-        return Explanation(decision, exact, neighbours[:limit], len(considered))
+        if decision.served is None and decision.miss_reason == policy.NO_MATCH and scale is not None \
+                and scale.state == "calibrating":
+            decision = decision._replace(miss_reason=policy.CALIBRATING)
+        return Explanation(decision, exact, neighbours[:limit], len(considered), scale)
 
     def _exact(self, req: AskRequest, scope_hash: str, key: str, now: float) -> Judged | None:
         entry = self._readable(lambda: self.store.find_exact(scope_hash, key))
@@ -421,13 +480,54 @@ class Engine:
             return None
 
     def _neighbours(self, req: AskRequest, scope_hash: str, vector: Any, now: float, limit: int) -> Iterator[Judged]:
-        """The nearest entries of the scope, best first, judged lazily: ask stops
-        reading entries at the first one it serves."""
-        for entry_id, similarity in self.store.nearest(scope_hash, policy.canonical_model(req.embed_model), vector,
-                                                       limit):
+        """The nearest entries of the scope by the calibrated score (or the cosine, when
+        the user chose it), best first, judged lazily: ask stops reading entries at the
+        first one it serves. The raw top RERANK by cosine are scored (the calibrated
+        nearest is among them: see vectors.py)."""
+        from semcache_cli import vectors
+
+        embed_model = policy.canonical_model(req.embed_model)
+        if req.scale == "cosine":
+            ranked = [(n.id, n.cosine, n.cosine) for n in self.store.nearest(scope_hash, embed_model, vector, limit)]
+        else:
+            scale = self._scales[(embed_model, len(vector))]
+            assert scale is not None and scale.ready
+            found = self.store.nearest(scope_hash, embed_model, vector, max(vectors.RERANK, limit), scale.directions)
+            ranked = rescore(found, vector, scale, limit)
+        for entry_id, similarity, cosine in ranked:
             entry = self._readable(functools.partial(self.store.get, entry_id))
             if entry is not None:  # None: purged since the vectors were read, or unreadable
-                yield judge("semantic", entry, similarity, req, now)
+                yield judge("semantic", entry, similarity, req, now, cosine)
+
+    def _scale(self, embed_model: str, dims: int, mode: str) -> Scale:
+        """The embedding model's calibrated scale, read once per engine: ready, still
+        calibrating (too few of its vectors stored), or unusable (said once). The mode
+        "cosine" needs no scale, but a model known to be unusable stays off."""
+        from semcache_cli import vectors
+
+        key = (policy.canonical_model(embed_model), dims)
+        if key not in self._scales:
+            self._scales[key] = self.store.calibration(*key)
+        scale = self._scales[key]
+        needed = vectors.CALIBRATION_MIN_VECTORS
+        if scale is None or not scale.ready:  # a small cache of this model: count it (the index makes it cheap)
+            return Scale("cosine" if mode == "cosine" else "calibrating", self.store.vector_count(*key), needed)
+        if scale.problem is not None:
+            if key not in self._said_unusable:
+                self._said_unusable.add(key)
+                self.warn(f"{key[0]} cannot tell questions apart ({scale.problem}): semantic layer off for it "
+                          "(exact hits only); choose another embedding model")
+            return Scale("unusable", None, needed, scale.vectors, scale.median, scale.problem)
+        return Scale("cosine" if mode == "cosine" else "ready", None, needed, scale.vectors, scale.median)
+
+    def _grown(self, embed_model: str, dims: int, entry_id: int) -> None:
+        """The model's scale again when the store may have grown to its next milestone."""
+        from semcache_cli.storage import scales
+
+        key = (policy.canonical_model(embed_model), dims)
+        if key not in self._scales:
+            self._scales[key] = self.store.calibration(*key)
+        self._scales[key] = scales.grown(self.store, *key, entry_id, self._scales[key])
 
     def _outcome(self, ask: _Asking, response: str, source: str, entry: Entry | None,
                  similarity: float | None, confidence: float | None, miss_reason: str | None) -> Outcome:
@@ -438,7 +538,7 @@ class Engine:
             model=req.scope.model, embed_model=req.embed_model, namespace=req.scope.namespace,
             created_at=entry.created_at if entry else None,
             expires_at=entry.expires_at if entry else None,
-            warnings=ask.warnings, timings_ms=ask.timer.total(),
+            warnings=ask.warnings, timings_ms=ask.timer.total(), calibration=ask.scale,
         )
 
     def _embed_vector(self, query: str, req: AskRequest) -> Any:
@@ -511,6 +611,7 @@ def request_from(settings: Settings, query: str, format: Any = None, *, lookup: 
         max_query_chars=settings.max_query_chars,
         guards=settings.guards,
         margin=settings.margin,
+        scale=settings.scale,
         wait_s=settings.timeout,
         lookup=lookup,
         store=store,

@@ -246,7 +246,7 @@ def _ask_in_worker(item: ReplayQuery, vector: bytes | None) -> tuple[Row, list[s
         row = Row(item.line, item.query, item.label, outcome.source, miss_reason=outcome.miss_reason,
                   matched=outcome.entry_id if outcome.hit else None,
                   matched_label=outcome.metadata.get("label") if outcome.hit else None,
-                  similarity=outcome.similarity, confidence=outcome.confidence,
+                  similarity=outcome.similarity, confidence=outcome.confidence, cosine=outcome.cosine,
                   saved_s=outcome.saved_s, saved_tokens=outcome.saved_tokens)
     finally:
         _worker["asking"] = False

@@ -24,6 +24,7 @@ POISONED = "poisoned"
 LOW_CONFIDENCE = "low_confidence"
 BYPASS = "bypass"
 AMBIGUOUS = "ambiguous"  # margin rule: two different answers nearly tied
+CALIBRATING = "calibrating"  # too few vectors of the embedding model stored for a semantic hit
 GUARD_PREFIX = "guard:"  # guard:negation, guard:number, ...
 
 # Default weights of the confidence score: similarity matters most, freshness decays

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from semcache_cli.storage import open_store
+from semcache_cli.storage import open_store, scales
 from semcache_cli.storage.selector import Selector
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def purge(
         return PurgeReport(True, len(selected), 0, len(evict), chosen.total - len(selected) - len(evict), 0, 0, False,
                            store.used_bytes(), chosen.max_bytes)
 
-    before = store.used_bytes()
+    before, groups = store.used_bytes(), store.vector_groups()
     deleted = store.delete(selected, selector, now)
     # LRU eviction re-checks that the entry was not used since it was chosen.
     unused = Selector(unused_since=now)
@@ -112,6 +112,7 @@ def purge(
         evicted += _settle_size(store, chosen, now)
     if deleted or evicted:
         store.compact()
+        scales.shrunk(store, groups)
     log_rows = store.delete_log_before(now - log_older_than) if log_older_than is not None else 0
     if vacuum:
         store.vacuum()

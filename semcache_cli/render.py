@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from semcache_cli import policy
-from semcache_cli.engine import AskRequest, Explanation, Judged, Outcome
+from semcache_cli.engine import AskRequest, Explanation, Judged, Outcome, Scale
 from semcache_cli.storage.models import Entry
 
 PREFIX = "semcache"
@@ -61,16 +61,32 @@ def copy_line(report: dict[str, Any]) -> str:
     return f"{PREFIX}: {text}" + (f" ({unchanged:,} already there)" if unchanged else "")
 
 
+def similarity_text(similarity: float, cosine: float | None, source: str = "semantic",
+                    threshold: float | None = None) -> str:
+    """The calibrated score (against the threshold it missed), with the raw cosine beside
+    it where they differ in kind."""
+    text = f"similarity {similarity:.3f}" + ("" if threshold is None else f" < threshold {threshold:.3f}")
+    return text if source == "exact" or cosine is None else f"{text}, cosine {cosine:.3f}"
+
+
+def calibrating_text(scale: Scale, embed_model: str) -> str:
+    return (f"calibrating: semantic hits start at {scale.needed} questions stored with "
+            f"{policy.canonical_model(embed_model)}, {scale.vectors} so far")
+
+
 def status_line(outcome: Outcome) -> str:
     total = elapsed(outcome.timings_ms.get("total", 0.0))
     if outcome.hit:
         return (
             f"{PREFIX}: {outcome.source} hit · entry {outcome.entry_id} · "
-            f"similarity {outcome.similarity:.3f} · confidence {outcome.confidence:.3f} · {total}"
+            f"{similarity_text(outcome.similarity or 0.0, outcome.cosine, outcome.source)} · "
+            f"confidence {outcome.confidence:.3f} · {total}"
         )
     reason = outcome.miss_reason or ""
-    if outcome.similarity is not None:
-        reason += f", best similarity {outcome.similarity:.3f}"
+    if reason == policy.CALIBRATING and outcome.calibration is not None:
+        reason = calibrating_text(outcome.calibration, outcome.embed_model)
+    elif outcome.similarity is not None:
+        reason += f", best {similarity_text(outcome.similarity, outcome.cosine)}"
     stored = f"stored as entry {outcome.entry_id}" if outcome.stored else "not stored"
     return f"{PREFIX}: miss ({reason}) · answered by {outcome.model} · {stored} · {total}"
 
@@ -94,6 +110,7 @@ def outcome_json(outcome: Outcome) -> str:
         "source": outcome.source,
         "hit": outcome.hit,
         "similarity": _rounded(outcome.similarity),
+        "cosine": _rounded(outcome.cosine),
         "confidence": _rounded(outcome.confidence),
         "miss_reason": outcome.miss_reason,
         "entry_id": outcome.entry_id,
@@ -105,8 +122,17 @@ def outcome_json(outcome: Outcome) -> str:
         "expires_at": iso_time(outcome.expires_at),
         "timings_ms": outcome.timings_ms,
         "warnings": outcome.warnings,
+        "calibration": scale_dict(outcome.calibration),
     }
     return json.dumps(data, ensure_ascii=False)
+
+
+def scale_dict(scale: Scale | None) -> dict[str, Any] | None:
+    """The embedding model's scale as a lookup met it (None: no semantic layer ran)."""
+    if scale is None:
+        return None
+    return {"state": scale.state, "vectors": scale.vectors, "needed": scale.needed,
+            "estimated_from": scale.estimated_from, "median": _rounded(scale.median), "problem": scale.problem}
 
 
 def _rounded(value: float | None) -> float | None:
@@ -252,12 +278,12 @@ def verdict_text(judged: Judged, served: Judged | None, rank: int, considered: i
     return judged.verdict.reason or ""
 
 
-SIMILAR_COLUMNS = ("#", "layer", "id", "similarity", "freshness", "confidence", "verdict", "query")
+SIMILAR_COLUMNS = ("#", "layer", "id", "similarity", "cosine", "freshness", "confidence", "verdict", "query")
 
 
 def similar_row(judged: Judged, served: Judged | None, rank: int, considered: int, now: float) -> tuple[str, ...]:
     entry = judged.entry
-    return (str(rank), judged.source, str(entry.id), f"{judged.similarity:.3f}",
+    return (str(rank), judged.source, str(entry.id), f"{judged.similarity:.3f}", f"{judged.cosine:.3f}",
             f"{policy.freshness(entry.created_at, entry.ttl, now):.3f}", f"{judged.verdict.confidence:.3f}",
             verdict_text(judged, served, rank, considered), entry.query)
 
@@ -270,6 +296,7 @@ def candidate_dict(judged: Judged, served: Judged | None, rank: int, considered:
         "source": judged.source,
         "entry_id": entry.id,
         "similarity": _rounded(judged.similarity),
+        "cosine": _rounded(judged.cosine),
         "freshness": _rounded(policy.freshness(entry.created_at, entry.ttl, now)),
         "confidence": _rounded(judged.verdict.confidence),
         "verdict": verdict_text(judged, served, rank, considered),
@@ -278,17 +305,22 @@ def candidate_dict(judged: Judged, served: Judged | None, rank: int, considered:
     }
 
 
-def decision_line(explanation: Explanation, threshold: float) -> str:
+def decision_line(explanation: Explanation, request: AskRequest) -> str:
     decision = explanation.decision
     if decision.served is not None:
         served = decision.served
-        return (f"ask would serve entry {served.entry.id} ({served.source} hit, similarity "
-                f"{served.similarity:.3f}, confidence {served.verdict.confidence:.3f})")
+        return (f"ask would serve entry {served.entry.id} ({served.source} hit, "
+                f"{similarity_text(served.similarity, served.cosine, served.source)}, "
+                f"confidence {served.verdict.confidence:.3f})")
     why = decision.miss_reason or policy.NO_MATCH
-    if decision.similarity is not None and why == policy.NO_MATCH:
-        why += f", best similarity {decision.similarity:.3f} < threshold {threshold:.3f}"
+    if why == policy.CALIBRATING and explanation.scale is not None:
+        why = calibrating_text(explanation.scale, request.embed_model)
+    elif decision.similarity is not None and why == policy.NO_MATCH:
+        why += f", best {similarity_text(decision.similarity, decision.cosine, threshold=request.threshold)}"
     elif decision.similarity is not None:
-        why += f", similarity {decision.similarity:.3f}"
+        why += f", {similarity_text(decision.similarity, decision.cosine)}"
+    if explanation.scale is not None and explanation.scale.state == "unusable":
+        why += f"; semantic layer off: {explanation.scale.problem}"
     return f"ask would miss ({why}) and call the model"
 
 
@@ -308,9 +340,11 @@ def explanation_dict(explanation: Explanation, request: AskRequest, candidates: 
             "entry_id": served.entry.id if served else None,
             "miss_reason": decision.miss_reason,
             "similarity": _rounded(decision.similarity),
+            "cosine": _rounded(decision.cosine),
             "confidence": _rounded(decision.confidence),
         },
         "candidates": candidates,
+        "calibration": scale_dict(explanation.scale),
     }
 
 
@@ -361,10 +395,24 @@ def stats_text(figures: dict[str, Any], since_label: str) -> str:
         bar = ("█" if b["hits"] else "░") * round(30 * count / peak) if count else ""
         marker = "  ◀ threshold" if abs(b["low"] - sim["threshold"]) < 1e-9 else ""
         lines.append(f"  {b['low']:.2f}–{b['high']:.2f}  {bar}{' ' if bar else ''}{count:,}{marker}")
+    if figures["scales"]:
+        lines += ["", "similarity scales (semcache calibrate rebuilds them)"]
+        lines += [f"  {scale_text(row)}" for row in figures["scales"]]
     if figures["top_entries"]:
         lines += ["", "top entries by hits"]
         lines += [f"  {e['hits']:>6,} hits  entry {e['id']}: {one_line(e['query'], 60)}" for e in figures["top_entries"]]
     return "\n".join(lines)
+
+
+def scale_text(row: dict[str, Any]) -> str:
+    """One embedding model's scale, as scales.overview describes it."""
+    head = f"{row['embed_model']} ({row['dims']} dims): {row['vectors']:,} vectors, "
+    if row["state"] == "calibrating":
+        return head + f"calibrating (semantic hits from {row['needed']} vectors)"
+    if row["state"] == "unusable":
+        return head + f"semantic layer off: {row['problem']}"
+    return head + (f"scale estimated from {row['estimated_from']:,}, {row['directions']} directions removed, "
+                   f"unrelated pairs at cosine {row['median_cosine']:.2f}")
 
 
 def stats_json(figures: dict[str, Any]) -> str:

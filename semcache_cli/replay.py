@@ -31,6 +31,14 @@ from semcache_cli.errors import UsageError
 from semcache_cli.live_replay import LiveEmbeddings, run_live
 from semcache_cli.replay_core import ReplayQuery, Row, Stopped, embed_batches, settings_for, usable
 from semcache_cli.storage.models import Entry
+from semcache_cli.vectors import (
+    CALIBRATION_MIN_VECTORS,
+    CALIBRATION_SAMPLE,
+    RERANK,
+    Calibration,
+    calibrated_many,
+    estimate,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -238,6 +246,7 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
         return entries[index]
 
     has_vector = usable(matrix) if len(matrix) else np.zeros(0, dtype=bool)
+    scale = _OnlineScale(matrix)
     for members in scopes.values():
         stored = np.empty((len(members), matrix.shape[1]), dtype=np.float32)
         stored_index: list[int] = []  # item index of each stored row
@@ -247,9 +256,6 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
             vectors = np.where(has_vector[block][:, None], matrix[block], 0.0)  # no vector: compared with nothing
             m = len(stored_index)
             before = vectors @ stored[:m].T if m else None
-            if before is not None:
-                best_before = before.argmax(axis=1)
-                best_before_sim = before[np.arange(len(block)), best_before]
             within = vectors @ vectors.T
             new_rows: list[int] = []  # positions in the block stored so far
             for pos, index in enumerate(block):
@@ -259,29 +265,31 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
                 candidates: list[Judged] = []
                 if keys[index] in exact:
                     candidates.append(judge("exact", entry(exact[keys[index]]), 1.0, request, now))
-                best: tuple[int, float] | None = None
-                semantic = bool(has_vector[index])  # without a vector, the exact layer only: as ask
-                if semantic and before is not None:
-                    best = stored_index[int(best_before[pos])], float(best_before_sim[pos])
-                if semantic and new_rows:
-                    sims = within[pos, new_rows]
-                    j = int(sims.argmax())
-                    if best is None or float(sims[j]) > best[1]:
-                        best = block[new_rows[j]], float(sims[j])
-                nearest = [best] if best is not None else []
-                if best is not None and best[1] >= threshold:  # below it, the best explains the miss
-                    nearest = _nearest(before[pos] if before is not None else None, stored_index,
-                                       within[pos, new_rows] if new_rows else None, [block[r] for r in new_rows])
-                candidates += [judge("semantic", entry(i), similarity, request, now) for i, similarity in nearest]
+                # As ask: the raw top RERANK, scored on the model's scale, the best judged in turn
+                # (or the top by cosine, when chosen); without a vector, before the scale exists
+                # or on an unusable model, the exact layer only.
+                cold = scale.current is None and settings.scale != "cosine"
+                if has_vector[index] and not cold and (scale.current is None or scale.current.problem is None):
+                    pool = _nearest(before[pos] if before is not None else None, stored_index,
+                                    within[pos, new_rows] if new_rows else None, [block[r] for r in new_rows],
+                                    RERANK)
+                    ranked = [(i, c, c) for i, c in pool[:SEMANTIC_CANDIDATES]] if settings.scale == "cosine" \
+                        else scale.rescore(index, pool, SEMANTIC_CANDIDATES)
+                    candidates += [judge("semantic", entry(i), similarity, request, now, cosine)
+                                   for i, similarity, cosine in ranked]
                 decision = decide(candidates, settings.margin)
+                miss_reason = decision.miss_reason
+                if miss_reason == policy.NO_MATCH and has_vector[index] and cold:
+                    miss_reason = policy.CALIBRATING
                 served = decision.served
                 row = Row(item.line, item.query, item.label, served.source if served else "miss",
-                          miss_reason=decision.miss_reason, matched=served.entry.id if served else None,
-                          similarity=decision.similarity, confidence=decision.confidence)
+                          miss_reason=miss_reason, matched=served.entry.id if served else None,
+                          similarity=decision.similarity, confidence=decision.confidence, cosine=decision.cosine)
                 if served is None:
                     exact[keys[index]] = index
                     if has_vector[index]:  # stored without a vector: the exact layer finds it, nothing else
                         new_rows.append(pos)
+                        scale.stored(index)
                 else:
                     row.matched_label = items[served.entry.id].label
                     row.matched = items[served.entry.id].line
@@ -296,6 +304,45 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
         report.add(row)
     report.seconds = time.perf_counter() - start
     return report, final
+
+
+class _OnlineScale:
+    """The embedding model's scale as the store would keep it while the replay fills it:
+    estimated (vectors.estimate, as scales.rebuild does) when the stored vectors first
+    number CALIBRATION_MIN_VECTORS and each time they double, from a uniform sample."""
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        import numpy as np
+
+        self.matrix = matrix
+        self.members: list[int] = []  # item index of every stored vector, across scopes
+        self.current: Calibration | None = None
+        self.projections: np.ndarray | None = None  # of every item's vector, on current's directions
+        self._rng = np.random.default_rng(0)
+
+    def stored(self, index: int) -> None:
+        import numpy as np
+
+        self.members.append(index)
+        count = len(self.members)
+        milestone = 2 * self.current.vectors if self.current is not None else CALIBRATION_MIN_VECTORS
+        if count >= milestone:
+            picked = self._rng.choice(count, size=min(count, CALIBRATION_SAMPLE), replace=False)
+            self.current = estimate(self.matrix[[self.members[i] for i in picked]], count, 0)
+            self.projections = self.matrix.astype(np.float64) @ np.asarray(self.current.directions, np.float64).T
+
+    def rescore(self, index: int, pool: list[tuple[int, float]], limit: int) -> list[tuple[int, float, float]]:
+        """engine.rescore, on arrays: (item index, calibrated similarity, cosine), best first."""
+        import numpy as np
+
+        assert self.current is not None and self.projections is not None
+        if not pool:
+            return []
+        ids = [i for i, _ in pool]
+        cosines = np.array([c for _, c in pool])
+        scores = calibrated_many(cosines, self.projections[index], self.projections[ids], self.current)
+        order = sorted(range(len(ids)), key=lambda k: (-scores[k], -cosines[k]))[:limit]
+        return [(ids[k], float(scores[k]), float(cosines[k])) for k in order]
 
 
 def _nearest(before: np.ndarray | None, before_index: list[int], within: np.ndarray | None,
@@ -335,7 +382,7 @@ def run_dry(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray | 
                        matched_label=served.entry.metadata.get("label") if served else None,
                        similarity=decision.similarity, confidence=decision.confidence,
                        saved_s=served.entry.generation_s if served else None,
-                       saved_tokens=served.entry.saved_tokens if served else None))
+                       saved_tokens=served.entry.saved_tokens if served else None, cosine=decision.cosine))
 
 
 def parse_thresholds(text: str) -> list[float]:

@@ -51,6 +51,7 @@ class Row:
     saved_s: float | None = None
     saved_tokens: int | None = None
     threshold: float | None = None
+    cosine: float | None = None  # the raw cosine beside `similarity`, the calibrated score
 
     @property
     def hit(self) -> bool:
@@ -66,6 +67,7 @@ class Row:
         data = dict(self.__dict__)
         data["similarity"] = None if self.similarity is None else round(self.similarity, 6)
         data["confidence"] = None if self.confidence is None else round(self.confidence, 6)
+        data["cosine"] = None if self.cosine is None else round(self.cosine, 6)
         return data
 
 

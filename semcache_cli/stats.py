@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from semcache_cli.storage import scales
+
 if TYPE_CHECKING:
     from semcache_cli.config import Settings
     from semcache_cli.storage.port import Store
@@ -115,4 +117,5 @@ def collect(store: Store, now: float, since_s: float | None, threshold: float) -
             "bins": [bin.__dict__ for bin in similarity_bins(store, since, threshold)],
         },
         "top_entries": [entry._asdict() for entry in store.top_entries(TOP_ENTRIES)],
+        "scales": scales.overview(store),
     }

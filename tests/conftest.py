@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_ollama import FakeOllama
@@ -206,6 +207,59 @@ def claim_free(db: Path | str, question: str, namespace: str = "default", model:
             return False
         store.release_claim(scope, key, "test-probe")
         return True
+
+
+BACKGROUND_WORDS = ("how", "what", "when", "where", "why", "can", "do", "i", "my", "the", "a", "to", "of", "for",
+                    "in", "on", "is", "are", "was", "get", "set", "make", "find", "change", "account", "order", "bill",
+                    "card", "flight", "hotel", "weather", "music", "timer", "alarm", "recipe", "car", "bank", "phone",
+                    "email", "meeting", "calendar", "song", "movie", "book", "trip", "rent", "loan", "tax", "pay")
+
+
+def calibrated(db: Path | str, embed_model: str = "nomic-embed-text", dims: int = 768, count: int = 64,
+               sample: Any = None) -> None:
+    """Give the cache the calibrated scale a cache of this embedding model has once it
+    holds 32 or more questions: estimated, as the store does, from `count` unrelated
+    questions (the test server's own embedding of them, or the given `sample` of real
+    vectors), which are not stored. Tests of other behaviour then meet a small cache
+    whose semantic layer is on; the cold start and the growth of the scale are tested
+    on their own (tests/test_calibration.py)."""
+    import numpy as np
+    from fake_ollama import hashed_embedding
+
+    from semcache_cli import policy, vectors
+
+    if sample is None:
+        rng = np.random.default_rng(2024)
+        texts = [" ".join(rng.choice(BACKGROUND_WORDS, size=int(rng.integers(4, 9)))) for _ in range(count)]
+        sample = [vectors.unit_vector(list(hashed_embedding(text, dims))) for text in texts]
+    with cache_at(db) as store:
+        store.save_calibration(policy.canonical_model(embed_model), vectors.estimate(sample, len(sample), 0))
+
+
+def clinc_sample(table: dict[str, Any], size: int = 2048) -> Any:
+    """A uniform sample of CLINC's real all-MiniLM vectors: the background a cache full
+    of such questions calibrates on."""
+    import numpy as np
+
+    texts = sorted(table)
+    picked = np.random.default_rng(7).choice(len(texts), size=min(size, len(texts)), replace=False)
+    return np.stack([table[texts[i]] for i in sorted(picked)]).astype(np.float64)
+
+
+def neutral_scale(db: Path | str, embed_model: str = "all-minilm", dims: int = 384) -> None:
+    """Pin a scale under which the calibrated score equals the raw cosine of the test's
+    vectors: its directions are the last axes (which the tests' vectors never use), its
+    offsets and median 0. For tests about other rules (guards, the margin, the gate),
+    stated in exact cosines; the scale itself is tested on real data elsewhere."""
+    from array import array
+
+    from semcache_cli import policy, vectors
+
+    axes = [array("f", [1.0 if i == axis else 0.0 for i in range(dims)])
+            for axis in range(dims - vectors.directions_for(dims), dims)]
+    with cache_at(db) as store:
+        store.save_calibration(policy.canonical_model(embed_model),
+                               vectors.Calibration(dims, 64, 0, tuple(axes), (0.0,) * len(axes), 0.0, 0.9, 50.0, 0.0))
 
 
 def restore(db: Path | str, entry: Entry, **changes: object) -> None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import cache_at, logged, restore, run_cli, run_proc, stored
+from conftest import cache_at, calibrated, logged, restore, run_cli, run_proc, stored
 from fake_ollama import FakeOllama
 
 Q = "How do I reset my password?"
@@ -22,6 +22,12 @@ def ask_json(*args: str, input: str | None = None) -> dict:
 
 
 entries, requests = stored, logged
+
+
+@pytest.fixture(autouse=True)
+def scale(isolated_env: Path) -> None:
+    """The semantic layer on, as in a cache that holds enough questions for its scale."""
+    calibrated(isolated_env)
 
 
 def test_miss_streams_the_answer_stores_it_and_logs_it(ollama: FakeOllama, isolated_env: Path) -> None:
@@ -270,7 +276,8 @@ def test_runtime_options_do_not_split_the_cache(ollama: FakeOllama, isolated_env
     assert [e.options for e in stored(isolated_env)] == [{"temperature": 0.0}, {"temperature": 1.0}]
 
 
-def test_vectors_of_another_embedding_model_are_never_compared(ollama: FakeOllama) -> None:
+def test_vectors_of_another_embedding_model_are_never_compared(ollama: FakeOllama, isolated_env: Path) -> None:
+    calibrated(isolated_env, "all-minilm", 384)  # both models' semantic layers on
     run_cli("ask", Q)  # stored with nomic-embed-text
     out = ask_json(PARAPHRASE, "--embed-model", "all-minilm")
     assert (out["source"], out["miss_reason"]) == ("model", "no_match")
@@ -304,6 +311,6 @@ def test_quiet_silences_status_but_not_errors(ollama: FakeOllama) -> None:
 def test_version_and_help_show_defaults_and_exit_codes() -> None:
     assert run_cli("--version").stdout.startswith("semcache 0.")
     text = run_cli("ask", "--help").stdout
-    for needle in ("llama3.2", "nomic-embed-text", "default: 0.85", "default: 0.7", "default: 7d",
+    for needle in ("llama3.2", "nomic-embed-text", "default: 0.84", "default: 0.7", "default: 7d",
                    "3 miss under", "5 model not found"):
         assert needle in " ".join(text.split()), needle

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, run_proc, stored
+from conftest import REPO, calibrated, run_proc, stored
 from fake_ollama import FakeOllama
 
 Q = "What is semantic caching?"
@@ -19,7 +19,7 @@ ANSWER = "This is the answer to: What is semantic caching?"
 def test_piped_stdout_carries_only_the_answer(ollama: FakeOllama) -> None:
     miss = run_proc("ask", Q)
     assert (miss.exit_code, miss.stdout) == (0, ANSWER + "\n")
-    assert miss.stderr.startswith("semcache: miss (no_match)")
+    assert miss.stderr.startswith("semcache: miss (calibrating")  # a new cache: no semantic hit yet, and said so
     hit = run_proc("ask", "what is   semantic caching")
     assert (hit.exit_code, hit.stdout) == (0, ANSWER + "\n")
     assert hit.stderr.startswith("semcache: exact hit")
@@ -95,8 +95,10 @@ def _imported(stderr: str) -> set[str]:
     return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 
 
-def test_a_small_cache_asks_stores_and_matches_without_numpy(ollama: FakeOllama) -> None:
-    # Importing numpy would cost each fresh ask ~90 ms; a small cache is searched without it.
+def test_a_small_cache_asks_stores_and_matches_without_numpy(ollama: FakeOllama, isolated_env: Path) -> None:
+    # Importing numpy would cost each fresh ask ~90 ms; a small cache is searched and
+    # scored on its calibrated scale without it.
+    calibrated(isolated_env)
     trace = {"PYTHONPROFILEIMPORTTIME": "1"}
     miss = run_proc("ask", Q, env=trace)
     hit = run_proc("ask", "--json", "What is semantic caching exactly?", env=trace)

@@ -190,7 +190,7 @@ def test_bad_options(pair: tuple[str, str], message: str) -> None:
 def test_defaults(tmp_path: Path) -> None:
     settings = config.load_settings(env={"SEMCACHE_DB": "x.db"})
     assert (settings.model, settings.embed_model) == ("llama3.2", "nomic-embed-text")
-    assert (settings.threshold, settings.min_confidence, settings.ttl) == (0.85, 0.7, 7 * 86400)
+    assert (settings.threshold, settings.min_confidence, settings.ttl) == (0.84, 0.7, 7 * 86400)  # calibrated scale
     assert settings.ollama_url == "http://127.0.0.1:11434"
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import restore, run_cli, run_in_terminal, stored
+from conftest import calibrated, restore, run_cli, run_in_terminal, stored
 from fake_ollama import FakeOllama
 
 QUESTIONS = ["How do I reset my password?", "What is semantic caching?", "Why is the sky blue?"]
@@ -40,6 +40,7 @@ def test_sqlite_to_postgres_and_back_again(local: Path, postgres_db: str, tmp_pa
     assert report["source"] == str(local) and report["target"] == postgres_db
     assert timeless(postgres_db) == timeless(local)
     monkeypatch.setenv("SEMCACHE_DB", postgres_db)  # the team now asks the shared store
+    calibrated(postgres_db)  # as a store with enough questions for semantic hits has
     generations = ollama.generations
     assert "exact hit" in run_cli("ask", QUESTIONS[2]).stderr
     assert "semantic hit" in run_cli("ask", "how do I reset my password please").stderr  # vectors came along

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import neutral_scale, run_cli
 from fake_ollama import FakeOllama
 
 from semcache_cli import config, guards
@@ -90,6 +90,7 @@ def at(cosine: float) -> np.ndarray:
 
 @pytest.fixture
 def twofa(ollama: FakeOllama, isolated_env: Path) -> FakeOllama:
+    neutral_scale(isolated_env)
     ollama.table.update({"how do I enable 2FA": at(1.0), "how do I disable 2FA": at(0.96)})
     assert run_cli("ask", "-q", "how do I enable 2FA", "--embed-model", "all-minilm").exit_code == 0
     return ollama
@@ -100,7 +101,7 @@ def test_ask_misses_with_the_guard_as_reason(twofa: FakeOllama) -> None:
     outcome = json.loads(result.stdout)
     assert (outcome["source"], outcome["miss_reason"]) == ("model", "guard:negation")
     assert outcome["response"] == "This is the answer to: how do I disable 2FA"
-    assert "miss (guard:negation, best similarity 0.960)" in run_cli(
+    assert "miss (guard:negation, best similarity 0.960, cosine 0.960)" in run_cli(
         "ask", "how do I disable 2FA", "--embed-model", "all-minilm", "--no-store").stderr
 
 
@@ -118,8 +119,9 @@ def test_exact_hits_are_never_guarded(twofa: FakeOllama) -> None:
 def test_inspect_similar_shows_which_guard_fired(twofa: FakeOllama) -> None:
     result = run_cli("inspect", "--similar", "how do I disable 2FA", "--embed-model", "all-minilm")
     lines = result.stdout.splitlines()
-    assert lines[1].split("\t")[6] == "guard:negation"
-    assert lines[-1] == "ask would miss (guard:negation, similarity 0.960) and call the model"
+    verdict = lines[0].split("\t").index("verdict")
+    assert lines[1].split("\t")[verdict] == "guard:negation"
+    assert lines[-1] == "ask would miss (guard:negation, similarity 0.960, cosine 0.960) and call the model"
 
 
 # -- the margin rule ----------------------------------------------------------------------
@@ -132,6 +134,7 @@ def on_axis(cosine: float, axis: int) -> np.ndarray:
 
 @pytest.fixture
 def near_tie(ollama: FakeOllama, isolated_env: Path) -> FakeOllama:
+    neutral_scale(isolated_env)
     ollama.table.update({"the probe question": on_axis(1.0, 1), "first stored": on_axis(0.95, 2),
                          "second stored": on_axis(0.948, 3)})
     for question in ("first stored", "second stored"):  # --no-cache: the second must not hit the first
@@ -157,6 +160,7 @@ def test_a_near_tie_between_two_answers_is_a_miss(near_tie: FakeOllama) -> None:
 
 
 def test_a_near_tie_with_the_same_answer_is_still_a_hit(ollama: FakeOllama, isolated_env: Path) -> None:
+    neutral_scale(isolated_env)
     ollama.table.update({"the probe question": on_axis(1.0, 1), "first stored": on_axis(0.95, 2),
                          "second stored": on_axis(0.948, 3)})
     ollama.replies.update({"first stored": "Same answer.", "second stored": "same answer"})

@@ -10,13 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_ollama import FakeOllama
+from conftest import SHARED_DATA, calibrated, clinc_sample
+from fake_ollama import FakeOllama, load_clinc_table
 
 from semcache_cli import config
 from semcache_cli.engine import open_engine, request_from
 from semcache_cli.errors import CacheOnlyMiss
 
 DATA = Path(__file__).parent / "data"
+pytestmark = pytest.mark.skipif(not (SHARED_DATA / "clinc150.jsonl").exists(), reason="shared/data not present")
+
+
+@pytest.fixture(autouse=True)
+def background(isolated_env: Path) -> None:
+    """The scale of a cache full of everyday questions (CLINC150's, real all-MiniLM
+    vectors), as the pairs meet it: one pair per namespace would otherwise leave the
+    cache in its cold start, or calibrated on nothing but the pairs."""
+    calibrated(isolated_env, "all-minilm", 384, sample=clinc_sample(load_clinc_table(str(SHARED_DATA))[1]))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO, claim_free, run_cli, run_proc, stored
+from conftest import REPO, calibrated, claim_free, run_cli, run_proc, stored
 from fake_ollama import FakeOllama
 
 Q = "How do I reset my password?"
@@ -71,6 +71,7 @@ def test_an_entry_that_cannot_be_read_is_a_miss_said_once_and_replaced(ollama: F
 
 
 def test_an_unreadable_neighbour_is_skipped(ollama: FakeOllama, isolated_env: Path) -> None:
+    calibrated(isolated_env)
     assert run_cli("ask", "-q", Q).exit_code == 0
     damage(isolated_env, "UPDATE entries SET created_at = 'yesterday'")
     result = run_cli("ask", "--json", "how do I reset my password please")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cache_at, logged, run_cli, run_in_terminal, run_proc, stored
+from conftest import cache_at, logged, neutral_scale, run_cli, run_in_terminal, run_proc, stored
 from fake_ollama import FakeOllama
 
 from semcache_cli import vectors
@@ -200,6 +200,7 @@ def neighbours(ollama: FakeOllama, isolated_env: Path) -> Path:
     seed(isolated_env, "close and live", vector=at_angle(0.93), age=DAY)
     seed(isolated_env, "a bit off", vector=at_angle(0.80))
     seed(isolated_env, "other namespace", vector=at_angle(0.99), namespace="team")
+    neutral_scale(isolated_env)  # the calibrated similarity is the cosine of these vectors
     return isolated_env
 
 
@@ -207,18 +208,20 @@ def test_similar_explains_the_decision(neighbours: Path) -> None:
     result = run_cli("inspect", "--similar", "the probe", "--embed-model", "all-minilm")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split("\t") == ["#", "layer", "id", "similarity", "freshness", "confidence", "verdict", "query"]
+    assert lines[0].split("\t") == ["#", "layer", "id", "similarity", "cosine", "freshness", "confidence", "verdict",
+                                    "query"]
     rows = [line.split("\t") for line in lines[1:-1]]
-    assert [(r[2], r[3], r[6]) for r in rows] == [
-        ("1", "0.970", "expired"), ("2", "0.930", "served"), ("3", "0.800", "below threshold"),
+    assert [(r[2], r[3], r[4], r[7]) for r in rows] == [
+        ("1", "0.970", "0.970", "expired"), ("2", "0.930", "0.930", "served"),
+        ("3", "0.800", "0.800", "below threshold"),
     ]  # the other namespace's entry is never a candidate
-    assert lines[-1] == "ask would serve entry 2 (semantic hit, similarity 0.930, confidence 0.908)"
+    assert lines[-1] == "ask would serve entry 2 (semantic hit, similarity 0.930, cosine 0.930, confidence 0.908)"
 
 
 def test_similar_json_agrees_with_what_ask_then_does(neighbours: Path) -> None:
     explained = json.loads(run_cli("inspect", "--similar", "the probe", "--embed-model", "all-minilm", "--json").stdout)
     assert explained["decision"] == {"hit": True, "source": "semantic", "entry_id": 2, "miss_reason": None,
-                                     "similarity": 0.93, "confidence": pytest.approx(0.908, abs=1e-3)}
+                                     "similarity": 0.93, "cosine": 0.93, "confidence": pytest.approx(0.908, abs=1e-3)}
     assert [c["verdict"] for c in explained["candidates"]] == ["expired", "served", "below threshold"]
     hits_before = sum(entry.hits for entry in stored(neighbours))
     assert logged(neighbours) == []  # inspect logs nothing
@@ -229,10 +232,10 @@ def test_similar_json_agrees_with_what_ask_then_does(neighbours: Path) -> None:
 
 def test_similar_miss_reasons(neighbours: Path) -> None:
     strict = run_cli("inspect", "--similar", "the probe", "--embed-model", "all-minilm", "--threshold", "0.95")
-    assert strict.stdout.splitlines()[-1] == "ask would miss (expired, similarity 0.970) and call the model"
+    assert strict.stdout.splitlines()[-1] == "ask would miss (expired, similarity 0.970, cosine 0.970) and call the model"
     stricter = run_cli("inspect", "--similar", "the probe", "--embed-model", "all-minilm", "--threshold", "0.98")
     assert stricter.stdout.splitlines()[-1] == (
-        "ask would miss (no_match, best similarity 0.970 < threshold 0.980) and call the model")
+        "ask would miss (no_match, best similarity 0.970 < threshold 0.980, cosine 0.970) and call the model")
     other = run_cli("inspect", "--similar", "the probe", "--embed-model", "all-minilm", "-n", "team", "--jsonl")
     assert [json.loads(line)["entry_id"] for line in other.stdout.splitlines()] == [4]
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cache_at, logged, restore, run_cli, stored
+from conftest import cache_at, calibrated, logged, restore, run_cli, stored
 from fake_ollama import FakeOllama
 
 Q = "How do I reset my password?"
@@ -20,6 +20,8 @@ DAY = 86400.0
 @pytest.fixture
 def pg(postgres_db: str, ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("SEMCACHE_DB", postgres_db)
+    calibrated(postgres_db)  # both models' semantic layers on, as in a store with enough questions
+    calibrated(postgres_db, "all-minilm", 384)
     return postgres_db
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, claim_free, logged, postgres_url, run_cli, start_postgres, stored
+from conftest import REPO, calibrated, claim_free, logged, postgres_url, run_cli, start_postgres, stored
 from fake_ollama import FakeOllama
 
 LONG_ANSWER = " ".join(f"word{i}" for i in range(40))
@@ -53,6 +53,7 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> tuple[int, st
 
 def test_one_machine_s_miss_is_the_other_s_hit(postgres_db: str, ollama: FakeOllama, tmp_path: Path) -> None:
     laptop, runner = machine(tmp_path, "laptop", postgres_db, ollama), machine(tmp_path, "runner", postgres_db, ollama)
+    calibrated(postgres_db)  # a store with enough questions for semantic hits
     code, out, err = finish(semcache(laptop, "ask", "How do I reset my password?"))
     assert code == 0 and "miss (no_match)" in err
     code, out, err = finish(semcache(runner, "ask", "how do I reset my password"))

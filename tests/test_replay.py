@@ -15,13 +15,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SHARED_DATA, cache_at, claim_free, db_rows, logged, run_cli, run_proc, stored
+from conftest import (
+    REPO,
+    SHARED_DATA,
+    cache_at,
+    calibrated,
+    claim_free,
+    db_rows,
+    logged,
+    neutral_scale,
+    run_cli,
+    run_proc,
+    stored,
+)
 from fake_ollama import FakeOllama, load_clinc_table
 
 from semcache_cli.replay import parse_lines, parse_thresholds
 from semcache_cli.storage.models import Entry, LogRow
 
 MINILM = ("--embed-model", "all-minilm")
+COSINE = ("--scale", "cosine")  # small made-up scenarios are stated in exact cosines
 
 
 def at_angle(cosine: float, axis: int = 1) -> np.ndarray:
@@ -115,6 +128,7 @@ def test_live_warms_the_cache_through_the_ask_pipeline(ollama: FakeOllama, tmp_p
 
 def test_live_labels_make_wrong_answers_visible(ollama: FakeOllama, tmp_path: Path, isolated_env: Path) -> None:
     ollama.table.update({"base": at_angle(1.0), "close same": at_angle(0.95), "close other": at_angle(0.93, 2)})
+    neutral_scale(isolated_env)
     path = write(tmp_path / "q.jsonl", [{"query": "base", "label": "a"}, {"query": "close same", "label": "a"},
                                         {"query": "close other", "label": "b"}])
     report = json.loads(run_cli("replay", str(path), "-j", "1", "--json", *MINILM).stdout)["reports"][0]
@@ -165,10 +179,11 @@ def test_a_vector_with_no_direction_costs_its_query_the_semantic_layer_and_no_mo
     # only, as ask does), the others keep theirs, and the replay goes on.
     ollama.table.update({"zero one": np.zeros(384), "zero two": np.zeros(384), "base": at_angle(1.0),
                          "close": at_angle(0.95)})
+    neutral_scale(isolated_env)  # live and dry runs: a scale under which the similarity is these cosines
     if mode == "--dry-run":
         assert run_cli("replay", str(write(tmp_path / "w.txt", ["base", "zero one"])), *MINILM).exit_code == 0
     path = write(tmp_path / "q.txt", ["base", "zero one", "close", "zero two", "zero one"])
-    args = ["-j", "1"] if mode == "live" else [mode]  # one at a time: close comes after base
+    args = ["-j", "1"] if mode == "live" else [mode, *COSINE] if mode == "--simulate" else [mode]  # -j 1: in order
     result = run_cli("replay", str(path), *args, "--json", *MINILM)
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)["reports"][0]
@@ -188,6 +203,7 @@ def warm(ollama: FakeOllama, tmp_path: Path, isolated_env: Path) -> Path:
     ollama.table.update({"stored one": at_angle(1.0), "near one": at_angle(0.9), "far one": at_angle(0.5)})
     path = write(tmp_path / "warm.txt", ["stored one"])
     assert run_cli("replay", str(path), *MINILM).exit_code == 0
+    neutral_scale(isolated_env)
     ollama.reset()
     return isolated_env
 
@@ -218,7 +234,7 @@ def test_simulate_never_touches_the_cache_or_the_model(warm: Path, ollama: FakeO
                                         {"query": "b2", "label": "b"}])
     out = tmp_path / "rows.jsonl"
     result = run_cli("replay", str(path), "--simulate", "--thresholds", "0.85,0.9,0.99", "--json", "--out", str(out),
-                     "--guards", "none", *MINILM)  # the made-up texts differ in digits
+                     "--guards", "none", *MINILM, *COSINE)  # the made-up texts differ in digits
     assert result.exit_code == 0, result.stderr
     reports = {r["threshold"]: r for r in json.loads(result.stdout)["reports"]}
     assert reports[0.85]["hits"] == {"exact": 1, "semantic": 2, "total": 3}  # a2→a, B1!→b1 (exact), b2→"stored one"
@@ -238,7 +254,7 @@ def test_target_error_recommends_the_threshold(ollama: FakeOllama, tmp_path: Pat
     path = write(tmp_path / "q.jsonl", [{"query": "a1", "label": "a"}, {"query": "a2", "label": "a"},
                                         {"query": "b1", "label": "b"}])
     result = run_cli("replay", str(path), "--simulate", "--thresholds", "0.80:0.95:0.05", "--target-error", "0.01",
-                     "--guards", "none", *MINILM)
+                     "--guards", "none", *MINILM, *COSINE)
     lines = result.stdout.splitlines()
     assert lines[1].split() == ["threshold", "hit", "rate", "exact", "semantic", "wrong-answer", "rate", "precision"]
     assert lines[2].split()[:2] == ["0.80", "66.7%"] and lines[3].split()[:2] == ["0.85", "66.7%"]
@@ -246,7 +262,7 @@ def test_target_error_recommends_the_threshold(ollama: FakeOllama, tmp_path: Pat
     # 0.95 keeps the same hits: on a tie the higher, safer threshold is recommended
     assert lines[5].startswith("     0.95     33.3%") and lines[5].endswith("← recommended (wrong answers ≤ 1.00%)")
     assert json.loads(run_cli("replay", str(path), "--simulate", "--thresholds", "0.8,0.9", "--target-error", "0.01",
-                              "--json", "--guards", "none", *MINILM).stdout)["recommended_threshold"] == 0.9
+                              "--json", "--guards", "none", *MINILM, *COSINE).stdout)["recommended_threshold"] == 0.9
 
 
 def test_simulate_applies_the_guards_as_ask_does(ollama: FakeOllama, tmp_path: Path) -> None:
@@ -255,9 +271,10 @@ def test_simulate_applies_the_guards_as_ask_does(ollama: FakeOllama, tmp_path: P
     path = write(tmp_path / "q.jsonl", [{"query": "how do I enable 2FA", "label": "on"},
                                         {"query": "how do I disable 2FA", "label": "off"},
                                         {"query": "how can I enable 2FA", "label": "on"}])
-    plain = json.loads(run_cli("replay", str(path), "--simulate", "--json", "--guards", "none", *MINILM).stdout)
+    plain = json.loads(run_cli("replay", str(path), "--simulate", "--json", "--guards", "none", *MINILM,
+                               *COSINE).stdout)
     assert plain["reports"][0]["wrong_hits"] == 1  # disable served enable's answer
-    guarded = json.loads(run_cli("replay", str(path), "--simulate", "--json", *MINILM).stdout)["reports"][0]
+    guarded = json.loads(run_cli("replay", str(path), "--simulate", "--json", *MINILM, *COSINE).stdout)["reports"][0]
     assert guarded["misses"] == {"no_match": 1, "guard:negation": 1}
     # "how can I enable" is nearest to the stored "disable" (0.96 x 0.95 + ...), which the
     # guard rejects; ask then takes the next candidate, the stored "enable": a correct hit
@@ -275,6 +292,7 @@ def test_shuffle_fixes_an_order(ollama: FakeOllama, tmp_path: Path) -> None:
 
 
 def test_from_log_replays_real_traffic(ollama: FakeOllama, isolated_env: Path) -> None:
+    calibrated(isolated_env)
     for question in ("logged one", "logged two", "logged one"):
         run_cli("ask", "-q", question)
     result = run_cli("replay", "--from-log", "--dry-run", "--json")
@@ -300,7 +318,7 @@ def test_simulate_reproduces_the_clinc_baseline(ollama: FakeOllama, tmp_path: Pa
     ollama.table.update(table)
     path = write(tmp_path / "inscope.jsonl", [r for r in rows if r["label"] != "oos"])
     result = run_cli("replay", str(path), "--simulate", "--shuffle", "0", "--thresholds", "0.80,0.85,0.90,0.95",
-                     "--json", "--guards", "none", *MINILM)  # the baseline is a plain cosine threshold
+                     "--json", "--guards", "none", *MINILM, *COSINE)  # the baseline is a plain cosine threshold
     assert result.exit_code == 0, result.stderr
     for report in json.loads(result.stdout)["reports"]:
         hit_rate, wrong_rate = BASELINE[report["threshold"]]

@@ -50,7 +50,8 @@ def exact_best(store: Store, query: array) -> tuple[int, float]:
 
 
 def fast_best(store: Store, query: array) -> tuple[int, float]:
-    return store.nearest(SCOPE, MODEL, query, 1)[0]
+    found = store.nearest(SCOPE, MODEL, query, 1)[0]
+    return found.id, found.cosine
 
 
 def chunk_ids(store: Store) -> list[int]:

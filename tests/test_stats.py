@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cache_at, run_cli, run_proc
+from conftest import cache_at, calibrated, run_cli, run_proc
 from fake_ollama import FakeOllama
 
 from semcache_cli import stats, vectors
@@ -95,7 +95,8 @@ def test_since_window(known: Path) -> None:
 
 
 def test_similarity_histogram(known: Path) -> None:
-    sim = json.loads(run_cli("stats", "--json").stdout)["similarity"]
+    assert json.loads(run_cli("stats", "--json").stdout)["similarity"]["threshold"] == 0.84  # the default
+    sim = json.loads(run_cli("stats", "--json", "--threshold", "0.85").stdout)["similarity"]
     assert sim["threshold"] == 0.85 and sim["bin_width"] == 0.02
     bins = {(b["low"], b["high"]): (b["hits"], b["near_misses"]) for b in sim["bins"]}
     assert bins[(0.83, 0.85)] == (0, 2)  # 0.84 (model) and 0.83 (cache-only miss)
@@ -110,7 +111,7 @@ def test_similarity_histogram(known: Path) -> None:
 
 
 def test_text_report(known: Path) -> None:
-    result = run_cli("stats")
+    result = run_cli("stats", "--threshold", "0.85")
     assert result.exit_code == 0 and result.stderr == ""
     lines = result.stdout.splitlines()
     assert lines[1].startswith("entries      4 (3 live, 1 expired); oldest ")
@@ -146,6 +147,7 @@ def test_stats_of_a_named_cache_that_is_not_there_is_exit_2(isolated_env: Path) 
 
 
 def test_stats_after_real_asks(ollama: FakeOllama, isolated_env: Path) -> None:
+    calibrated(isolated_env)  # semantic lookups on: the misses are no_match, not calibrating
     for args in (["a question"], ["a question"], ["A question?"], ["a question", "--no-cache"], ["other one", "--cache-only"]):
         run_cli("ask", "-q", *args)
     req = json.loads(run_cli("stats", "--json").stdout)["requests"]

@@ -121,7 +121,7 @@ def test_many_answers_at_once(backend_store: Store) -> None:
     assert len(set(ids)) == 301 and backend_store.count() == 301
     assert [backend_store.get(i).query for i in ids[:3]] == ["q0", "q1", "q2"]  # type: ignore[union-attr]
     found = backend_store.nearest("s1", MODEL, rows[123], 1)
-    assert found[0][0] == ids[123] and found[0][1] == pytest.approx(1.0, abs=1e-6)
+    assert found[0].id == ids[123] and found[0].cosine == pytest.approx(1.0, abs=1e-6)
 
 
 # -- search --------------------------------------------------------------------------------
@@ -132,8 +132,8 @@ def test_nearest_stays_within_scope_model_and_dimension(backend_store: Store) ->
     backend_store.store_answer(answer("c", vector=unit([1, 0, 0, 0])))
     backend_store.store_answer(answer("d", vector=unit([1, 0.1, 0]), embed_model="nomic-embed-text:latest"))
     near_a = backend_store.nearest("s1", MODEL, unit([1, 0.2, 0]), 5)
-    assert [backend_store.get(i).query for i, _ in near_a] == ["a"]  # type: ignore[union-attr]
-    assert near_a[0][1] == pytest.approx(1 / np.sqrt(1.04), abs=1e-6)
+    assert [backend_store.get(i).query for i, *_ in near_a] == ["a"]  # type: ignore[union-attr]
+    assert near_a[0].cosine == pytest.approx(1 / np.sqrt(1.04), abs=1e-6) and near_a[0].projections == ()
     assert backend_store.nearest("s3", MODEL, unit([1, 0, 0]), 5) == []
 
 
@@ -141,8 +141,8 @@ def test_nearest_ranks_best_first(backend_store: Store) -> None:
     for name, values in (("east", [1, 0]), ("north-east", [0.8, 0.6]), ("north", [0, 1]), ("west", [-1, 0])):
         backend_store.store_answer(answer(name, vector=unit(values)))
     found = backend_store.nearest("s1", MODEL, unit([1, 0.1]), 3)
-    assert [backend_store.get(i).query for i, _ in found] == ["east", "north-east", "north"]  # type: ignore[union-attr]
-    assert [s for _, s in found] == sorted((s for _, s in found), reverse=True)
+    assert [backend_store.get(i).query for i, *_ in found] == ["east", "north-east", "north"]  # type: ignore[union-attr]
+    assert [n.cosine for n in found] == sorted((n.cosine for n in found), reverse=True)
 
 
 def test_nearest_agrees_with_an_exact_scan_through_restores_and_deletes(backend_store: Store) -> None:
@@ -161,7 +161,7 @@ def test_nearest_agrees_with_an_exact_scan_through_restores_and_deletes(backend_
         ids = list(kept)
         for _ in range(count):
             query = near(kept[ids[int(rng.integers(len(ids)))]], rng, float(rng.uniform(0.6, 0.98)))
-            (found, similarity), = backend_store.nearest("s1", MODEL, query, 1)
+            (found, similarity, _), = backend_store.nearest("s1", MODEL, query, 1)
             best, best_similarity = exact_best(kept, query)
             assert found == best and similarity == pytest.approx(best_similarity, abs=1e-5)
 
@@ -175,10 +175,73 @@ def test_nearest_agrees_with_an_exact_scan_through_restores_and_deletes(backend_
     assert backend_store.delete(doomed, Selector(), NOW) == 300
     for entry_id in doomed:
         query = near(kept.pop(entry_id), rng, 0.99)
-        (found, _), = backend_store.nearest("s1", MODEL, query, 1)
+        (found, *_), = backend_store.nearest("s1", MODEL, query, 1)
         assert found != entry_id and found in kept
     backend_store.compact()
     agree()
+
+
+def test_nearest_gives_the_projections_asked_for(backend_store: Store) -> None:
+    rng = np.random.default_rng(9)
+    rows = [unit(v) for v in rng.standard_normal((50, 24))]
+    ids = backend_store.store_many([answer(f"q{i}", vector=v) for i, v in enumerate(rows)])
+    directions = [unit(v) for v in rng.standard_normal((3, 24))]
+    found = backend_store.nearest("s1", MODEL, rows[7], 4, directions)
+    assert found[0].id == ids[7] and len(found) == 4
+    for neighbour in found:
+        vector = np.asarray(rows[ids.index(neighbour.id)], dtype=np.float64)
+        assert neighbour.projections == pytest.approx([float(np.dot(d, vector)) for d in directions], abs=1e-5)
+
+
+# -- the calibrated scale -------------------------------------------------------------------
+
+def test_a_models_scale_is_kept_and_replaced(backend_store: Store) -> None:
+    rng = np.random.default_rng(4)
+    sample = [unit(v) for v in rng.standard_normal((64, 16))]
+    scale = vectors.estimate(sample, 64, 70)
+    assert backend_store.calibration(MODEL, 16) is None
+    backend_store.save_calibration(MODEL, scale)
+    kept = backend_store.calibration(MODEL, 16)
+    assert kept is not None and kept.ready and len(kept.directions) == 1
+    assert (kept.dims, kept.vectors, kept.checked_at) == (16, 64, 70)
+    assert kept.median == pytest.approx(scale.median) and kept.spread == pytest.approx(scale.spread)
+    assert list(kept.directions[0]) == pytest.approx(list(scale.directions[0]), abs=1e-6)
+    assert list(kept.offsets) == pytest.approx(list(scale.offsets), abs=1e-6)
+    backend_store.save_calibration(MODEL, kept._replace(vectors=128, checked_at=200))
+    assert backend_store.calibration(MODEL, 16).vectors == 128  # type: ignore[union-attr]
+    assert backend_store.calibration(MODEL, 32) is None and backend_store.calibration("other:latest", 16) is None
+
+
+def test_a_scale_advances_only_over_the_one_it_was_made_from(backend_store: Store) -> None:
+    rng = np.random.default_rng(5)
+    first = vectors.estimate([unit(v) for v in rng.standard_normal((32, 16))], 32, 32)
+    assert backend_store.advance_calibration(MODEL, first, None)
+    assert not backend_store.advance_calibration(MODEL, first._replace(vectors=40), None)  # one is there already
+    newer = vectors.estimate([unit(v) for v in rng.standard_normal((64, 16))], 64, 64)
+    assert backend_store.advance_calibration(MODEL, newer, first)
+    # Another process, still holding the first scale, found 50 vectors: it must not undo the newer one.
+    assert not backend_store.advance_calibration(MODEL, first._replace(checked_at=50), first)
+    kept = backend_store.calibration(MODEL, 16)
+    assert kept is not None and (kept.vectors, kept.checked_at) == (64, 64)
+    assert kept.median == pytest.approx(newer.median)
+
+
+def test_the_vectors_of_each_model_are_counted_and_sampled(backend_store: Store) -> None:
+    rng = np.random.default_rng(6)
+    rows = [unit(v) for v in rng.standard_normal((40, 8))]
+    ids = backend_store.store_many([answer(f"a{i}", vector=v, scope=f"s{i % 3}") for i, v in enumerate(rows)])
+    others = backend_store.store_many([answer(f"b{i}", vector=unit(v), embed_model="nomic-embed-text:latest")
+                                       for i, v in enumerate(rng.standard_normal((5, 12)))])
+    backend_store.store_answer(answer("no vector"))
+    groups = backend_store.vector_groups()
+    assert [(g.embed_model, g.dims, g.vectors, g.top_id) for g in groups] == [
+        (MODEL, 8, 40, max(ids)), ("nomic-embed-text:latest", 12, 5, max(others))]
+    assert backend_store.vector_count(MODEL, 8) == 40 and backend_store.vector_count(MODEL, 9) == 0
+    sample = backend_store.sample_vectors(MODEL, 8, 10)
+    assert len(sample) == 10 and all(len(v) == 8 for v in sample)
+    known = {tuple(round(float(x), 5) for x in v) for v in rows}
+    assert all(tuple(round(float(x), 5) for x in v) in known for v in sample)  # across scopes, never another model
+    assert len(backend_store.sample_vectors(MODEL, 8, 1000)) == 40
 
 
 # -- claims --------------------------------------------------------------------------------
@@ -274,7 +337,7 @@ def test_delete_rechecks_its_selector(backend_store: Store, varied: dict[str, in
     assert backend_store.delete([varied["team"], varied["qwen"]], Selector(), NOW) == 2
     assert backend_store.count() == 3 and backend_store.get(varied["qwen"]) is None
     assert backend_store.vector_of(varied["qwen"]) is None  # its vector went with it
-    assert backend_store.nearest("s1", MODEL, unit([0, 1]), 5)[0][0] == varied["fresh"]
+    assert backend_store.nearest("s1", MODEL, unit([0, 1]), 5)[0].id == varied["fresh"]
 
 
 def test_least_recently_used_order(backend_store: Store, varied: dict[str, int]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import db_rows, run_cli
+from conftest import calibrated, db_rows, run_cli
 from fake_ollama import FakeOllama
 
 from semcache_cli import vectors
@@ -23,9 +23,9 @@ def new_entry(query: str = "q", response: str = "a", vector: np.ndarray | None =
     fields = dict(scope="s1", exact_key=f"k-{query}", namespace="default", model="llama3.2", system=None,
                   options={}, format=None, query=query, response=response, created_at=1000.0, ttl=3600.0,
                   done_reason="stop", completion_tokens=12, prompt_tokens=5, generation_s=2.5)
-    fields.update(kw)
     if vector is not None:
         fields.update(embed_model="all-minilm:latest", vector=vector)
+    fields.update(kw)
     return NewEntry(**fields)  # type: ignore[arg-type]
 
 
@@ -40,7 +40,7 @@ def test_fresh_database_is_private_wal_and_versioned(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     applied = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'semcache'")]
     assert applied == ["m001_initial", "m002_claims", "m003_request_query", "m004_search_chunks", "m005_short_keys",
-                       "m006_claims_without_rowid"]
+                       "m006_claims_without_rowid", "m007_calibrations"]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"entries", "entry_vectors", "requests", "claims"} <= tables
 
@@ -52,7 +52,7 @@ def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None
     store.close()
     store = Store.open(path)
     assert store.get(entry_id).response == "a"  # type: ignore[union-attr]
-    assert len(db_rows(path, "SELECT * FROM _sqlite_migrations")) == SCHEMA_VERSION == 6
+    assert len(db_rows(path, "SELECT * FROM _sqlite_migrations")) == SCHEMA_VERSION == 7
 
 
 def test_a_version_1_file_is_upgraded_in_place_keeping_its_entries(tmp_path: Path) -> None:
@@ -63,14 +63,17 @@ def test_a_version_1_file_is_upgraded_in_place_keeping_its_entries(tmp_path: Pat
     conn = sqlite3.connect(path)  # turn it back into what semcache 0.1 wrote
     conn.execute("DROP TABLE claims")
     conn.execute("DROP TABLE search_chunks")
+    conn.execute("DROP TABLE calibrations")
+    conn.execute("DROP INDEX entry_vectors_model")
     conn.execute("ALTER TABLE requests DROP COLUMN query")
+    conn.execute("ALTER TABLE requests DROP COLUMN cosine")
     conn.execute("DELETE FROM _sqlite_migrations WHERE name != 'm001_initial'")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
     store = Store.open(path)
     assert store.get(entry_id).query == "kept"  # type: ignore[union-attr]
-    assert db_rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 6
+    assert db_rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 7
     chunk = db_rows(path, "SELECT ids, codes FROM search_chunks")  # derived from the old vectors
     assert np.frombuffer(chunk[0]["ids"], "<i8").tolist() == [entry_id] and chunk[0]["codes"] == bytes([0b10000000])
     assert db_rows(path, "SELECT count(*) FROM claims")[0][0] == 0
@@ -145,9 +148,37 @@ def test_a_cache_written_with_full_length_keys_keeps_answering(ollama: FakeOllam
     conn.execute("PRAGMA user_version = 4")
     conn.commit()
     conn.close()
+    calibrated(isolated_env)  # opens the file (migrating it) and turns the semantic layer on
     assert "exact hit" in run_cli("ask", question).stderr
     assert "semantic hit" in run_cli("ask", paraphrase).stderr
     assert ollama.counts["/api/chat"] == 1
     for table in ("entries", "entry_vectors", "search_chunks", "requests"):
         assert {len(r[0]) for r in db_rows(isolated_env, f"SELECT scope FROM {table}")} == {16}, table
     assert {len(r[0]) for r in db_rows(isolated_env, "SELECT exact_key FROM entries")} == {32}
+
+
+def test_a_file_from_before_the_calibrated_scale_gets_one_for_each_model(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    store = Store.open(path)
+    rng = np.random.default_rng(3)
+    store.store_many([new_entry(f"q{i}", vector=vectors.unit_vector(list(v))) for i, v in
+                      enumerate(rng.standard_normal((40, 24)))])
+    store.store_many([new_entry(f"few{i}", vector=vectors.unit_vector(list(v)), embed_model="nomic-embed-text:latest")
+                      for i, v in enumerate(rng.standard_normal((5, 16)))])
+    store.close()
+    conn = sqlite3.connect(path)  # back to schema 6, as semcache before the scale wrote it
+    conn.execute("DROP TABLE calibrations")
+    conn.execute("DROP INDEX entry_vectors_model")
+    conn.execute("ALTER TABLE requests DROP COLUMN cosine")
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm007_calibrations'")
+    conn.execute("PRAGMA user_version = 6")
+    conn.commit()
+    conn.close()
+    store = Store.open(path)
+    scale = store.calibration("all-minilm:latest", 24)
+    assert scale is not None and scale.ready and scale.vectors == 40
+    assert scale.checked_at == 40  # its newest vector: growth is counted from there
+    assert len(scale.directions) == 1 and scale.problem is None
+    few = store.calibration("nomic-embed-text:latest", 16)  # too few for a scale: its cold state
+    assert few is not None and not few.ready and few.vectors == 5
+    store.close()

@@ -185,6 +185,7 @@ class LogRow(NamedTuple):
     saved_s: float | None = None
     saved_tokens: int | None = None
     error: str | None = None
+    cosine: float | None = None  # the raw cosine beside `similarity`, the calibrated score
     id: int | None = None  # last: a row's other values are row[:-1], in LOG_FIELDS order
 
 
@@ -214,6 +215,24 @@ class RequestCounts(NamedTuple):
     saved_s: float
     saved_tokens: int
     latencies_ms: dict[str, list[float]]  # by path, ascending
+
+
+class Neighbour(NamedTuple):
+    """A stored entry near a query: its raw cosine, and its vector's projections on the
+    calibration directions the lookup asked for (vectors.calibrated takes them)."""
+
+    id: int
+    cosine: float
+    projections: tuple[float, ...] = ()
+
+
+class VectorGroup(NamedTuple):
+    """The stored vectors of one embedding model and dimension, across scopes."""
+
+    embed_model: str
+    dims: int
+    vectors: int
+    top_id: int  # the newest entry among them: where the scale's growth is counted from
 
 
 class TopEntry(NamedTuple):

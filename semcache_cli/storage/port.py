@@ -4,7 +4,8 @@ it; nothing above storage/ sees SQL, a connection or a backend's exception.
 
 Shaped by what the callers do, not by tables:
 - ask: find_exact, nearest (the search index is the backend's own), get, store_answer,
-  record_hit, log_request, and the single-flight claims;
+  record_hit, log_request, the single-flight claims, and the calibrated scale of each
+  embedding model (calibration, save_calibration, vector_count, sample_vectors);
 - inspect: entries (streamed), vector_of;
 - purge: select_ids, lru_ids, delete, delete_log_before, the size accounting
   (used_bytes, entry_sizes, log_bytes), compact, vacuum;
@@ -19,17 +20,22 @@ message that says what to do.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from semcache_cli.storage.models import (
     Entry,
     EntryCounts,
     LogRow,
+    Neighbour,
     NewEntry,
     RequestCounts,
     TopEntry,
+    VectorGroup,
 )
 from semcache_cli.storage.selector import Selector
+
+if TYPE_CHECKING:
+    from semcache_cli.vectors import Calibration
 
 
 class Store(Protocol):
@@ -43,9 +49,11 @@ class Store(Protocol):
     def get(self, entry_id: int) -> Entry | None:
         """The entry with this id; None when it is gone (purged meanwhile)."""
 
-    def nearest(self, scope: str, embed_model: str, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
-        """Up to k (entry id, cosine) of the entries of this scope embedded with this model
-        at this dimension, most similar first. Never another scope, model or dimension."""
+    def nearest(self, scope: str, embed_model: str, vector: Sequence[float], k: int,
+                directions: Sequence[Sequence[float]] = ()) -> list[Neighbour]:
+        """Up to k entries of this scope embedded with this model at this dimension, most
+        similar (raw cosine) first, each with its vector's projections on `directions`
+        (the calibration's). Never another scope, model or dimension."""
 
     def store_answer(self, new: NewEntry, request: LogRow | None = None, claim_owner: str | None = None) -> int:
         """Upsert on (scope, exact key): a fresh answer replaces the old one under the same
@@ -66,6 +74,28 @@ class Store(Protocol):
 
     def log_request(self, request: LogRow) -> None:
         ...
+
+    # -- the calibrated scale ----------------------------------------------------------
+
+    def calibration(self, embed_model: str, dims: int) -> Calibration | None:
+        """The model's stored scale (or its cold state: no directions yet), or None."""
+
+    def save_calibration(self, embed_model: str, calibration: Calibration) -> None:
+        """Keep the model's scale, whatever was stored (an estimate made on purpose)."""
+
+    def advance_calibration(self, embed_model: str, calibration: Calibration, replacing: Calibration | None) -> bool:
+        """Keep it only if the stored one is still `replacing` (the same vectors and
+        checked_at; None: none stored), so what another process saved meanwhile stands.
+        True when it was kept."""
+
+    def vector_groups(self) -> list[VectorGroup]:
+        """Every (embedding model, dims) with stored vectors, and how many."""
+
+    def vector_count(self, embed_model: str, dims: int) -> int:
+        ...
+
+    def sample_vectors(self, embed_model: str, dims: int, n: int) -> list[Sequence[float]]:
+        """Up to n stored vectors of the model, drawn uniformly across scopes."""
 
     # -- single-flight claims ----------------------------------------------------------
 

@@ -44,16 +44,20 @@ from semcache_cli.storage.models import (
     Entry,
     EntryCounts,
     LogRow,
+    Neighbour,
     NewEntry,
     RequestCounts,
     TopEntry,
+    VectorGroup,
 )
+from semcache_cli.storage.sqlite_schema import calibration_from_row, calibration_row
 from semcache_cli.storage.translate import translating
 
 if TYPE_CHECKING:
     from semcache_cli.storage.selector import Selector
+    from semcache_cli.vectors import Calibration
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_SCHEMA = "semcache"
 EXACT_UP_TO = 5_000  # vectors in a scope searched exactly, without the index
 HNSW_MAX_DIMS = {"vector": 2_000, "halfvec": 4_000}  # pgvector's limits for an HNSW index (halfvec: 0.7+)
@@ -210,6 +214,7 @@ class PostgresStore:
         self._indexed: set[tuple[str, int]] = set()
         s, v = f'"{schema}"', '"' + vector_schema.replace('"', '""') + '"'
         self._s, self._vector, self._distance = s, f"{v}.vector", f"OPERATOR({v}.<=>)"
+        self._product = f"OPERATOR({v}.<#>)"  # the negative inner product
         self._vec_schema = v
         self._entry_columns = ", ".join(ENTRY_FIELDS)
         self._insert_request = (f"INSERT INTO {s}.requests ({', '.join(LOG_FIELDS)}) "
@@ -225,7 +230,8 @@ class PostgresStore:
             state = cls._describe(conn, schema)
             if not create and (state is None or state[2] is None):
                 raise UsageError(f"there is no cache in schema {schema} at {location} (check the URL and ?schema=)")
-            if state is None or state[2] is None or int(state[2]) < SCHEMA_VERSION:
+            before = int(state[2]) if state is not None and state[2] is not None else 0
+            if before < SCHEMA_VERSION:
                 cls._migrate(conn, schema, location)
                 state = cls._describe(conn, schema)
             assert state is not None and state[2] is not None
@@ -238,7 +244,12 @@ class PostgresStore:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, conninfo, schema, location, timeout_s, _version(state[0]), state[1])
+        store = cls(conn, conninfo, schema, location, timeout_s, _version(state[0]), state[1])
+        if 0 < before < 2 <= int(state[2]):  # a store from before the calibrated scale: one for each model now
+            from semcache_cli.storage import scales
+
+            scales.rebuild_all(store)
+        return store
 
     @staticmethod
     def _connect(conninfo: str, location: str, timeout_s: float) -> psycopg.Connection[Any]:
@@ -342,7 +353,19 @@ class PostgresStore:
         return Entry.from_stored(row) if row else None
 
     @_reconnecting
-    def nearest(self, scope: str, embed_model: str, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
+    def nearest(self, scope: str, embed_model: str, vector: Sequence[float], k: int,
+                directions: Sequence[Sequence[float]] = ()) -> list[Neighbour]:
+        found = self._nearest(scope, embed_model, vector, k)
+        if not directions or not found:
+            return [Neighbour(entry_id, cosine) for entry_id, cosine in found]
+        # The projections of the k found, computed by the server (the vectors stay there).
+        products = ", ".join(f"-(embedding {self._product} %s::{self._vector})" for _ in directions)
+        rows = {r[0]: tuple(float(x) for x in r[1:]) for r in self._conn.execute(
+            f"SELECT entry_id, {products} FROM {self._s}.entry_vectors WHERE entry_id = ANY(%s)",
+            [*(_vector_text(d) for d in directions), [entry_id for entry_id, _ in found]])}
+        return [Neighbour(entry_id, cosine, rows[entry_id]) for entry_id, cosine in found if entry_id in rows]
+
+    def _nearest(self, scope: str, embed_model: str, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
         dims, text = len(vector), _vector_text(vector)
         size = _one(self._conn.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM {self._s}.entry_vectors WHERE embed_model = %s AND dims = %s "
@@ -405,6 +428,47 @@ class PostgresStore:
                     f"WHERE embed_model = {model} AND dims = {dims:d}"
                 )
         self._indexed.add((embed_model, dims))
+
+    # -- the calibrated scale ----------------------------------------------------------
+
+    @_reconnecting
+    def calibration(self, embed_model: str, dims: int) -> Calibration | None:
+        row = self._conn.execute(f"SELECT dims, vectors, checked_at, directions, offsets, median, spread, "
+                                 f"effective_dims, identical FROM {self._s}.calibrations "
+                                 "WHERE embed_model = %s AND dims = %s", (embed_model, dims)).fetchone()
+        return calibration_from_row(row) if row else None
+
+    def save_calibration(self, embed_model: str, calibration: Calibration) -> None:
+        self._conn.execute(
+            f"INSERT INTO {self._s}.calibrations VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (embed_model, dims) DO UPDATE SET vectors = excluded.vectors, checked_at = excluded.checked_at, "
+            "directions = excluded.directions, offsets = excluded.offsets, median = excluded.median, "
+            "spread = excluded.spread, effective_dims = excluded.effective_dims, identical = excluded.identical",
+            (embed_model, *calibration_row(calibration)))
+
+    def advance_calibration(self, embed_model: str, calibration: Calibration, replacing: Calibration | None) -> bool:
+        values = (embed_model, *calibration_row(calibration))
+        if replacing is None:
+            return self._conn.execute(f"INSERT INTO {self._s}.calibrations VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                                      "%s) ON CONFLICT DO NOTHING", values).rowcount == 1
+        return self._conn.execute(
+            f"UPDATE {self._s}.calibrations SET vectors = %s, checked_at = %s, directions = %s, offsets = %s, "
+            "median = %s, spread = %s, effective_dims = %s, identical = %s WHERE embed_model = %s AND dims = %s "
+            "AND vectors = %s AND checked_at = %s",
+            (*values[2:], embed_model, calibration.dims, replacing.vectors, replacing.checked_at)).rowcount == 1
+
+    def vector_groups(self) -> list[VectorGroup]:
+        return [VectorGroup(r[0], r[1], int(r[2]), int(r[3])) for r in self._conn.execute(
+            f"SELECT embed_model, dims, count(*), max(entry_id) FROM {self._s}.entry_vectors GROUP BY 1, 2 ORDER BY 1, 2")]
+
+    def vector_count(self, embed_model: str, dims: int) -> int:
+        return int(_one(self._conn.execute(f"SELECT count(*) FROM {self._s}.entry_vectors WHERE embed_model = %s "
+                                           "AND dims = %s", (embed_model, dims)))[0])
+
+    def sample_vectors(self, embed_model: str, dims: int, n: int) -> list[Sequence[float]]:
+        return [_parse_vector(r[0]) for r in self._conn.execute(
+            f"SELECT embedding::text FROM {self._s}.entry_vectors WHERE embed_model = %s AND dims = %s "
+            "ORDER BY random() LIMIT %s", (embed_model, dims, n))]
 
     @_reconnecting
     def store_answer(self, new: NewEntry, request: LogRow | None = None, claim_owner: str | None = None) -> int:
@@ -724,6 +788,21 @@ def _one(cursor: psycopg.Cursor[Any]) -> Any:
     if row is None:
         raise StoreError("the PostgreSQL server returned no row where one is always due")
     return row
+
+
+@_migration
+def _m002_calibrations(s: str, vector: str) -> list[str]:
+    # Each embedding model's calibrated scale (vectors.Calibration), and the raw cosine
+    # logged beside the calibrated score. Scales for vectors already stored follow the
+    # migration (calibrate_existing), computed in Python.
+    return [
+        f"""CREATE TABLE {s}.calibrations (
+            embed_model text NOT NULL, dims integer NOT NULL, vectors integer NOT NULL, checked_at bigint NOT NULL,
+            directions bytea NOT NULL, offsets bytea NOT NULL, median double precision NOT NULL,
+            spread double precision NOT NULL, effective_dims double precision NOT NULL,
+            identical double precision NOT NULL, PRIMARY KEY (embed_model, dims))""",
+        f"ALTER TABLE {s}.requests ADD COLUMN cosine double precision",
+    ]
 
 
 def _where(selector: Selector, now: float) -> tuple[str, list[Any]]:

@@ -33,15 +33,18 @@ from semcache_cli.storage.models import (
     Entry,
     EntryCounts,
     LogRow,
+    Neighbour,
     NewEntry,
     RequestCounts,
     TopEntry,
+    VectorGroup,
 )
-from semcache_cli.storage.sqlite_schema import SCHEMA_VERSION, migration_set
+from semcache_cli.storage.sqlite_schema import SCHEMA_VERSION, calibration_from_row, calibration_row, migration_set
 from semcache_cli.storage.translate import translating
 
 if TYPE_CHECKING:
     from semcache_cli.storage.selector import Selector
+    from semcache_cli.vectors import Calibration
 
 BUSY_TIMEOUT_S = 30.0
 MIN_SQLITE = (3, 35, 0)  # RETURNING (3.35), upserts (3.24)
@@ -209,6 +212,10 @@ class SQLiteStore:
                     cls.open(path, warn=None).close()
                     return cls.open(path, warn=warn, read_only=True)
                 store._migrate_when_free()
+                if 0 < version < 7:  # a file from before the calibrated scale: one for each model now
+                    from semcache_cli.storage import scales
+
+                    scales.rebuild_all(store)
             store._prepare()
         except sqlite3.Error as exc:
             conn.close()
@@ -301,10 +308,53 @@ class SQLiteStore:
         row = self._conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,)).fetchone()
         return Entry.from_stored(row) if row else None
 
-    def nearest(self, scope: str, embed_model: str, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
+    def nearest(self, scope: str, embed_model: str, vector: Sequence[float], k: int,
+                directions: Sequence[Sequence[float]] = ()) -> list[Neighbour]:
         from semcache_cli.storage import sqlite_index
 
-        return sqlite_index.nearest(self._conn, (scope, embed_model, len(vector)), vector, k)
+        return [Neighbour(*found) for found in
+                sqlite_index.nearest(self._conn, (scope, embed_model, len(vector)), vector, k, directions)]
+
+    # -- the calibrated scale ----------------------------------------------------------
+
+    def calibration(self, embed_model: str, dims: int) -> Calibration | None:
+        row = self._conn.execute("SELECT dims, vectors, checked_at, directions, offsets, median, spread, "
+                                 "effective_dims, identical FROM calibrations WHERE embed_model = ? AND dims = ?",
+                                 (embed_model, dims)).fetchone()
+        return calibration_from_row(row) if row else None
+
+    def save_calibration(self, embed_model: str, calibration: Calibration) -> None:
+        with self._write():
+            self._conn.execute("INSERT OR REPLACE INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               (embed_model, *calibration_row(calibration)))
+
+    def advance_calibration(self, embed_model: str, calibration: Calibration, replacing: Calibration | None) -> bool:
+        values = (embed_model, *calibration_row(calibration))
+        with self._write():
+            if replacing is None:
+                return self._conn.execute("INSERT INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                                          "ON CONFLICT DO NOTHING", values).rowcount == 1
+            return self._conn.execute(
+                "UPDATE calibrations SET vectors = ?, checked_at = ?, directions = ?, offsets = ?, median = ?, "
+                "spread = ?, effective_dims = ?, identical = ? WHERE embed_model = ? AND dims = ? AND vectors = ? "
+                "AND checked_at = ?", (*values[2:], embed_model, calibration.dims, replacing.vectors,
+                                       replacing.checked_at)).rowcount == 1
+
+    def vector_groups(self) -> list[VectorGroup]:
+        return [VectorGroup(*r) for r in self._conn.execute(
+            "SELECT embed_model, dims, count(*), max(entry_id) FROM entry_vectors GROUP BY embed_model, dims "
+            "ORDER BY 1, 2")]
+
+    def vector_count(self, embed_model: str, dims: int) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM entry_vectors WHERE embed_model = ? AND dims = ?",
+                                      (embed_model, dims)).fetchone()[0])
+
+    def sample_vectors(self, embed_model: str, dims: int, n: int) -> list[Sequence[float]]:
+        from semcache_cli import vectors
+
+        return [vectors.decode(r[0]) for r in self._conn.execute(
+            "SELECT vector FROM entry_vectors WHERE embed_model = ? AND dims = ? ORDER BY random() LIMIT ?",
+            (embed_model, dims, n))]
 
     def store_answer(self, new: NewEntry, request: LogRow | None = None, claim_owner: str | None = None) -> int:
         with self._write():

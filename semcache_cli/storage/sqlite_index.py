@@ -97,14 +97,15 @@ def _vectors_by_id(conn: sqlite3.Connection, ids: list[int], group: tuple[str, s
     return found, b"".join(blobs)
 
 
-def nearest(conn: sqlite3.Connection, group: tuple[str, str, int], query: Sequence[float],
-            k: int) -> list[tuple[int, float]]:
+def nearest(conn: sqlite3.Connection, group: tuple[str, str, int], query: Sequence[float], k: int,
+            directions: Sequence[Sequence[float]] = ()) -> list[tuple[int, float, tuple[float, ...]]]:
     """The k entries of the group nearest the query, best first: Hamming pass, then an
-    exact re-rank of the candidates' float vectors."""
+    exact re-rank of the candidates' float vectors, with their projections on
+    `directions` for the k returned."""
     ids, codes = _codes(conn, group)
     candidates = vectors.hamming_candidates(query, ids, codes, max(k, vectors.CANDIDATES))
     found, blob = _vectors_by_id(conn, candidates, group)
-    return vectors.top_matches(query, found, blob, k)
+    return vectors.ranked(query, found, blob, k, directions)
 
 
 def stale_groups(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:

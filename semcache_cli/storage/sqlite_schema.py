@@ -12,7 +12,7 @@ from typing import Any
 
 from semcache_cli import policy
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def migration_set() -> Any:
@@ -113,4 +113,37 @@ def migration_set() -> Any:
             "PRIMARY KEY (scope, exact_key)) WITHOUT ROWID"
         )
 
+    @migrations()
+    def m007_calibrations(db: Any) -> None:
+        # Each embedding model's calibrated scale (vectors.Calibration), the raw cosine
+        # logged beside the calibrated score, and an index to count a model's vectors.
+        db.execute(
+            "CREATE TABLE calibrations (embed_model TEXT NOT NULL, dims INTEGER NOT NULL, vectors INTEGER NOT NULL, "
+            "checked_at INTEGER NOT NULL, directions BLOB NOT NULL, offsets BLOB NOT NULL, median REAL NOT NULL, "
+            "spread REAL NOT NULL, effective_dims REAL NOT NULL, identical REAL NOT NULL, "
+            "PRIMARY KEY (embed_model, dims)) WITHOUT ROWID"
+        )
+        db.execute("CREATE INDEX entry_vectors_model ON entry_vectors (embed_model, dims)")
+        db.table("requests").add_column("cosine", float)  # the models' scales follow (scales.rebuild_all)
+
     return migrations
+
+
+def calibration_row(scale: Any) -> tuple[Any, ...]:
+    """A vectors.Calibration as the columns of `calibrations` after embed_model (vectors
+    and offsets as little-endian float32, as every stored vector)."""
+    from semcache_cli import vectors
+
+    return (scale.dims, scale.vectors, scale.checked_at, b"".join(vectors.encode(d) for d in scale.directions),
+            vectors.encode(scale.offsets), scale.median, scale.spread, scale.effective_dims, scale.identical)
+
+
+def calibration_from_row(row: Any) -> Any:
+    """The columns of `calibrations` after embed_model, as a vectors.Calibration."""
+    from semcache_cli import vectors
+
+    dims, count, checked_at, directions, offsets, median, spread, effective, identical = row
+    flat = vectors.decode(directions)
+    rows = tuple(flat[i:i + dims] for i in range(0, len(flat), dims))
+    return vectors.Calibration(dims, count, checked_at, rows, tuple(vectors.decode(offsets)), median, spread,
+                               effective, identical)
