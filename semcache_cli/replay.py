@@ -229,10 +229,7 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
     report = Report("simulate", threshold)
     rows: list[Row | None] = [None] * len(items)
     start = time.perf_counter()
-    scopes: dict[tuple[str | None, ...], list[int]] = {}  # answers never cross scopes
-    for index, item in enumerate(items):
-        own = settings_for(settings, item)
-        scopes.setdefault((own.namespace, policy.canonical_model(own.model), own.system), []).append(index)
+    scope_of = [_scope_key(settings_for(settings, item)) for item in items]  # answers never cross scopes
     keys = [policy.exact_key(item.query) for item in items]
     now = time.time()
     entries: dict[int, Entry] = {}
@@ -246,64 +243,91 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
         return entries[index]
 
     has_vector = usable(matrix) if len(matrix) else np.zeros(0, dtype=bool)
-    scale = _OnlineScale(matrix)
-    for members in scopes.values():
-        stored = np.empty((len(members), matrix.shape[1]), dtype=np.float32)
-        stored_index: list[int] = []  # item index of each stored row
-        exact: dict[str, int] = {}
-        for block_start in range(0, len(members), SIM_BLOCK):
-            block = members[block_start:block_start + SIM_BLOCK]
-            vectors = np.where(has_vector[block][:, None], matrix[block], 0.0)  # no vector: compared with nothing
-            m = len(stored_index)
-            before = vectors @ stored[:m].T if m else None
-            within = vectors @ vectors.T
-            new_rows: list[int] = []  # positions in the block stored so far
-            for pos, index in enumerate(block):
-                item = items[index]
-                request = request_from(settings_for(settings, item), item.query)
-                request.threshold = threshold
-                candidates: list[Judged] = []
-                if keys[index] in exact:
-                    candidates.append(judge("exact", entry(exact[keys[index]]), 1.0, request, now))
-                # As ask: the raw top RERANK, scored on the model's scale, the best judged in turn
-                # (or the top by cosine, when chosen); without a vector, before the scale exists
-                # or on an unusable model, the exact layer only.
-                cold = scale.current is None and settings.scale != "cosine"
-                if has_vector[index] and not cold and (scale.current is None or scale.current.problem is None):
-                    pool = _nearest(before[pos] if before is not None else None, stored_index,
-                                    within[pos, new_rows] if new_rows else None, [block[r] for r in new_rows],
-                                    RERANK)
-                    ranked = [(i, c, c) for i, c in pool[:SEMANTIC_CANDIDATES]] if settings.scale == "cosine" \
-                        else scale.rescore(index, pool, SEMANTIC_CANDIDATES)
-                    candidates += [judge("semantic", entry(i), similarity, request, now, cosine)
-                                   for i, similarity, cosine in ranked]
-                decision = decide(candidates, settings.margin)
-                miss_reason = decision.miss_reason
-                if miss_reason == policy.NO_MATCH and has_vector[index] and cold:
-                    miss_reason = policy.CALIBRATING
-                served = decision.served
-                row = Row(item.line, item.query, item.label, served.source if served else "miss",
-                          miss_reason=miss_reason, matched=served.entry.id if served else None,
-                          similarity=decision.similarity, confidence=decision.confidence, cosine=decision.cosine)
-                if served is None:
-                    exact[keys[index]] = index
-                    if has_vector[index]:  # stored without a vector: the exact layer finds it, nothing else
-                        new_rows.append(pos)
-                        scale.stored(index)
-                else:
-                    row.matched_label = items[served.entry.id].label
-                    row.matched = items[served.entry.id].line
-                row.threshold = threshold
-                rows[index] = row
-            for pos in new_rows:
-                stored[len(stored_index)] = vectors[pos]
-                stored_index.append(block[pos])
-            progress(len(block))
+    scale = _OnlineScale(matrix)  # one per embedding model, across scopes, as the store keeps it
+    scopes = {key: _SimulatedScope(np.empty((size, matrix.shape[1]), dtype=np.float32))
+              for key, size in Counter(scope_of).items()}
+    # In input order, so the scale grows as a real cache's would; the similarities of a
+    # block's queries to their scope's earlier rows and to each other are matrix products.
+    for block_start in range(0, len(items), SIM_BLOCK):
+        block = range(block_start, min(len(items), block_start + SIM_BLOCK))
+        groups: dict[tuple[str | None, ...], list[int]] = {}
+        for index in block:
+            groups.setdefault(scope_of[index], []).append(index)
+        for key, members in groups.items():
+            scopes[key].begin(members, np.where(has_vector[members][:, None], matrix[members], 0.0))
+        for index in block:
+            item, own = items[index], scopes[scope_of[index]]
+            pos = own.position[index]
+            request = request_from(settings_for(settings, item), item.query)
+            request.threshold = threshold
+            candidates: list[Judged] = []
+            if keys[index] in own.exact:
+                candidates.append(judge("exact", entry(own.exact[keys[index]]), 1.0, request, now))
+            # As ask: the raw top RERANK, scored on the model's scale, the best judged in turn
+            # (or the top by cosine, when chosen); without a vector, before the scale exists
+            # or on an unusable model, the exact layer only.
+            cold = scale.current is None and settings.scale != "cosine"
+            if has_vector[index] and not cold and (scale.current is None or scale.current.problem is None):
+                pool = _nearest(own.before[pos] if own.before is not None else None, own.stored_index,
+                                own.within[pos, own.new_rows] if own.new_rows else None,
+                                [own.block[r] for r in own.new_rows], RERANK)
+                ranked = [(i, c, c) for i, c in pool[:SEMANTIC_CANDIDATES]] if settings.scale == "cosine" \
+                    else scale.rescore(index, pool, SEMANTIC_CANDIDATES)
+                candidates += [judge("semantic", entry(i), similarity, request, now, cosine)
+                               for i, similarity, cosine in ranked]
+            decision = decide(candidates, settings.margin)
+            miss_reason = decision.miss_reason
+            if miss_reason == policy.NO_MATCH and has_vector[index] and cold:
+                miss_reason = policy.CALIBRATING
+            served = decision.served
+            row = Row(item.line, item.query, item.label, served.source if served else "miss",
+                      miss_reason=miss_reason, matched=served.entry.id if served else None,
+                      similarity=decision.similarity, confidence=decision.confidence, cosine=decision.cosine)
+            if served is None:
+                own.exact[keys[index]] = index
+                if has_vector[index]:  # stored without a vector: the exact layer finds it, nothing else
+                    own.new_rows.append(pos)
+                    scale.stored(index)
+            else:
+                row.matched_label = items[served.entry.id].label
+                row.matched = items[served.entry.id].line
+            row.threshold = threshold
+            rows[index] = row
+        for key in groups:
+            scopes[key].end()
+        progress(len(block))
     final = [row for row in rows if row is not None]
     for row in final:
         report.add(row)
     report.seconds = time.perf_counter() - start
     return report, final
+
+
+def _scope_key(own: Settings) -> tuple[str | None, ...]:
+    return (own.namespace, policy.canonical_model(own.model), own.system)
+
+
+class _SimulatedScope:
+    """One scope of the simulated cache: its stored vectors (rows, and the item each
+    is), its exact keys, and the block of queries being decided."""
+
+    def __init__(self, stored: np.ndarray) -> None:
+        self.stored = stored
+        self.stored_index: list[int] = []
+        self.exact: dict[str, int] = {}
+
+    def begin(self, members: list[int], vectors: np.ndarray) -> None:
+        m = len(self.stored_index)
+        self.block, self.vectors = members, vectors
+        self.position = {index: pos for pos, index in enumerate(members)}
+        self.before = vectors @ self.stored[:m].T if m else None
+        self.within = vectors @ vectors.T
+        self.new_rows: list[int] = []  # positions in the block stored so far
+
+    def end(self) -> None:
+        for pos in self.new_rows:
+            self.stored[len(self.stored_index)] = self.vectors[pos]
+            self.stored_index.append(self.block[pos])
 
 
 class _OnlineScale:

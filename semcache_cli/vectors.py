@@ -220,6 +220,8 @@ class Calibration(NamedTuple):
             return f"its vectors are nearly all alike (median cosine of random pairs {1 - self.spread:.3f})"
         if self.effective_dims < DEGENERATE_EFFECTIVE_DIMS:
             return f"its vectors vary along only {self.effective_dims:.1f} directions"
+        if 1 - self.median < DEGENERATE_SPREAD:
+            return "its vectors are nearly all alike once their dominant directions are set aside"
         return None
 
 
@@ -234,10 +236,12 @@ def estimate(sample: Any, vectors: int, checked_at: int) -> Calibration:
 
     x = np.asarray(sample, dtype=np.float64)
     count, dims = x.shape
-    x = x[np.lexsort(x[:, :3].T[::-1])]  # the same vectors in any order give the same scale (pairs by position)
+    x = x[_canonical_order(x)]  # the same vectors in any order give the same scale (pairs by position)
     mean = x.mean(axis=0)
     centred = x - mean
-    d = min(directions_for(dims), max(1, count - 1))
+    # A quarter of the sample at most: removing as many directions as there are vectors
+    # would leave every vector equal to the mean (a 3,072-dim model at its first 32).
+    d = min(directions_for(dims), max(1, count // 4))
     if count < dims:  # the small Gram matrix has the same nonzero eigenvalues: 50x faster at 32 x 768
         eigenvalues, gram_vectors = np.linalg.eigh(centred @ centred.T)
         top = (centred.T @ gram_vectors[:, ::-1][:, :d]).T
@@ -270,6 +274,22 @@ def estimate(sample: Any, vectors: int, checked_at: int) -> Calibration:
     )
 
 
+def _canonical_order(x: Any) -> Any:
+    """The rows sorted by their values (the first columns decide unless they tie)."""
+    import numpy as np
+
+    order = np.lexsort(x[:, :3].T[::-1])
+    first = x[order, :3]
+    if len(x) > 1 and np.all(first[1:] == first[:-1], axis=1).any():  # a tie: every column
+        order = np.lexsort(x.T[::-1])
+    return order
+
+
+def _bounded(score: float) -> float:
+    """A calibrated score within [-1, 1]; NaN (never expected) as the worst."""
+    return min(1.0, score) if score >= -1.0 else -1.0
+
+
 def projections(vector: Sequence[float], directions: Sequence[Sequence[float]]) -> tuple[float, ...]:
     """u_k . vector for each direction: what the calibrated score needs of a vector."""
     if use_numpy(0):
@@ -288,7 +308,7 @@ def calibrated(cosine: float, query: Sequence[float], stored: Sequence[float], s
     norm_a = 1 - sum(map(mul, a, a)) - 2 * sum(map(mul, scale.offsets, a))
     norm_b = 1 - sum(map(mul, b, b)) - 2 * sum(map(mul, scale.offsets, b))
     c = dot / math.sqrt(max(norm_a * norm_b, 1e-24))
-    return min(1.0, (c - scale.median) / (1 - scale.median))
+    return _bounded((c - scale.median) / (1 - scale.median))
 
 
 def calibrated_many(cosines: Any, query: Any, stored: Any, scale: Calibration) -> Any:
@@ -302,4 +322,4 @@ def calibrated_many(cosines: Any, query: Any, stored: Any, scale: Calibration) -
     dot = np.asarray(cosines, dtype=np.float64) - b @ a - (b + a) @ offsets
     norms = (1 - a @ a - 2 * offsets @ a) * (1 - (b * b).sum(axis=1) - 2 * b @ offsets)
     c = dot / np.sqrt(np.maximum(norms, 1e-24))
-    return np.minimum(1.0, (c - scale.median) / (1 - scale.median))
+    return np.clip(np.nan_to_num((c - scale.median) / (1 - scale.median), nan=-1.0), -1.0, 1.0)

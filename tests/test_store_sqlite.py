@@ -14,7 +14,7 @@ from fake_ollama import FakeOllama
 
 from semcache_cli import vectors
 from semcache_cli.errors import StoreError, UsageError
-from semcache_cli.storage.models import NewEntry
+from semcache_cli.storage.models import LogRow, NewEntry
 from semcache_cli.storage.sqlite import SQLiteStore as Store
 from semcache_cli.storage.sqlite_schema import SCHEMA_VERSION
 
@@ -165,6 +165,7 @@ def test_a_file_from_before_the_calibrated_scale_gets_one_for_each_model(tmp_pat
                       enumerate(rng.standard_normal((40, 24)))])
     store.store_many([new_entry(f"few{i}", vector=vectors.unit_vector(list(v)), embed_model="nomic-embed-text:latest")
                       for i, v in enumerate(rng.standard_normal((5, 16)))])
+    store.log_request(LogRow(at=1.7e9, path="semantic", entry_id=1, similarity=0.91))
     store.close()
     conn = sqlite3.connect(path)  # back to schema 6, as semcache before the scale wrote it
     conn.execute("DROP TABLE calibrations")
@@ -182,3 +183,4 @@ def test_a_file_from_before_the_calibrated_scale_gets_one_for_each_model(tmp_pat
     few = store.calibration("nomic-embed-text:latest", 16)  # too few for a scale: its cold state
     assert few is not None and not few.ready and few.vectors == 5
     store.close()
+    assert [tuple(r) for r in db_rows(path, "SELECT similarity, cosine FROM requests")] == [(0.91, 0.91)]  # a cosine then

@@ -239,3 +239,41 @@ class TopEntry(NamedTuple):
     id: int
     hits: int
     query: str
+
+
+# -- an embedding model's calibrated scale, as both backends keep it ------------------------
+
+def calibration_columns(scale: Any) -> tuple[Any, ...]:
+    """A vectors.Calibration as the columns of `calibrations` after embed_model (the
+    directions and offsets as little-endian float32, as every stored vector)."""
+    from semcache_cli import vectors
+
+    return (scale.dims, scale.vectors, scale.checked_at, b"".join(vectors.encode(d) for d in scale.directions),
+            vectors.encode(scale.offsets), scale.median, scale.spread, scale.effective_dims, scale.identical)
+
+
+def calibration_from_columns(row: Sequence[Any]) -> Any:
+    """The columns of `calibrations` after embed_model as a vectors.Calibration, or None
+    when they are not one (a damaged row reads as no scale: the next ask makes it again)."""
+    import math
+
+    from semcache_cli import vectors
+
+    dims, count, checked_at, directions, offsets, median, spread, effective, identical = row
+    if not (type(dims) is int and 0 < dims <= 1_000_000 and _count(count) and count is not None
+            and type(checked_at) is int and checked_at >= 0
+            and isinstance(directions, bytes | bytearray | memoryview) and isinstance(offsets, bytes | bytearray | memoryview)
+            and all(type(v) in (int, float) and math.isfinite(v) for v in (median, spread, effective, identical))):
+        return None
+    directions, offsets = bytes(directions), bytes(offsets)
+    width = 4 * dims
+    if len(directions) % width or len(directions) // width != len(offsets) // 4 or len(offsets) % 4:
+        return None
+    flat, shifts = vectors.decode(directions), vectors.decode(offsets)
+    if not all(map(math.isfinite, flat)) or not all(map(math.isfinite, shifts)):
+        return None
+    rows = tuple(flat[i:i + dims] for i in range(0, len(flat), dims))
+    if rows and (len(rows) > vectors.directions_for(dims) or median >= 1):
+        return None
+    return vectors.Calibration(dims, count, checked_at, rows, tuple(shifts), float(median), float(spread),
+                               float(effective), float(identical))

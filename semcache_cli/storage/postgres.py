@@ -49,8 +49,9 @@ from semcache_cli.storage.models import (
     RequestCounts,
     TopEntry,
     VectorGroup,
+    calibration_columns,
+    calibration_from_columns,
 )
-from semcache_cli.storage.sqlite_schema import calibration_from_row, calibration_row
 from semcache_cli.storage.translate import translating
 
 if TYPE_CHECKING:
@@ -436,7 +437,7 @@ class PostgresStore:
         row = self._conn.execute(f"SELECT dims, vectors, checked_at, directions, offsets, median, spread, "
                                  f"effective_dims, identical FROM {self._s}.calibrations "
                                  "WHERE embed_model = %s AND dims = %s", (embed_model, dims)).fetchone()
-        return calibration_from_row(row) if row else None
+        return calibration_from_columns(row) if row else None
 
     def save_calibration(self, embed_model: str, calibration: Calibration) -> None:
         self._conn.execute(
@@ -444,10 +445,10 @@ class PostgresStore:
             "ON CONFLICT (embed_model, dims) DO UPDATE SET vectors = excluded.vectors, checked_at = excluded.checked_at, "
             "directions = excluded.directions, offsets = excluded.offsets, median = excluded.median, "
             "spread = excluded.spread, effective_dims = excluded.effective_dims, identical = excluded.identical",
-            (embed_model, *calibration_row(calibration)))
+            (embed_model, *calibration_columns(calibration)))
 
     def advance_calibration(self, embed_model: str, calibration: Calibration, replacing: Calibration | None) -> bool:
-        values = (embed_model, *calibration_row(calibration))
+        values = (embed_model, *calibration_columns(calibration))
         if replacing is None:
             return self._conn.execute(f"INSERT INTO {self._s}.calibrations VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
                                       "%s) ON CONFLICT DO NOTHING", values).rowcount == 1
@@ -793,8 +794,8 @@ def _one(cursor: psycopg.Cursor[Any]) -> Any:
 @_migration
 def _m002_calibrations(s: str, vector: str) -> list[str]:
     # Each embedding model's calibrated scale (vectors.Calibration), and the raw cosine
-    # logged beside the calibrated score. Scales for vectors already stored follow the
-    # migration (calibrate_existing), computed in Python.
+    # logged beside the calibrated score (before the scale, the similarity was the
+    # cosine). Scales for vectors already stored follow the migration (scales.rebuild_all).
     return [
         f"""CREATE TABLE {s}.calibrations (
             embed_model text NOT NULL, dims integer NOT NULL, vectors integer NOT NULL, checked_at bigint NOT NULL,
@@ -802,6 +803,7 @@ def _m002_calibrations(s: str, vector: str) -> list[str]:
             spread double precision NOT NULL, effective_dims double precision NOT NULL,
             identical double precision NOT NULL, PRIMARY KEY (embed_model, dims))""",
         f"ALTER TABLE {s}.requests ADD COLUMN cosine double precision",
+        f"UPDATE {s}.requests SET cosine = similarity",
     ]
 
 

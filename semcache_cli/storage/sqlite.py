@@ -38,8 +38,10 @@ from semcache_cli.storage.models import (
     RequestCounts,
     TopEntry,
     VectorGroup,
+    calibration_columns,
+    calibration_from_columns,
 )
-from semcache_cli.storage.sqlite_schema import SCHEMA_VERSION, calibration_from_row, calibration_row, migration_set
+from semcache_cli.storage.sqlite_schema import SCHEMA_VERSION, migration_set
 from semcache_cli.storage.translate import translating
 
 if TYPE_CHECKING:
@@ -321,15 +323,15 @@ class SQLiteStore:
         row = self._conn.execute("SELECT dims, vectors, checked_at, directions, offsets, median, spread, "
                                  "effective_dims, identical FROM calibrations WHERE embed_model = ? AND dims = ?",
                                  (embed_model, dims)).fetchone()
-        return calibration_from_row(row) if row else None
+        return calibration_from_columns(row) if row else None
 
     def save_calibration(self, embed_model: str, calibration: Calibration) -> None:
         with self._write():
             self._conn.execute("INSERT OR REPLACE INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                               (embed_model, *calibration_row(calibration)))
+                               (embed_model, *calibration_columns(calibration)))
 
     def advance_calibration(self, embed_model: str, calibration: Calibration, replacing: Calibration | None) -> bool:
-        values = (embed_model, *calibration_row(calibration))
+        values = (embed_model, *calibration_columns(calibration))
         with self._write():
             if replacing is None:
                 return self._conn.execute("INSERT INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "

@@ -125,25 +125,6 @@ def migration_set() -> Any:
         )
         db.execute("CREATE INDEX entry_vectors_model ON entry_vectors (embed_model, dims)")
         db.table("requests").add_column("cosine", float)  # the models' scales follow (scales.rebuild_all)
+        db.execute("UPDATE requests SET cosine = similarity")  # before the scale, the similarity was the cosine
 
     return migrations
-
-
-def calibration_row(scale: Any) -> tuple[Any, ...]:
-    """A vectors.Calibration as the columns of `calibrations` after embed_model (vectors
-    and offsets as little-endian float32, as every stored vector)."""
-    from semcache_cli import vectors
-
-    return (scale.dims, scale.vectors, scale.checked_at, b"".join(vectors.encode(d) for d in scale.directions),
-            vectors.encode(scale.offsets), scale.median, scale.spread, scale.effective_dims, scale.identical)
-
-
-def calibration_from_row(row: Any) -> Any:
-    """The columns of `calibrations` after embed_model, as a vectors.Calibration."""
-    from semcache_cli import vectors
-
-    dims, count, checked_at, directions, offsets, median, spread, effective, identical = row
-    flat = vectors.decode(directions)
-    rows = tuple(flat[i:i + dims] for i in range(0, len(flat), dims))
-    return vectors.Calibration(dims, count, checked_at, rows, tuple(vectors.decode(offsets)), median, spread,
-                               effective, identical)
