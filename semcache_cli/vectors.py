@@ -148,8 +148,15 @@ def ranked(query: Sequence[float], ids: list[int], blob: bytes, k: int,
         return [(entry_id, score, ()) for entry_id, score in found]
     width = len(blob) // len(ids)
     offset = {entry_id: i * width for i, entry_id in enumerate(ids)}
-    return [(entry_id, score, projections(decode(blob[offset[entry_id]:offset[entry_id] + width]), directions))
-            for entry_id, score in found]
+    rows = [blob[offset[entry_id]:offset[entry_id] + width] for entry_id, _ in found]
+    if use_numpy(0):  # numpy loaded (replay's workers): one product for all of them
+        import numpy as np
+
+        matrix = np.frombuffer(b"".join(rows), dtype=DTYPE).reshape(len(rows), -1).astype(np.float64)
+        products = (matrix @ np.asarray(directions, dtype=np.float64).T).tolist()
+        return [(entry_id, score, tuple(p)) for (entry_id, score), p in zip(found, products, strict=True)]
+    return [(entry_id, score, projections(decode(row), directions)) for (entry_id, score), row in zip(found, rows,
+                                                                                                       strict=True)]
 
 
 def _scores_numpy(query: Sequence[float], blob: bytes, count: int) -> list[float]:
