@@ -35,6 +35,7 @@ import run as common  # noqa: E402  -- bench/run.py: walls, unit rows, paraphras
 from fake_ollama import FakeOllama  # noqa: E402
 
 from semcache_cli import policy  # noqa: E402
+from semcache_cli.storage import scales  # noqa: E402
 from semcache_cli.storage.models import NewEntry  # noqa: E402
 from semcache_cli.storage.postgres import PostgresStore  # noqa: E402
 
@@ -105,6 +106,8 @@ def build_postgres(url: str, n: int, dims: int, matrix: np.ndarray) -> tuple[str
         store = PostgresStore.open(db, timeout_s=86_400)
         store.store_many(entries(n, dims, matrix))
         store._conn.execute(f'VACUUM ANALYZE "{store.schema}".entry_vectors')  # as autovacuum would after a load
+    if store.calibration(policy.canonical_model(MODEL), dims) is None:
+        scales.rebuild_all(store)  # as `calibrate` after a bulk load
     store.close()
     return db, time.perf_counter() - started
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from fake_ollama import FakeOllama, load_clinc_table  # noqa: E402
 
 from semcache_cli import policy, vectors  # noqa: E402
+from semcache_cli.storage import scales  # noqa: E402
 from semcache_cli.storage.models import NewEntry  # noqa: E402
 from semcache_cli.storage.sqlite import SQLiteStore  # noqa: E402
 
@@ -98,6 +99,7 @@ def build(db: Path, n: int, dims: int, rng: np.random.Generator) -> np.ndarray:
             prompt_tokens=20, completion_tokens=120, generation_s=3.0, done_reason="stop",
             embed_model=policy.canonical_model(EMBED[dims]), vector=matrix[i],
         ) for i in part])
+    scales.rebuild_all(store)  # as `calibrate` after a bulk load: the scale ask would have made
     store.close()
     return matrix
 
