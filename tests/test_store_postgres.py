@@ -1,5 +1,5 @@
 """The PostgreSQL backend's own behaviour on a real server (what every backend must do
-is in test_store_contract.py): the HNSW path and its scope filter, models of several
+is in test_store_contract.py): the sign-code path and its scope filter, models of several
 dimensions in one database, the schema's version, what a role without privileges is
 told, secrets, and an unreachable or slow server."""
 
@@ -53,39 +53,60 @@ def pg(postgres_db: str) -> Iterator[PostgresStore]:
     store.close()
 
 
-def index_scans(store: PostgresStore) -> int:
-    """Scans of the store's HNSW indexes, as the server counts them once the sessions that
-    made them have ended (a live session reports its counts when it likes)."""
-    with psycopg.connect(store._conninfo, autocommit=True) as conn:
-        return int(conn.execute("SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes "
-                                "WHERE schemaname = %s AND indexrelname LIKE 'entry_vectors_hnsw_%%'",
-                                (store.schema,)).fetchone()[0])
+@pytest.fixture
+def codes_only(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The code path from 200 vectors, not 5,000, and no quiet fallback to an exact scan:
+    every lookup must be answered by the sign codes. Returns how many were."""
+    answered: list[int] = []
+    by_codes = PostgresStore._by_codes
+
+    def checked(self: PostgresStore, *args: object) -> list[tuple[int, float]]:
+        found = by_codes(self, *args)
+        answered.append(len(found))
+        return found
+
+    monkeypatch.setattr(postgres, "EXACT_UP_TO", 200)
+    monkeypatch.setattr(PostgresStore, "_by_codes", checked)
+    return answered
 
 
-def test_a_large_scope_is_searched_through_its_hnsw_index(pg: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(postgres, "EXACT_UP_TO", 200)  # the index path from 200 vectors, not 5,000
+def test_a_large_scope_is_searched_through_its_sign_codes(pg: PostgresStore, codes_only: list[int]) -> None:
     rng = np.random.default_rng(5)
     big = unit_rows(rng, 3000, 64)
     ids = pg.store_many(answers("big", big))
-    for other in ("s1", "s2", "s3"):  # other scopes share the table and the index
+    for other in ("s1", "s2", "s3"):  # other scopes share the table
         pg.store_many(answers(other, unit_rows(rng, 1000, 64)))
-    before = index_scans(pg)
+    extra = unit_rows(rng, 20, 64)
+    singles = [pg.store_answer(one) for one in answers("big", extra, start=90_000)]  # stored one at a time
     agree = 0
     for _ in range(100):
         target = int(rng.integers(len(big)))
         query = near(big[target], rng, float(rng.uniform(0.8, 0.98)))
         found = pg.nearest("big", MODEL, query, 5)
-        assert len(found) == 5 and all(n.id in ids for n in found)  # never another scope
+        assert len(found) == 5 and all(f.id in ids or f.id in singles for f in found)  # never another scope
         exact = int((big @ np.asarray(query)).argmax())
         agree += found[0].id == ids[exact]
     assert agree >= 99, f"top-1 agreement with an exact scan {agree}/100"
-    pg._conn.execute("SELECT pg_stat_force_next_flush()")  # PostgreSQL 15+: report at the next commit,
-    pg._conn.commit()  # not only at the session's end, which a loaded machine can delay
-    pg.close()
-    deadline = time.monotonic() + 30
-    while index_scans(pg) < before + 100 and time.monotonic() < deadline:  # the closed session's counts arrive
-        time.sleep(0.1)
-    assert index_scans(pg) >= before + 100  # the index answered them
+    assert pg.nearest("big", MODEL, array("f", extra[3]), 1)[0].id == singles[3]
+    assert codes_only == [5] * 100 + [1]  # every lookup answered by the codes, none by the fallback
+
+
+def test_the_migration_gives_stored_vectors_the_codes_the_store_writes(postgres_db: str) -> None:
+    store = PostgresStore.open(postgres_db)
+    rng = np.random.default_rng(8)
+    store.store_many(answers("m", unit_rows(rng, 50, 384)))
+    store.store_answer(answers("other scope", unit_rows(rng, 1, 384), start=500)[0])
+    entry = store.get(1)
+    assert entry is not None  # and one as copy imports it
+    store.import_entries([(entry._replace(scope="imported", exact_key="imported-1"), array("f", unit_rows(rng, 1, 384)[0]))])
+    written = store._conn.execute(f"SELECT entry_id, grp, code::text FROM {store._s}.entry_codes ORDER BY 1").fetchall()
+    store._conn.execute(f"DROP TABLE {store._s}.entry_codes")  # back to schema 2, as the build before it left it
+    store._conn.execute(f"UPDATE {store._s}.meta SET value = '2' WHERE key = 'schema_version'")
+    store.close()
+    store = PostgresStore.open(postgres_db)  # migrated: the codes made in SQL
+    assert store._conn.execute(f"SELECT entry_id, grp, code::text FROM {store._s}.entry_codes ORDER BY 1").fetchall() \
+        == written and len(written) == 52
+    store.close()
 
 
 def test_a_small_scope_among_many_others_gets_all_its_rows(pg: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,23 +123,19 @@ def test_a_small_scope_among_many_others_gets_all_its_rows(pg: PostgresStore, mo
             assert found[0].cosine == pytest.approx(1.0, abs=1e-5)
 
 
-def test_models_of_several_dimensions_share_one_database(pg: PostgresStore) -> None:
+def test_models_of_several_dimensions_share_one_database(pg: PostgresStore, codes_only: list[int]) -> None:
     rng = np.random.default_rng(7)
     for dims, model in ((384, "all-minilm:latest"), (768, "nomic-embed-text:latest"), (2048, "big:latest"),
-                        (4096, "huge:latest")):  # halfvec index above 2,000; none above 4,000
-        matrix = unit_rows(rng, 20, dims)
+                        (4096, "huge:latest")):
+        matrix = unit_rows(rng, 250, dims)  # above the lowered EXACT_UP_TO: through the codes
         ids = pg.store_many(answers(f"scope-{dims}", matrix, model=model))
         found = pg.nearest(f"scope-{dims}", model, array("f", matrix[3]), 2)
         assert found[0].id == ids[3] and found[0].cosine == pytest.approx(1.0, abs=1e-3)
         assert pg.nearest(f"scope-{dims}", "other-model:latest", array("f", matrix[3]), 2) == []
-    with psycopg.connect(pg._conninfo, autocommit=True) as conn:
-        indexes = {r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = %s "
-                                              "AND indexname LIKE 'entry_vectors_hnsw_%%'", (pg.schema,))}
-    if pg.pgvector >= (0, 7):
-        assert len(indexes) == 3 and sum("halfvec(2048)" in d for d in indexes) == 1
-    else:  # no halfvec before pgvector 0.7: above 2,000 dimensions every lookup is an exact scan
-        assert len(indexes) == 2 and not any("2048" in d for d in indexes)
-    assert all("USING hnsw" in d and "cosine_ops" in d for d in indexes)
+    assert codes_only == [2, 2, 2, 2]
+    with psycopg.connect(pg._conninfo, autocommit=True) as conn:  # no ANN index to build or keep
+        assert not conn.execute("SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexdef LIKE '%%USING hnsw%%'",
+                                (pg.schema,)).fetchall()
 
 
 def test_a_newer_schema_is_refused_and_left_untouched(postgres_db: str) -> None:
@@ -126,7 +143,7 @@ def test_a_newer_schema_is_refused_and_left_untouched(postgres_db: str) -> None:
     conninfo, schema, _ = postgres.parse_url(postgres_db)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f"UPDATE \"{schema}\".meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=r"written by a newer semcache \(schema 99, this one knows 2\)"):
+    with pytest.raises(StoreError, match=r"written by a newer semcache \(schema 99, this one knows 3\)"):
         PostgresStore.open(postgres_db)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         assert conn.execute(f"SELECT value FROM \"{schema}\".meta").fetchone()[0] == "99"
