@@ -790,7 +790,7 @@ def _m002_calibrations(s: str, vector: str) -> list[str]:
 def _m003_sign_codes(s: str, vector: str) -> list[str]:
     # The sign-code side table the search above EXACT_UP_TO scans (PostgresStore._by_codes),
     # filled from the stored vectors: with pgvector's binary_quantize (0.7+; the same bits:
-    # 1 where a component is positive), else in plain SQL (a million vectors: minutes), and
+    # 1 where a component is positive), else in plain SQL (~80 s a million vectors), and
     # the HNSW indexes it replaces dropped.
     name = s[1:-1]  # the schema's name, checked at open: lower-case letters, digits, _
     functions = vector.rsplit(".", 1)[0]  # pgvector's schema, quoted
