@@ -190,6 +190,12 @@ def decide(candidates: Iterable[Judged], margin: float = 0.0) -> Decision:
     return Decision(None, policy.NO_MATCH, None, None)
 
 
+def calibrating_said(miss_reason: str | None, calibrating: bool) -> str | None:
+    """A miss with nothing near enough says why, when no semantic hit could be made yet:
+    the embedding model's scale is still calibrating."""
+    return policy.CALIBRATING if miss_reason == policy.NO_MATCH and calibrating else miss_reason
+
+
 def _too_close(best: Judged, runner_up: Judged, margin: float) -> bool:
     return (runner_up.source == "semantic" and runner_up.verdict.serve and runner_up.entry.id != best.entry.id
             and policy.tied(best.similarity, runner_up.similarity, margin)
@@ -328,9 +334,8 @@ class Engine:
         if decision.served is not None:
             return self._served(ask, decision.served)
 
-        miss_reason = decision.miss_reason if req.lookup else policy.BYPASS
-        if miss_reason == policy.NO_MATCH and ask.scale is not None and ask.scale.state == "calibrating":
-            miss_reason = policy.CALIBRATING  # said so: no semantic hit could be made yet
+        miss_reason = calibrating_said(decision.miss_reason if req.lookup else policy.BYPASS,
+                                       ask.scale is not None and ask.scale.state == "calibrating")
         ask.log = ask.log._replace(miss_reason=miss_reason, similarity=decision.similarity,
                                    confidence=decision.confidence, cosine=decision.cosine)
         if req.cache_only:
@@ -461,9 +466,8 @@ class Engine:
             if scale is not None and scale.semantic else []
         considered = neighbours[:SEMANTIC_CANDIDATES]
         decision = decide(itertools.chain([exact] if exact else [], considered), req.margin)
-        if decision.served is None and decision.miss_reason == policy.NO_MATCH and scale is not None \
-                and scale.state == "calibrating":
-            decision = decision._replace(miss_reason=policy.CALIBRATING)
+        decision = decision._replace(miss_reason=calibrating_said(
+            decision.miss_reason, scale is not None and scale.state == "calibrating"))
         return Explanation(decision, exact, neighbours[:limit], len(considered), scale)
 
     def _exact(self, req: AskRequest, scope_hash: str, key: str, now: float) -> Judged | None:
@@ -509,9 +513,7 @@ class Engine:
         from semcache_cli import vectors
 
         key = (policy.canonical_model(embed_model), dims)
-        if key not in self._scales:
-            self._scales[key] = self.store.calibration(*key)
-        scale = self._scales[key]
+        scale = self._kept(key)
         needed = vectors.CALIBRATION_MIN_VECTORS
         if scale is None or not scale.ready:  # a small cache of this model: count it (the index makes it cheap)
             count = self.store.vector_count(*key)
@@ -545,9 +547,13 @@ class Engine:
         from semcache_cli.storage import scales
 
         key = (policy.canonical_model(embed_model), dims)
+        self._scales[key] = scales.grown(self.store, *key, entry_id, self._kept(key))
+
+    def _kept(self, key: tuple[str, int]) -> Calibration | None:
+        """The model's scale as the store keeps it, read once per engine."""
         if key not in self._scales:
             self._scales[key] = self.store.calibration(*key)
-        self._scales[key] = scales.grown(self.store, *key, entry_id, self._scales[key])
+        return self._scales[key]
 
     def _outcome(self, ask: _Asking, response: str, source: str, entry: Entry | None,
                  similarity: float | None, confidence: float | None, miss_reason: str | None) -> Outcome:

@@ -26,18 +26,26 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from semcache_cli import policy
-from semcache_cli.engine import SEMANTIC_CANDIDATES, Judged, decide, judge, open_engine, request_from
+from semcache_cli.engine import (
+    SEMANTIC_CANDIDATES,
+    Judged,
+    calibrating_said,
+    decide,
+    judge,
+    open_engine,
+    request_from,
+)
 from semcache_cli.errors import UsageError
 from semcache_cli.live_replay import LiveEmbeddings, run_live
 from semcache_cli.replay_core import ReplayQuery, Row, Stopped, embed_batches, settings_for, usable
 from semcache_cli.storage.models import Entry
 from semcache_cli.vectors import (
-    CALIBRATION_MIN_VECTORS,
     CALIBRATION_SAMPLE,
     RERANK,
     Calibration,
     calibrated_many,
     estimate,
+    next_estimate_at,
 )
 
 if TYPE_CHECKING:
@@ -276,9 +284,7 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
                 candidates += [judge("semantic", entry(i), similarity, request, now, cosine)
                                for i, similarity, cosine in ranked]
             decision = decide(candidates, settings.margin)
-            miss_reason = decision.miss_reason
-            if miss_reason == policy.NO_MATCH and has_vector[index] and cold:
-                miss_reason = policy.CALIBRATING
+            miss_reason = calibrating_said(decision.miss_reason, has_vector[index] and cold)
             served = decision.served
             row = Row(item.line, item.query, item.label, served.source if served else "miss",
                       miss_reason=miss_reason, matched=served.entry.id if served else None,
@@ -349,8 +355,7 @@ class _OnlineScale:
 
         self.members.append(index)
         count = len(self.members)
-        milestone = 2 * self.current.vectors if self.current is not None else CALIBRATION_MIN_VECTORS
-        if count >= milestone:
+        if count >= next_estimate_at(self.current):
             picked = self._rng.choice(count, size=min(count, CALIBRATION_SAMPLE), replace=False)
             self.current = estimate(self.matrix[[self.members[i] for i in picked]], count, 0)
             self.projections = self.matrix.astype(np.float64) @ np.asarray(self.current.directions, np.float64).T

@@ -232,6 +232,12 @@ class Calibration(NamedTuple):
         return None
 
 
+def next_estimate_at(current: Calibration | None) -> int:
+    """How many stored vectors of a model call for its next scale: the first
+    CALIBRATION_MIN_VECTORS, then twice those the current one was made from."""
+    return 2 * current.vectors if current is not None and current.ready else CALIBRATION_MIN_VECTORS
+
+
 def directions_for(dims: int) -> int:
     return max(1, round(dims / 100))
 

@@ -55,7 +55,7 @@ def grown(store: Store, embed_model: str, dims: int, entry_id: int,
         current = latest
         if not _due(current, entry_id):
             return current
-    milestone = _milestone(current)
+    milestone = vectors.next_estimate_at(current)
     count = store.vector_count(embed_model, dims)
     if count >= milestone:
         scale = estimated(store, embed_model, dims, entry_id, count)
@@ -95,14 +95,10 @@ def overview(store: Store) -> list[dict[str, Any]]:
     return rows
 
 
-def _milestone(current: vectors.Calibration | None) -> int:
-    return 2 * current.vectors if current is not None and current.ready else vectors.CALIBRATION_MIN_VECTORS
-
-
 def _due(current: vectors.Calibration | None, entry_id: int) -> bool:
     """The bound on the model's vectors has reached the next milestone."""
     base, since = (current.vectors, current.checked_at) if current is not None else (0, 0)
-    return base + (entry_id - since) >= _milestone(current)
+    return base + (entry_id - since) >= vectors.next_estimate_at(current)
 
 
 def _identity(scale: vectors.Calibration | None) -> tuple[int, int] | None:
