@@ -93,7 +93,8 @@ def test_zsh_loads_the_script(tmp_path: Path) -> None:
 
 
 def test_install_completion_for_bash(tmp_path: Path) -> None:
-    result = in_shell("bash", "semcache --install-completion", home=tmp_path)
+    # not the script's only command: bash would exec it, and its parent would not be bash
+    result = in_shell("bash", "semcache --install-completion; exit $?", home=tmp_path)
     assert result.returncode == 0, result.stderr
     script = tmp_path / ".bash_completions" / "semcache.sh"
     assert "complete -o default -F _semcache_completion semcache" in script.read_text()
