@@ -91,6 +91,49 @@ def test_a_large_scope_is_searched_through_its_sign_codes(pg: PostgresStore, cod
     assert codes_only == [5] * 100 + [1]  # every lookup answered by the codes, none by the fallback
 
 
+def code_scans(store: PostgresStore, query: array) -> int:
+    """How many scans of the scope's codes (beside the radius's sample) one lookup ran."""
+    plan = store._conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) "
+                               + store._code_search("big", MODEL, query, postgres._vector_text(query), 5)).fetchone()[0]
+    nodes, ran = [plan[0]["Plan"]], 0
+    while nodes:
+        node = nodes.pop()
+        nodes += node.get("Plans", [])
+        ran += node.get("Relation Name") == "entry_codes" and node["Node Type"] != "Sample Scan" \
+            and node["Actual Loops"] > 0
+    return ran
+
+
+@pytest.mark.parametrize(("percent", "rank", "scans"), [
+    (postgres.RADIUS_SAMPLE_PERCENT, postgres.RADIUS_RANK, None),  # as shipped: the sample varies
+    (100.0, 300, 1),  # a radius with more than enough codes within: one scan
+    (100.0, 1, 2),  # within the nearest code's distance, too few: the scan again without the radius
+    (0.0, 1, 1),  # no sample, no radius
+])
+def test_the_radius_keeps_exactly_the_nearest_codes(pg: PostgresStore, codes_only: list[int],
+                                                    monkeypatch: pytest.MonkeyPatch, percent: float, rank: int,
+                                                    scans: int | None) -> None:
+    monkeypatch.setattr(postgres, "RADIUS_SAMPLE_PERCENT", percent)
+    monkeypatch.setattr(postgres, "RADIUS_RANK", rank)
+    rng = np.random.default_rng(11)
+    big = unit_rows(rng, 6000, 384)
+    ids = np.asarray(pg.store_many(answers("big", big)))
+    pg.store_many(answers("other", unit_rows(rng, 2000, 384)))  # another scope on the same pages
+    signs = big > 0
+    for i in range(20):
+        query = near(big[int(rng.integers(len(big)))], rng, float(rng.uniform(0.5, 0.98))) if i % 2 \
+            else array("f", unit_rows(rng, 1, 384)[0])  # paraphrase-like, then novel
+        hamming = (signs != (np.asarray(query) > 0)).sum(axis=1)
+        last = np.sort(hamming)[postgres.CODE_CANDIDATES - 1]
+        found = {n.id for n in pg.nearest("big", MODEL, query, postgres.CODE_CANDIDATES)}  # every candidate
+        # the nearest codes of a full scan, however ties at the last distance fall
+        assert set(ids[hamming < last]) <= found <= set(ids[hamming <= last])
+        assert len(found) == postgres.CODE_CANDIDATES
+        if scans is not None:
+            assert code_scans(pg, query) == scans
+    assert codes_only == [postgres.CODE_CANDIDATES] * 20
+
+
 def test_the_migration_gives_stored_vectors_the_codes_the_store_writes(postgres_db: str) -> None:
     store = PostgresStore.open(postgres_db)
     rng = np.random.default_rng(8)
@@ -143,7 +186,7 @@ def test_a_newer_schema_is_refused_and_left_untouched(postgres_db: str) -> None:
     conninfo, schema, _ = postgres.parse_url(postgres_db)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f"UPDATE \"{schema}\".meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=r"written by a newer semcache \(schema 99, this one knows 3\)"):
+    with pytest.raises(StoreError, match=r"written by a newer semcache \(schema 99, this one knows 4\)"):
         PostgresStore.open(postgres_db)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         assert conn.execute(f"SELECT value FROM \"{schema}\".meta").fetchone()[0] == "99"
