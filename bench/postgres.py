@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import run as common  # noqa: E402  -- bench/run.py: walls, unit rows, paraphrase-like probes
+from code_scans import code_scans  # noqa: E402
 from fake_ollama import FakeOllama  # noqa: E402
 
 from semcache_cli import policy  # noqa: E402
@@ -112,18 +113,20 @@ def build_postgres(url: str, n: int, dims: int, matrix: np.ndarray) -> tuple[str
     return db, time.perf_counter() - started
 
 
-def agreement(db: str, matrix: np.ndarray, rng: np.random.Generator, count: int) -> float:
+def agreement(db: str, matrix: np.ndarray, rng: np.random.Generator, count: int) -> tuple[float, int]:
     """Top-1 agreement of the store's lookup with an exact scan, for paraphrase-like
-    queries (cosine 0.5-0.98 to a stored entry)."""
+    queries (cosine 0.5-0.98 to a stored entry), and how many of those lookups had to
+    scan the codes a second time, without the sampled radius."""
     store = PostgresStore.open(db)
     scope, model = policy.Scope("default", "llama3.2").hash, policy.canonical_model(MODEL)
-    same = 0
+    same = again = 0
     for _ in range(count):
         query = common.near(matrix[int(rng.integers(len(matrix)))], rng, float(rng.uniform(0.5, 0.98)))
         found = store.nearest(scope, model, query, 1)
         same += bool(found) and store.get(found[0][0]).query == f"stored question {int((matrix @ query).argmax())}"
+        again += code_scans(store, scope, model, query) == 2
     store.close()
-    return same / count
+    return same / count, again
 
 
 def clients(env: dict[str, str], question: str, seconds: float = 10.0) -> float:
@@ -164,8 +167,15 @@ def main() -> None:
     os.chdir(work)  # the installed package, not the source tree (see bench/run.py)
     base = {**os.environ, "OLLAMA_HOST": ollama.url, "SEMCACHE_EMBED_MODEL": MODEL,
             "XDG_CONFIG_HOME": str(work / "no-config")}
+    import psycopg
+
+    with psycopg.connect(url) as conn:  # its shared memory in huge pages, or each new process faults it in
+        server_row = conn.execute("SELECT version(), current_setting('max_parallel_workers_per_gather'), "
+                                  "(SELECT setting FROM pg_settings WHERE name = 'huge_pages_status')").fetchone()
+    print(f"server: {server_row[0].split(' on ')[0]}, {server_row[1]} workers per gather, huge pages "
+          f"{server_row[2] or 'unknown'}")
     print("backend | N | exact | floor | x floor | semantic | floor | x floor | miss | floor | x floor | "
-          "top-1 agreement | build s")
+          "top-1 agreement | second code scans | build s")
     for n in (int(x) for x in args.sizes.split(",") if x):
         rng = np.random.default_rng(n + args.dims)
         matrix = common.unit_rows(rng, n, args.dims)
@@ -195,13 +205,15 @@ def main() -> None:
                 [*SEMCACHE, "ask", "-q", "--no-store", question],
                 [*SEMCACHE, "ask", "-q", "--no-store", "a question nobody asked before"],
             ], env, args.runs)
-            agree = agreement(pg_db, matrix, np.random.default_rng(7), args.agreement if n <= 100_000 else 200) \
-                if backend == "postgres" else float("nan")
+            lookups = args.agreement if n <= 100_000 else 200
+            agree, again = agreement(pg_db, matrix, np.random.default_rng(7), lookups) \
+                if backend == "postgres" else (float("nan"), 0)
             print(" | ".join(str(x) for x in (
                 backend, f"{n:,}", f"{exact_ms:.0f}", f"{floor_ms:.0f}", f"{exact_ms / floor_ms:.2f}",
                 f"{semantic_ms:.0f}", f"{semantic_floor_ms:.0f}", f"{semantic_ms / semantic_floor_ms:.2f}",
                 f"{miss_ms:.0f}", f"{floor_ms:.0f}", f"{miss_ms / floor_ms:.2f}",
-                "-" if agree != agree else f"{agree:.1%}", f"{built:.0f}")), flush=True)
+                "-" if agree != agree else f"{agree:.1%}", "-" if agree != agree else f"{again} of {lookups}",
+                f"{built:.0f}")), flush=True)
         sqlite_db.unlink()
     env = {**base, "SEMCACHE_DB": f"{url}&schema=bench_clients" if "?" in url else f"{url}?schema=bench_clients"}
     subprocess.run([*SEMCACHE, "ask", "-q", "the clients question"], env=env, check=True, capture_output=True)

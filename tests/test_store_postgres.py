@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import psycopg
 import pytest
+from code_scans import code_scans
 from conftest import REPO, postgres_url
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -91,19 +92,6 @@ def test_a_large_scope_is_searched_through_its_sign_codes(pg: PostgresStore, cod
     assert codes_only == [5] * 100 + [1]  # every lookup answered by the codes, none by the fallback
 
 
-def code_scans(store: PostgresStore, query: array) -> int:
-    """How many scans of the scope's codes (beside the radius's sample) one lookup ran."""
-    plan = store._conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) "
-                               + store._code_search("big", MODEL, query, postgres._vector_text(query), 5)).fetchone()[0]
-    nodes, ran = [plan[0]["Plan"]], 0
-    while nodes:
-        node = nodes.pop()
-        nodes += node.get("Plans", [])
-        ran += node.get("Relation Name") == "entry_codes" and node["Node Type"] != "Sample Scan" \
-            and node["Actual Loops"] > 0
-    return ran
-
-
 @pytest.mark.parametrize(("percent", "rank", "scans"), [
     (postgres.RADIUS_SAMPLE_PERCENT, postgres.RADIUS_RANK, None),  # as shipped: the sample varies
     (100.0, 300, 1),  # a radius with more than enough codes within: one scan
@@ -130,7 +118,7 @@ def test_the_radius_keeps_exactly_the_nearest_codes(pg: PostgresStore, codes_onl
         assert set(ids[hamming < last]) <= found <= set(ids[hamming <= last])
         assert len(found) == postgres.CODE_CANDIDATES
         if scans is not None:
-            assert code_scans(pg, query) == scans
+            assert code_scans(pg, "big", MODEL, query) == scans
     assert codes_only == [postgres.CODE_CANDIDATES] * 20
 
 
