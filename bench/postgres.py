@@ -106,7 +106,8 @@ def build_postgres(url: str, n: int, dims: int, matrix: np.ndarray) -> tuple[str
         store.close()
         store = PostgresStore.open(db, timeout_s=86_400)
         store.store_many(entries(n, dims, matrix))
-        store._conn.execute(f'VACUUM ANALYZE "{store.schema}".entry_vectors')  # as autovacuum would after a load
+        # as autovacuum would after a load
+        store._conn.execute(f'VACUUM ANALYZE "{store.schema}".entry_vectors, "{store.schema}".entry_codes')
     if store.calibration(policy.canonical_model(MODEL), dims) is None:
         scales.rebuild_all(store)  # as `calibrate` after a bulk load
     store.close()

@@ -137,6 +137,9 @@ def test_the_migration_gives_stored_vectors_the_codes_the_store_writes(postgres_
     store = PostgresStore.open(postgres_db)  # migrated: the codes made in SQL
     assert store._conn.execute(f"SELECT entry_id, grp, code::text FROM {store._s}.entry_codes ORDER BY 1").fetchall() \
         == written and len(written) == 52
+    pages, visible = store._conn.execute("SELECT relpages, relallvisible FROM pg_class WHERE oid = %s::regclass",
+                                         (f"{store._s}.entry_codes",)).fetchone()
+    assert visible == pages > 0  # vacuumed: a scan need not check each row's visibility
     store.close()
 
 
