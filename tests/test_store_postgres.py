@@ -143,6 +143,41 @@ def test_the_migration_gives_stored_vectors_the_codes_the_store_writes(postgres_
     store.close()
 
 
+def test_codes_written_by_the_build_before_are_padded_on_the_way_in(pg: PostgresStore, codes_only: list[int],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Mid-upgrade, a process of the build before (schema 3) still writes codes without the
+    # padding; one such code in a scope would make every code scan of it fail.
+    rng = np.random.default_rng(12)
+    matrix = unit_rows(rng, 400, 384)
+    ids = pg.store_many(answers("mixed", matrix[:300]))
+    unpadded = postgres._code_text
+    monkeypatch.setattr(postgres, "_code_text", lambda vector: "".join("1" if x > 0 else "0" for x in vector))
+    old = pg.store_many(answers("mixed", matrix[300:399], start=300))  # as the build before wrote them
+    old.append(pg.store_answer(answers("mixed", matrix[399:], start=399)[0]))
+    monkeypatch.setattr(postgres, "_code_text", unpadded)
+    lengths = {r[0] for r in pg._conn.execute(f"SELECT DISTINCT length(code) FROM {pg._s}.entry_codes")}
+    assert lengths == {postgres.CODE_BITS_AT_LEAST}
+    for i in (5, 350, 399):
+        found = pg.nearest("mixed", MODEL, array("f", matrix[i]), 3)
+        assert found[0].id == (ids + old)[i] and found[0].cosine == pytest.approx(1.0, abs=1e-5)
+    assert codes_only == [3, 3, 3]
+
+
+def test_libpq_options_in_the_url_reach_the_server(postgres_db: str) -> None:
+    with PostgresStore.open(postgres_db + "&options=-c%20work_mem%3D7MB") as store:  # a space as libpq reads it
+        assert store._conn.execute("SHOW work_mem").fetchone()[0] == "7MB"
+
+
+def test_a_model_name_beyond_ascii_on_a_latin1_connection(postgres_db: str, codes_only: list[int]) -> None:
+    store = PostgresStore.open(postgres_db + "&client_encoding=LATIN1")
+    rng = np.random.default_rng(13)
+    matrix = unit_rows(rng, 300, 64)
+    ids = store.store_many(answers("é", matrix, model="modèle:latest"))
+    found = store.nearest("é", "modèle:latest", array("f", matrix[7]), 2)
+    assert found[0].id == ids[7] and codes_only == [2]  # found by the codes, not by the exact fallback
+    store.close()
+
+
 def test_a_small_scope_among_many_others_gets_all_its_rows(pg: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
     # A filtered ANN scan of a rare scope would return too few rows; semcache must not.
     rng = np.random.default_rng(6)

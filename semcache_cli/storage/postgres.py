@@ -64,15 +64,16 @@ SCHEMA_VERSION = 4
 DEFAULT_SCHEMA = "semcache"
 EXACT_UP_TO = 5_000  # vectors in a scope searched exactly, without the index
 CODE_CANDIDATES = 256  # nearest sign codes whose vectors are ranked exactly, as in the SQLite backend
-# A code of fewer bits is stored with a one-byte header, and every comparison then copies
-# it out of the page first: a third of the scan's time. Zero bits beyond the dimensions
-# change no distance.
+# A code of fewer than 977 bits is stored with a one-byte header, and every comparison then
+# copies it out of the page first: a third of the scan's time. So codes are padded with
+# zero bits, which change no distance, to 977 rounded up to whole bytes.
 CODE_BITS_AT_LEAST = 984
-# The scan sorts only the codes within a radius: the RADIUS_RANK-th nearest code of a
-# RADIUS_SAMPLE_PERCENT sample of the table's pages. About RADIUS_RANK / (PERCENT / 100)
-# = 1,000 of the scope's codes lie within it, whatever the scope's size or geometry. (A
-# sample of pages, not of the scope: free beside a scope that fills the table, 1% of a
-# table scan beside one that does not.)
+# The scan sorts only the codes within a radius: the RADIUS_RANK-th nearest code of the
+# scope among a RADIUS_SAMPLE_PERCENT sample of the table's pages. About RADIUS_RANK /
+# (PERCENT / 100) = 1,000 of the scope's codes lie within it, whatever its geometry. It is
+# a sample of pages, not of the scope: free beside a scope that fills most of the table,
+# 1% of a table scan beside one that does not; and a scope on a few pages of a large table
+# often has fewer than RADIUS_RANK codes in the sample, and is then sorted whole.
 RADIUS_SAMPLE_PERCENT = 1.0
 RADIUS_RANK = 10
 DELETE_BATCH = 500
@@ -105,7 +106,9 @@ def parse_url(url: str) -> tuple[str, str, str]:
             kept.append((name, value))
     if not _SCHEMA_NAME.fullmatch(schema):
         raise UsageError(f"--db: schema={schema!r} is not a plain lower-case name (letters, digits, _)")
-    return _unsplit(parts._replace(query=urllib.parse.urlencode(kept))), schema, masked_url(url)
+    # %20, not +, for a space: libpq decodes only %-escapes (options=-c%20work_mem%3D64MB)
+    query_text = urllib.parse.urlencode(kept, quote_via=urllib.parse.quote)
+    return _unsplit(parts._replace(query=query_text)), schema, masked_url(url)
 
 
 def _unsplit(parts: urllib.parse.SplitResult) -> str:
@@ -405,7 +408,8 @@ class PostgresStore:
         """The search above EXACT_UP_TO: one simple-protocol round trip, with jit off for
         it (a scan this size never repays compiling)."""
         with self._conn.cursor() as cursor:
-            cursor.execute(f"SET LOCAL jit = off; {self._code_search(scope, embed_model, vector, text, k)}".encode())
+            statement = f"SET LOCAL jit = off; {self._code_search(scope, embed_model, vector, text, k)}"
+            cursor.execute(statement.encode(self._conn.info.encoding))  # as psycopg would encode a str
             cursor.nextset()  # the SET's result first, then the rows
             rows = cursor.fetchall()
         return [(int(r[0]), min(1.0, float(r[1]))) for r in rows]
@@ -415,9 +419,9 @@ class PostgresStore:
         distance, their vectors ranked exactly; values inlined as quoted literals.
 
         The scan keeps only the codes within the sampled radius, so the rest never reach
-        its sort. When fewer than CODE_CANDIDATES lie within (about 1 lookup in 2,500),
-        the same statement scans again without it: the candidates are always those of a
-        full scan."""
+        its sort. When fewer than CODE_CANDIDATES lie within, the same statement scans
+        again without it, so the candidates are always those of a full scan. That takes
+        10 of the 255 nearest codes in a 1% sample: odds of about 1 in 2,500."""
         from psycopg import sql
 
         dims, codes = len(vector), f"{self._s}.entry_codes"
@@ -429,7 +433,7 @@ class PostgresStore:
                    else f"bit_count(code # {code}::bit varying)")
         group = f"grp = {_group_key(embed_model, dims, scope):d}"
         radius = (f"coalesce((SELECT {hamming} FROM {codes} TABLESAMPLE SYSTEM ({RADIUS_SAMPLE_PERCENT:f}) "
-                  f"WHERE {group} ORDER BY 1 OFFSET {RADIUS_RANK - 1:d} LIMIT 1), {max(dims, CODE_BITS_AT_LEAST):d})")
+                  f"WHERE {group} ORDER BY 1 OFFSET {RADIUS_RANK - 1:d} LIMIT 1), {dims:d})")  # no sample: no cut
 
         def nearest(within: str) -> str:
             return f"SELECT entry_id FROM {codes} WHERE {group}{within} ORDER BY {hamming} LIMIT {CODE_CANDIDATES:d}"
@@ -721,7 +725,8 @@ class PostgresStore:
     # -- size and maintenance ----------------------------------------------------------
 
     def _tables(self) -> list[str]:
-        return [f"{self._s}.{t}" for t in ("entries", "entry_vectors", "requests", "claims", "meta")]
+        return [f"{self._s}.{t}" for t in ("entries", "entry_vectors", "entry_codes", "requests", "claims", "meta",
+                                           "calibrations")]
 
     def disk_bytes(self) -> int:
         """Every table of the store with its indexes and TOAST, as the server holds them."""
@@ -732,13 +737,15 @@ class PostgresStore:
         """The live rows as stored (TOAST included, indexes not): what a DELETE frees for
         reuse. The tables' files themselves shrink only with VACUUM FULL."""
         sums = [f"(SELECT coalesce(sum(pg_column_size(t.*) + {ROW_OVERHEAD}), 0) FROM {self._s}.{table} t)"
-                for table in ("entries", "entry_vectors", "requests")]
+                for table in ("entries", "entry_vectors", "entry_codes", "requests")]
         return int(_one(self._conn.execute("SELECT " + " + ".join(sums)))[0])
 
     def entry_sizes(self) -> list[tuple[int, int]]:
         return [(r[0], int(r[1])) for r in self._conn.execute(
             f"SELECT e.id, pg_column_size(e.*) + {ROW_OVERHEAD} + coalesce(pg_column_size(v.*) + {ROW_OVERHEAD}, 0) "
+            f"+ coalesce(pg_column_size(c.*) + {ROW_OVERHEAD}, 0) "
             f"FROM {self._s}.entries e LEFT JOIN {self._s}.entry_vectors v ON v.entry_id = e.id "
+            f"LEFT JOIN {self._s}.entry_codes c ON c.entry_id = e.id "
             "ORDER BY coalesce(e.last_hit_at, e.created_at), e.created_at, e.id")]
 
     def log_bytes(self) -> int:
@@ -859,9 +866,20 @@ def _m003_sign_codes(s: str, vector: str) -> list[str]:
 def _m004_padded_codes(s: str, vector: str) -> list[str]:
     # Codes of fewer than CODE_BITS_AT_LEAST bits padded with zeros (as _code_text writes
     # them), in one rewrite of the table: stored with a four-byte header, a code is
-    # compared in place.
-    return [f"ALTER TABLE {s}.entry_codes ALTER COLUMN code TYPE bit varying USING code "
-            f"|| repeat('0', greatest(0, {CODE_BITS_AT_LEAST:d} - length(code)))::bit varying"]
+    # compared in place. And padded on the way in: a process of the build before, still
+    # running through an upgrade, writes short codes, and one of those in a scope would
+    # make every code scan of it fail on unequal lengths.
+    def padded(code: str) -> str:
+        return f"{code} || repeat('0', {CODE_BITS_AT_LEAST:d} - length({code}))::bit varying"
+
+    return [
+        f"ALTER TABLE {s}.entry_codes ALTER COLUMN code TYPE bit varying USING CASE "
+        f"WHEN length(code) < {CODE_BITS_AT_LEAST:d} THEN {padded('code')} ELSE code END",
+        f"""CREATE OR REPLACE FUNCTION {s}.padded_code() RETURNS trigger LANGUAGE plpgsql AS $f$
+            BEGIN NEW.code := {padded('NEW.code')}; RETURN NEW; END $f$""",
+        f"CREATE TRIGGER padded_code BEFORE INSERT OR UPDATE OF code ON {s}.entry_codes FOR EACH ROW "
+        f"WHEN (length(NEW.code) < {CODE_BITS_AT_LEAST:d}) EXECUTE FUNCTION {s}.padded_code()",
+    ]
 
 
 def _where(selector: Selector, now: float) -> tuple[str, list[Any]]:
