@@ -1,10 +1,10 @@
-"""The README's command reference, generated from the CLI itself so that it cannot drift.
+"""The command reference (docs/reference.md), generated from the CLI itself so that it cannot drift.
 
-Each region of README.md between `<!-- [[[reference:NAME]]] -->` and `<!-- [[[end]]] -->`
+Each region of docs/reference.md between `<!-- [[[reference:NAME]]] -->` and `<!-- [[[end]]] -->`
 is replaced by the `--help` of that command (NAME `semcache` is the root), rendered by
 Click at a fixed width: what a user sees, options, defaults, exit codes and examples.
 
-    python docs/reference.py                  # rewrite README.md
+    python docs/reference.py                  # rewrite docs/reference.md
     python docs/reference.py --check          # exit 1 naming the stale regions; nothing changed
     python docs/reference.py --check OTHER.md # the same for another file
 
@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REFERENCE = Path(__file__).resolve().with_name("reference.md")
 WIDTH = 100
 REGION = re.compile(r"(<!-- \[\[\[reference:(?P<name>[a-z]+)\]\]\] -->\n)(?P<body>.*?)(<!-- \[\[\[end\]\]\] -->)", re.S)
 
@@ -40,7 +40,7 @@ def help_text(name: str) -> str:
             return root.get_help(ctx)
         command = root.get_command(ctx, name)
         if command is None:
-            raise SystemExit(f"README.md names a reference to an unknown command: {name}")
+            raise SystemExit(f"the reference names an unknown command: {name}")
         with command.make_context(name, [], parent=ctx, resilient_parsing=True) as sub:
             return str(command.get_help(sub))
 
@@ -51,7 +51,7 @@ def render(text: str) -> str:
 
 def main(argv: list[str]) -> int:
     paths = [arg for arg in argv if not arg.startswith("--")]
-    readme = Path(paths[0]) if paths else README
+    readme = Path(paths[0]) if paths else REFERENCE
     current = readme.read_text()
     wanted = render(current)
     if "--check" in argv:

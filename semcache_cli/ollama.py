@@ -7,8 +7,8 @@ OllamaError (for embeddings: the engine warns and skips the semantic layer) or, 
 answer, GenerationFailed (nothing is stored).
 
 Every reply is hostile until checked: each field is checked for type and range before
-use, every wait has a deadline and every buffer a bound (the limits below; README "Limits
-and deadlines"). Deadlines are wall-clock, not per read: connecting within
+use, every wait has a deadline and every buffer a bound (the limits below;
+docs/limits.md). Deadlines are wall-clock, not per read: connecting within
 CONNECT_TIMEOUT_S; the reply's head, and for embeddings its whole body, within `timeout`;
 an answer's first token within `timeout` (a cold model load is slow), then each next one
 within min(timeout, IDLE_LIMIT_S), with no cap on a long answer that keeps streaming.

@@ -3,7 +3,7 @@ the request log (hits by layer, misses by reason, time and tokens saved, latency
 similarity picture around the threshold), from the store's aggregates; works on an
 empty store.
 
-Definitions (also in the README):
+Definitions (also in docs/stats.md):
 - hit rate = hits / (hits + misses); bypasses (--no-cache) and errors are counted apart,
   since they never asked the cache a question it could answer.
 - median and p95 are nearest-rank percentiles of the logged whole-ask latency.

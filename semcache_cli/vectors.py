@@ -188,7 +188,7 @@ def _scores_python(query: Sequence[float], blob: bytes, count: int) -> list[floa
 #   c = z(x).z(y) / (|z(x)| |z(y)|),   s = min(1, (c - m0) / (1 - m0))
 # so a candidate costs D dot products beyond its cosine. The study behind the choices
 # (methods compared on real intent data and anisotropic variants of it) is summarised in
-# the README's section on the calibrated scale.
+# docs/calibration.md.
 
 CALIBRATION_MIN_VECTORS = 32  # under this many stored vectors of a model: no semantic hits
 CALIBRATION_SAMPLE = 2_048  # stored vectors an estimate is made from

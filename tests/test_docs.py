@@ -1,6 +1,6 @@
-"""The documentation says what the CLI does: the README's command reference is the CLI's
-own help (docs/reference.py), every example in a --help parses, the JSON shown in the
-README has the keys the commands print, and the changelog starts at this version."""
+"""The documentation says what the CLI does: the command reference (docs/reference.md) is
+the CLI's own help (docs/reference.py), every example in a --help parses, the JSON shown in
+the README and docs/ has the keys the commands print, and the changelog starts at this version."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from semcache_cli import __version__
 from semcache_cli.cli import app, join_option_pairs
 
 README = REPO / "README.md"
+REFERENCE = REPO / "docs" / "reference.md"
 COMMANDS = ["ask", "inspect", "purge", "stats", "replay", "copy"]
 
 
@@ -29,10 +30,10 @@ def reference(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, cwd=REPO, timeout=60)
 
 
-def test_the_readme_reference_is_the_clis_own_help() -> None:
+def test_the_reference_is_the_clis_own_help() -> None:
     result = reference("--check")
     assert result.returncode == 0, result.stderr  # run `python docs/reference.py` after changing an option
-    text = README.read_text()
+    text = REFERENCE.read_text()
     for name in ["semcache", *COMMANDS]:
         assert f"<!-- [[[reference:{name}]]] -->" in text
     ask = run_proc("ask", "--help").stdout  # a real process says the same, wrapped to its terminal
@@ -40,13 +41,13 @@ def test_the_readme_reference_is_the_clis_own_help() -> None:
 
 
 def test_a_stale_reference_is_caught(tmp_path: Path) -> None:
-    stale = tmp_path / "README.md"
-    stale.write_text(README.read_text().replace("Print only the answer: no status", "Print only the answer; no status"))
+    stale = tmp_path / "reference.md"
+    stale.write_text(REFERENCE.read_text().replace("Print only the answer: no status", "Print only the answer; no status"))
     result = reference("--check", str(stale))
     assert result.returncode == 1
-    assert result.stderr == "README.md: the reference of ask is out of date; run python docs/reference.py\n"
+    assert result.stderr == "reference.md: the reference of ask is out of date; run python docs/reference.py\n"
     assert "answer; no status" in stale.read_text()  # a check changes nothing
-    assert reference(str(stale)).returncode == 0 and stale.read_text() == README.read_text()
+    assert reference(str(stale)).returncode == 0 and stale.read_text() == REFERENCE.read_text()
 
 
 def examples(name: str) -> list[str]:
@@ -84,8 +85,9 @@ def test_every_help_ends_with_examples_that_parse(name: str) -> None:
             command.make_context(name, words[1:], parent=ctx)  # a usage error would raise here
 
 
-def test_the_json_the_readme_shows_has_the_keys_the_commands_print(ollama: FakeOllama) -> None:
-    shown = [json.loads(line) for line in README.read_text().splitlines() if line.startswith('{"')]
+def test_the_json_the_docs_show_has_the_keys_the_commands_print(ollama: FakeOllama) -> None:
+    pages = [README, *sorted((REPO / "docs").glob("*.md"))]
+    shown = [json.loads(line) for page in pages for line in page.read_text().splitlines() if line.startswith('{"')]
     by_first_key = {next(iter(obj)): set(obj) for obj in shown}
     asked = run_proc("ask", "--json", "What is semantic caching?")
     purged = run_proc("purge", "--expired", "--json")
