@@ -22,8 +22,8 @@ import ipaddress
 import socket
 import time
 from collections.abc import Mapping
-from typing import NamedTuple
-from urllib.parse import unquote, urlsplit
+from typing import NamedTuple, Protocol
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 MAX_HEAD_BYTES = 65_536  # status line and header fields of one reply
 MAX_FIELDS = 100  # header fields of one reply (and trailer fields of a chunked one)
@@ -525,3 +525,165 @@ def proxy_from_env(scheme: str, host: str, port: int, env: Mapping[str, str]) ->
         if found is not None:
             return parse_proxy(*found)
     return None
+
+
+# -- a client: where to connect, which proxy, one kept-alive connection, redirects ------
+
+
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
+MAX_REDIRECT_BODY = 65_536  # a redirect's body is read only so the connection can be reused
+GRACE_S = 1.0  # for the rest of a body once what matters is known
+
+
+class Origin(NamedTuple):
+    scheme: str
+    host: str  # IPv6 without brackets
+    port: int
+
+    def url(self) -> str:
+        return f"{self.scheme}://{authority(self.host, self.port, 0)}"
+
+
+def origin_of(url: str) -> Origin:
+    split = urlsplit(url)
+    https = split.scheme == "https"
+    return Origin(split.scheme, split.hostname or "127.0.0.1", split.port or (443 if https else 80))
+
+
+class Transport(Protocol):
+    """How a Client opens a connection: the seam a test swaps to count or shape them."""
+
+    def connect(self, origin: Origin, deadline: float, proxy: Proxy | None) -> Connection: ...
+
+
+class SocketTransport:
+    def connect(self, origin: Origin, deadline: float, proxy: Proxy | None) -> Connection:
+        return Connection(origin.host, origin.port, origin.scheme == "https", deadline, proxy)
+
+
+class ConnectFailed(OSError):
+    """No connection to `origin` (through `proxy`, when there is one), or it closed before
+    any reply; `cause` is the error underneath (TimeoutError, TLSFailure, ProxyRefused,
+    NoReply or the socket's own)."""
+
+    def __init__(self, origin: Origin, proxy: Proxy | None, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.origin, self.proxy, self.cause = origin, proxy, cause
+
+
+class RedirectFailed(Broken):
+    """A redirect that cannot be followed; the message says why."""
+
+
+class Client:
+    """Requests to one home URL over one kept-alive connection (a client belongs to one
+    thread). Picks each origin's proxy from the environment (ValueError at once for a
+    proxy setting that cannot be used), reopens a kept-alive connection the server let go,
+    follows redirects, and sends `home_headers` (credentials) only to the home origin."""
+
+    def __init__(self, base_url: str, headers: Mapping[str, str], home_headers: Mapping[str, str],
+                 env: Mapping[str, str], connect_timeout: float, transport: Transport | None = None) -> None:
+        self.home = origin_of(base_url)
+        self.prefix = urlsplit(base_url).path.rstrip("/")
+        self._headers = dict(headers)
+        self._home_headers = {**self._headers, **home_headers}
+        self._env = env
+        self._connect_timeout = connect_timeout
+        self._transport = transport or SocketTransport()
+        self._proxies: dict[Origin, Proxy | None] = {}
+        self.proxy(self.home)
+        self._conn: Connection | None = None
+        self._conn_origin: Origin | None = None
+
+    def proxy(self, origin: Origin) -> Proxy | None:
+        if origin not in self._proxies:
+            self._proxies[origin] = proxy_from_env(origin.scheme, origin.host, origin.port, self._env)
+        return self._proxies[origin]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def keep_or_close(self) -> None:
+        """After a reply was read as far as wanted: a connection with unread bytes is closed."""
+        if self._conn is not None and not self._conn.idle():
+            self.close()
+
+    def _idle_to(self, origin: Origin) -> bool:
+        return self._conn is not None and self._conn_origin == origin and self._conn.idle()
+
+    def _connection(self, origin: Origin, deadline: float) -> Connection:
+        if self._idle_to(origin):
+            assert self._conn is not None
+            return self._conn
+        self.close()
+        proxy = self.proxy(origin)
+        try:
+            self._conn = self._transport.connect(origin, min(deadline, time.monotonic() + self._connect_timeout), proxy)
+        except OSError as exc:
+            raise ConnectFailed(origin, proxy, exc) from None
+        self._conn_origin = origin
+        return self._conn
+
+    def _send(self, origin: Origin, method: str, target: str, body: bytes | None, deadline: float) -> Response:
+        """One request and its reply's head. A kept-alive connection the server let go
+        meanwhile is reopened once: the request never got there."""
+        headers = self._home_headers if origin == self.home else self._headers
+        for retry in (False, True):
+            reused = self._idle_to(origin)
+            conn = self._connection(origin, deadline)
+            try:
+                return conn.request(method, target, headers, body, deadline)
+            except NoReply as exc:
+                self.close()
+                if reused and not retry:
+                    continue
+                raise ConnectFailed(origin, self.proxy(origin), exc) from None
+            except OSError:
+                self.close()
+                raise
+        raise AssertionError("unreachable")  # the second try returns or raises
+
+    def request(self, method: str, path: str, body: bytes | None, deadline: float) -> Response:
+        """`method` on the home URL's path + `path`, following redirects: 301, 302, 307 and
+        308 repeat the request with its body (Ollama's API is POST-only: a GET is of no use
+        to it; curl's --post301/302), 303 turns it into a GET as it means."""
+        origin, target = self.home, quote(self.prefix + path, safe="/%:@!$&'()*+,;=-._~")
+        for hop in range(MAX_REDIRECTS + 1):
+            response = self._send(origin, method, target, body, deadline)
+            location = response.fields.get("location")
+            if response.status not in REDIRECTS or location is None:
+                return response
+            self._discard(response)
+            if hop == MAX_REDIRECTS:
+                shown = "".join(ch for ch in location if ch.isprintable())[:80]
+                raise RedirectFailed(f"redirected more than {MAX_REDIRECTS} times (last to {shown})")
+            origin, target = _redirect_target(origin, target, location)
+            if response.status == 303:
+                method, body = "GET", None
+        raise AssertionError("unreachable")  # the last hop returns or raises
+
+    def _discard(self, response: Response) -> None:
+        """Read a redirect's small body so the connection can be reused; close it otherwise."""
+        response.deadline = min(response.deadline, time.monotonic() + GRACE_S)
+        try:
+            response.read(MAX_REDIRECT_BODY, truncate=True)
+        except OSError:
+            self.close()
+        self.keep_or_close()
+
+
+def _redirect_target(origin: Origin, target: str, location: str) -> tuple[Origin, str]:
+    if not location.isascii() or not location.isprintable() or " " in location.strip():
+        raise RedirectFailed("redirected to a malformed Location")
+    try:
+        url = urlsplit(urljoin(f"{origin.url()}{target}", location.strip()))
+        port = url.port
+    except ValueError:  # a bad port or IPv6 bracket
+        url, port = urlsplit(""), 0
+    if url.scheme not in ("http", "https") or not url.hostname or port == 0:
+        raise RedirectFailed(f"redirected to {location.strip()[:80]}, which is not an http(s) URL that can be followed")
+    new = Origin(url.scheme, url.hostname, port or (443 if url.scheme == "https" else 80))
+    return new, (url.path or "/") + (f"?{url.query}" if url.query else "")

@@ -13,11 +13,9 @@ CONNECT_TIMEOUT_S; the reply's head, and for embeddings its whole body, within `
 an answer's first token within `timeout` (a cold model load is slow), then each next one
 within min(timeout, IDLE_LIMIT_S), with no cap on a long answer that keeps streaming.
 
-Redirects are followed (MAX_REDIRECTS), the API key only ever sent to the origin of
-OLLAMA_HOST; HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY are honoured for hosts
-other than loopback. One kept-alive HTTP/1.1 connection per client (a client belongs to
-one thread), from http11.py: importing httpx with httpcore cost every fresh process
-~100 ms, http.client ~25 ms.
+Redirects, proxy choice and the kept-alive connection are http11.Client's (why a client
+of our own: docs/performance.md); this module is Ollama's API on top of it, the API key
+given to the client for OLLAMA_HOST's origin only.
 """
 
 from __future__ import annotations
@@ -31,16 +29,14 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import quote, urljoin, urlsplit
 
 from semcache_cli import __version__, http11
 from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable, UsageError
 
 CONNECT_TIMEOUT_S = 5.0
 IDLE_LIMIT_S = 120.0  # the most silence between two tokens of an answer that has started
-BODY_GRACE_S = 1.0  # for the rest of a body once what matters is known: the end after done:true, an error's text
+BODY_GRACE_S = http11.GRACE_S  # for the rest of a body once what matters is known: the end after done:true, an error's text
 BUSY_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
-MAX_REDIRECTS = 5
 MAX_LINE_BYTES = 1 << 20  # one NDJSON line of an answer: a real one is ~200 bytes
 MAX_ANSWER_CHARS = 4_000_000  # a whole answer; a 256k-token context is ~1 MB of text
 EMBED_REPLY_BASE_BYTES = 65_536
@@ -51,7 +47,6 @@ MAX_COUNT = 1_000_000_000  # a token count above this is not a real one
 MAX_DURATION_NS = 7 * 86_400 * 10**9  # nor a generation time above a week
 
 _DONE_REASON = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-_REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class EmbedInputTooLong(OllamaError):
@@ -151,150 +146,68 @@ def _api_key() -> str | None:
     return key
 
 
-class _Origin(NamedTuple):
-    scheme: str
-    host: str  # IPv6 without brackets
-    port: int
-
-    def url(self) -> str:
-        return f"{self.scheme}://{http11.authority(self.host, self.port, 0)}"
-
-
 class OllamaClient:
-    def __init__(self, base_url: str, timeout: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, base_url: str, timeout: float, sleep: Callable[[float], None] = time.sleep,
+                 transport: http11.Transport | None = None) -> None:
         self.base_url = base_url
         self.timeout = timeout
         self._sleep = sleep
         self._legacy_embed = False
-        url = urlsplit(base_url)
-        https = url.scheme == "https"
-        self._origin = _Origin(url.scheme, url.hostname or "127.0.0.1", url.port or (443 if https else 80))
-        self._prefix = url.path.rstrip("/")
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json",
-                         "User-Agent": f"semcache/{__version__}"}
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   "User-Agent": f"semcache/{__version__}"}
         key = _api_key()
-        self._auth = {"Authorization": f"Bearer {key}"} if key else {}
-        self._proxies: dict[_Origin, http11.Proxy | None] = {}
-        self._proxy(self._origin)  # a proxy setting that cannot be used is a usage error before any request
-        self._conn: http11.Connection | None = None
-        self._conn_origin: _Origin | None = None
+        try:  # a proxy setting that cannot be used is a usage error before any request
+            self._http = http11.Client(base_url, headers, {"Authorization": f"Bearer {key}"} if key else {},
+                                       os.environ, CONNECT_TIMEOUT_S, transport)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._http.close()
 
     # -- transport -----------------------------------------------------------------------
 
-    def _proxy(self, origin: _Origin) -> http11.Proxy | None:
-        if origin not in self._proxies:
-            try:
-                self._proxies[origin] = http11.proxy_from_env(origin.scheme, origin.host, origin.port, os.environ)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-        return self._proxies[origin]
-
-    def _where(self, origin: _Origin | None = None) -> str:
-        origin = origin or self._origin
-        proxy = self._proxy(origin)
-        name = self.base_url if origin == self._origin else origin.url()
+    def _where(self, origin: http11.Origin | None = None) -> str:
+        origin = origin or self._http.home
+        proxy = self._http.proxy(origin)
+        name = self.base_url if origin == self._http.home else origin.url()
         return f"{name} (through the proxy {proxy.label})" if proxy else name
 
-    def _connection(self, origin: _Origin, deadline: float) -> http11.Connection:
-        """The open connection to origin, or a new one, connected within the connect timeout."""
-        if self._conn is not None and self._conn_origin == origin and self._conn.idle():
-            return self._conn
-        self.close()
-        proxy = self._proxy(origin)
-        try:
-            self._conn = http11.Connection(origin.host, origin.port, origin.scheme == "https",
-                                           min(deadline, time.monotonic() + CONNECT_TIMEOUT_S), proxy)
-        except http11.TLSFailure as exc:
-            raise OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: {exc}; if its certificate "
-                                    "comes from a private CA, point SSL_CERT_FILE at that CA's certificate") from None
-        except http11.ProxyRefused as exc:
-            hint = "check the credentials in the proxy URL" if exc.status == 407 else "or name the host in NO_PROXY"
-            raise OllamaUnreachable(f"cannot reach Ollama at {origin.url()}: the proxy {proxy.label if proxy else ''} "
-                                    f"answered {one_line(str(exc), 80)} ({hint})") from None
-        except TimeoutError:
-            seconds = min(CONNECT_TIMEOUT_S, self.timeout)
-            raise OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: no connection within "
-                                    f"{seconds:g} s (set OLLAMA_HOST if it runs elsewhere)") from None
-        except OSError:  # refused, unknown host, no route, the proxy closed or broke
-            if proxy:
-                raise OllamaUnreachable(f"cannot reach Ollama at {origin.url()} through the proxy {proxy.label}: "
-                                        "is the proxy running, and can it reach Ollama?") from None
-            raise OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: is `ollama serve` running "
-                                    "there? (set OLLAMA_HOST if it runs elsewhere)") from None
-        self._conn_origin = origin
-        return self._conn
-
-    def _request(self, origin: _Origin, method: str, target: str, body: bytes | None,
-                 deadline: float) -> http11.Response:
-        """One request and its reply's head. A kept-alive connection the server let go
-        meanwhile is reopened once: the request never got there."""
-        headers = {**self._headers, **self._auth} if origin == self._origin else self._headers
-        for retry in (False, True):
-            reused = self._conn is not None and self._conn_origin == origin and self._conn.idle()
-            conn = self._connection(origin, deadline)
-            try:
-                return conn.request(method, target, headers, body, deadline)
-            except TimeoutError:
-                self.close()
-                raise self._timed_out() from None
-            except http11.NoReply:
-                self.close()
-                if reused and not retry:
-                    continue
-                raise OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: the connection closed "
-                                        "before any reply (is `ollama serve` running there?)") from None
-            except OSError as exc:
-                self.close()
-                raise _Unusable(self._broken(exc)) from None
-        raise AssertionError("unreachable")  # the second try returns or raises
-
     def _exchange(self, path: str, body: bytes, deadline: float) -> http11.Response:
-        """POST to the API and follow redirects: 301, 302, 307 and 308 repeat the POST with
-        its body (a GET is of no use to Ollama's POST-only API; curl's --post301/302),
-        303 turns it into a GET as it means. The API key goes only to OLLAMA_HOST's origin."""
-        origin, target, method = self._origin, quote(self._prefix + path, safe="/%:@!$&'()*+,;=-._~"), "POST"
-        data: bytes | None = body
-        for hop in range(MAX_REDIRECTS + 1):
-            response = self._request(origin, method, target, data, deadline)
-            location = response.fields.get("location")
-            if response.status not in _REDIRECTS or location is None:
-                return response
-            self._discard(response)
-            if hop == MAX_REDIRECTS:
-                raise _Unusable(f"redirected more than {MAX_REDIRECTS} times (last to {one_line(location, 80)}); "
-                                "set OLLAMA_HOST to the final URL")
-            origin, target = self._redirect_target(origin, target, location)
-            if response.status == 303:
-                method, data = "GET", None
-        raise AssertionError("unreachable")  # the last hop returns or raises
-
-    def _redirect_target(self, origin: _Origin, target: str, location: str) -> tuple[_Origin, str]:
-        if not location.isascii() or not location.isprintable() or " " in location.strip():
-            raise _Unusable("redirected to a malformed Location")
+        """POST to the API (redirects followed), every failure one of ours."""
         try:
-            url = urlsplit(urljoin(f"{origin.url()}{target}", location.strip()))
-            port = url.port
-        except ValueError:  # a bad port or IPv6 bracket
-            url, port = urlsplit(""), 0
-        if url.scheme not in ("http", "https") or not url.hostname or port == 0:
-            raise _Unusable(f"redirected to {one_line(location, 80)}, which is not an http(s) URL semcache can follow")
-        new = _Origin(url.scheme, url.hostname, port or (443 if url.scheme == "https" else 80))
-        return new, (url.path or "/") + (f"?{url.query}" if url.query else "")
+            return self._http.request("POST", path, body, deadline)
+        except http11.ConnectFailed as exc:
+            raise self._unreachable(exc) from None
+        except TimeoutError:
+            raise self._timed_out() from None
+        except http11.RedirectFailed as exc:
+            hint = "; set OLLAMA_HOST to the final URL" if str(exc).startswith("redirected more") else ""
+            raise _Unusable(f"{exc}{hint}") from None
+        except OSError as exc:
+            raise _Unusable(self._broken(exc)) from None
 
-    def _discard(self, response: http11.Response) -> None:
-        """Read a redirect's small body so the connection can be reused; close it otherwise."""
-        response.deadline = min(response.deadline, time.monotonic() + BODY_GRACE_S)
-        try:
-            response.read(MAX_ERROR_BODY_BYTES, truncate=True)
-        except OSError:
-            self.close()
-        if self._conn is not None and not self._conn.idle():
-            self.close()
+    def _unreachable(self, exc: http11.ConnectFailed) -> OllamaUnreachable:
+        origin, proxy, cause = exc.origin, exc.proxy, exc.cause
+        if isinstance(cause, http11.TLSFailure):
+            return OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: {cause}; if its certificate "
+                                     "comes from a private CA, point SSL_CERT_FILE at that CA's certificate")
+        if isinstance(cause, http11.ProxyRefused):
+            hint = "check the credentials in the proxy URL" if cause.status == 407 else "or name the host in NO_PROXY"
+            return OllamaUnreachable(f"cannot reach Ollama at {origin.url()}: the proxy {proxy.label if proxy else ''} "
+                                     f"answered {one_line(str(cause), 80)} ({hint})")
+        if isinstance(cause, TimeoutError):
+            seconds = min(CONNECT_TIMEOUT_S, self.timeout)
+            return OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: no connection within "
+                                     f"{seconds:g} s (set OLLAMA_HOST if it runs elsewhere)")
+        if isinstance(cause, http11.NoReply):
+            return OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: the connection closed "
+                                     "before any reply (is `ollama serve` running there?)")
+        if proxy:  # refused, unknown host, no route, the proxy closed or broke
+            return OllamaUnreachable(f"cannot reach Ollama at {origin.url()} through the proxy {proxy.label}: "
+                                     "is the proxy running, and can it reach Ollama?")
+        return OllamaUnreachable(f"cannot reach Ollama at {self._where(origin)}: is `ollama serve` running "
+                                 "there? (set OLLAMA_HOST if it runs elsewhere)")
 
     def _read_reply(self, response: http11.Response, limit: int) -> Reply:
         """A whole reply; an error reply's body only as far as its message needs, and
@@ -315,8 +228,7 @@ class OllamaClient:
         except OSError as exc:
             self.close()
             raise _Unusable(self._broken(exc)) from None
-        if self._conn is not None and not self._conn.idle():
-            self.close()
+        self._http.keep_or_close()
         return Reply(response.status, body)
 
     def _post(self, path: str, body: dict[str, Any], limit: int) -> Reply:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from fake_ollama import FakeOllama
 
+from semcache_cli import http11
 from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable
 from semcache_cli.ollama import EmbedInputTooLong, OllamaClient
 
@@ -231,3 +232,50 @@ def test_a_timeout_past_what_a_socket_can_wait_still_works(ollama: FakeOllama) -
         assert len(c.embed("all-minilm", ["x"])[0]) == 384
     finally:
         c.close()
+
+
+class CountingTransport:
+    """The real socket transport, counting the connections a client opens and where."""
+
+    def __init__(self) -> None:
+        self.opened: list[http11.Origin] = []
+
+    def connect(self, origin: http11.Origin, deadline: float, proxy: http11.Proxy | None) -> http11.Connection:
+        self.opened.append(origin)
+        return http11.SocketTransport().connect(origin, deadline, proxy)
+
+
+def test_one_kept_alive_connection_serves_a_clients_calls(ollama: FakeOllama) -> None:
+    transport = CountingTransport()
+    c = OllamaClient(ollama.url, timeout=5.0, transport=transport)
+    try:
+        c.embed("all-minilm", ["one"])
+        c.chat("llama3.2", USER, {})
+        c.embed("all-minilm", ["two", "three"])
+    finally:
+        c.close()
+    assert len(transport.opened) == 1
+
+
+def test_a_connection_the_server_let_go_is_reopened_once(ollama: FakeOllama) -> None:
+    ollama.faults.idle_close = True  # every reply ends its connection, unannounced
+    transport = CountingTransport()
+    c = OllamaClient(ollama.url, timeout=5.0, transport=transport)
+    try:
+        for text in ("one", "two", "three"):
+            assert c.embed("all-minilm", [text])[0] is not None
+    finally:
+        c.close()
+    assert len(transport.opened) == 3
+
+
+def test_a_redirect_to_another_origin_opens_a_connection_there(ollama: FakeOllama, _front: FakeOllama) -> None:
+    _front.reset()
+    _front.faults.redirects = {"/api/chat": (307, f"{ollama.url}/api/chat")}
+    transport = CountingTransport()
+    c = OllamaClient(_front.url, timeout=5.0, transport=transport)
+    try:
+        assert c.chat("llama3.2", USER, {}).done_reason == "stop"
+    finally:
+        c.close()
+    assert [origin.port for origin in transport.opened] == [_front.port, ollama.port]
