@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -44,6 +43,9 @@ class _LeaseKeeper:
         self._held: dict[str, Claim] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._rounds = threading.Condition()
+        self._begun = self._done = 0  # renewal rounds begun, finished
 
     def hold(self, claim: Claim) -> None:
         with self._lock:
@@ -56,25 +58,43 @@ class _LeaseKeeper:
         with self._lock:
             self._held.pop(claim.owner, None)
 
+    def renew_now(self, timeout: float) -> bool:
+        """Wake the thread and wait for a round that began after this call (one under way
+        may have read the old lease): a renewal seen without waiting out a lease."""
+        with self._rounds:
+            begun = self._begun
+            self._wake.set()
+            return self._rounds.wait_for(lambda: self._done > begun, timeout)
+
     def _run(self) -> None:
         connections: dict[str, Store] = {}  # by store location
         while True:
-            time.sleep(RENEW_EVERY_S)
-            with self._lock:
-                held = list(self._held.values())
-            for claim in held:
-                location = claim.store.location
-                try:
-                    if location not in connections:
-                        connections[location] = claim.store.reopen()
-                    connections[location].renew_claim(claim.scope, claim.key, claim.owner, LEASE_S)
-                except SemcacheError:
-                    pass  # the next round tries again; the lease is long enough for a miss
-            for location in connections.keys() - {c.store.location for c in held}:
-                connections.pop(location).close()
+            self._wake.wait(RENEW_EVERY_S)
+            with self._rounds:
+                self._wake.clear()
+                self._begun += 1
+            self._renew(connections)
+            with self._rounds:
+                self._done += 1
+                self._rounds.notify_all()
+
+    def _renew(self, connections: dict[str, Store]) -> None:
+        with self._lock:
+            held = list(self._held.values())
+        for claim in held:
+            location = claim.store.location
+            try:
+                if location not in connections:
+                    connections[location] = claim.store.reopen()
+                connections[location].renew_claim(claim.scope, claim.key, claim.owner, LEASE_S)
+            except SemcacheError:
+                pass  # the next round tries again; the lease is long enough for a miss
+        for location in connections.keys() - {c.store.location for c in held}:
+            connections.pop(location).close()
 
 
 _leases = _LeaseKeeper()
+renew_now = _leases.renew_now
 
 
 class Claim:

@@ -152,13 +152,12 @@ def test_signal_mid_stream_stores_nothing_and_leaves_nothing_behind(
 def test_a_claim_is_renewed_while_held_and_free_once_released(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from semcache_cli import singleflight
 
-    # A lease shorter than the wait below; longer than a renewal round already under way.
-    monkeypatch.setattr(singleflight, "LEASE_S", 3.5)
-    monkeypatch.setattr(singleflight, "RENEW_EVERY_S", 0.1)
     mine, theirs = cache_at(tmp_path / "c.db"), cache_at(tmp_path / "c.db")
+    monkeypatch.setattr(singleflight, "LEASE_S", 0.0)  # taken with a lease that has already run out
     claim = singleflight.Claim(mine, "scope", "key")
     assert claim.try_take()
-    time.sleep(4.0)  # past the lease it was taken with
+    monkeypatch.setattr(singleflight, "LEASE_S", 15.0)
+    assert singleflight.renew_now(timeout=30)  # the lease thread's next round
     assert not singleflight.Claim(theirs, "scope", "key").try_take()  # still held: renewed
     claim.release()
     again = singleflight.Claim(theirs, "scope", "key")

@@ -4,7 +4,6 @@ Tests of one backend's own layout live in that backend's file (test_store_sqlite
 
 from __future__ import annotations
 
-import time
 from array import array
 
 import numpy as np
@@ -257,12 +256,13 @@ def test_a_claim_is_held_by_one_owner_until_released(backend_store: Store) -> No
 
 
 def test_a_claim_whose_lease_ran_out_is_taken_over_unless_renewed(backend_store: Store) -> None:
-    assert backend_store.take_claim("s1", "k", "me", "host-a", 1, 0.4)
-    backend_store.renew_claim("s1", "k", "me", 15.0)
-    time.sleep(0.5)  # past the first lease, not the renewed one
-    assert not backend_store.take_claim("s1", "k", "you", "host-b", 2, 0.4)
-    backend_store.renew_claim("s1", "k", "me", 0.2)  # shortened, then run out
-    time.sleep(0.3)
+    # A lease of 0 s has run out by the next statement: no test waits for a clock.
+    assert backend_store.take_claim("s1", "k", "me", "host-a", 1, 0.0)
+    assert backend_store.take_claim("s1", "k", "you", "host-b", 2, 0.0)  # ran out: taken over
+    assert backend_store.take_claim("s1", "k", "me", "host-a", 1, 0.0)
+    backend_store.renew_claim("s1", "k", "me", 15.0)  # renewed past its end: held again
+    assert not backend_store.take_claim("s1", "k", "you", "host-b", 2, 0.0)
+    backend_store.renew_claim("s1", "k", "me", 0.0)  # shortened: run out
     assert backend_store.take_claim("s1", "k", "you", "host-b", 2, 15.0)
     backend_store.renew_claim("s1", "k", "me", 0.0)  # no longer mine: no effect
     assert not backend_store.take_claim("s1", "k", "third", "host-c", 3, 15.0)
@@ -272,11 +272,13 @@ def test_a_claim_outlives_the_connection_and_transaction_that_took_it(backend_st
     # What a transaction-pooling PgBouncer does to a client: every statement may run on
     # another server connection. A lease in the store, unlike a session lock, holds.
     taker, renewer = backend_store.reopen(), backend_store.reopen()
-    assert taker.take_claim("s1", "k", "holder", "host-a", 1, 0.5)
+    assert taker.take_claim("s1", "k", "holder", "host-a", 1, 15.0)
     taker.close()  # the session that took it is gone
     assert not backend_store.take_claim("s1", "k", "waiter", "host-b", 2, 15.0)
-    renewer.renew_claim("s1", "k", "holder", 15.0)  # the holder's heartbeat, on yet another connection
-    time.sleep(0.6)  # past the lease it was taken with
+    renewer.renew_claim("s1", "k", "holder", 0.0)  # the holder's heartbeat reaches it on another connection:
+    assert backend_store.take_claim("s1", "k", "probe", "host-c", 3, 0.0)  # shortened to nothing, it ran out
+    assert backend_store.take_claim("s1", "k", "holder", "host-a", 1, 0.0)
+    renewer.renew_claim("s1", "k", "holder", 15.0)  # and lengthened, it holds
     assert not backend_store.take_claim("s1", "k", "waiter", "host-b", 2, 15.0)
     renewer.release_claim("s1", "k", "holder")
     renewer.close()
