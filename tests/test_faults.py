@@ -51,10 +51,13 @@ def test_a_slow_first_token_within_the_timeout_is_answered(ollama: FakeOllama, i
     assert result.exit_code == 0 and result.stdout == f"This is the answer to: {Q}\n"
 
 
-def test_busy_beyond_the_retries_fails_clearly(ollama: FakeOllama, isolated_env: Path) -> None:
+def test_busy_beyond_the_retries_fails_clearly(ollama: FakeOllama, isolated_env: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("semcache_cli.ollama.BUSY_RETRY_DELAYS_S", (0.0, 0.0, 0.0))  # their lengths: test_ollama_client
     ollama.faults.chat_status = (503, BUSY_TEXT)  # every try, after the bounded retries
     result = run_cli("ask", Q)
     assert result.exit_code == 1 and "busy" in one_line_error(result.stderr)
+    assert ollama.counts["/api/chat"] == 4  # the request and its three retries
     assert stored(isolated_env) == []
 
 

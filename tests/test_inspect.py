@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,21 +27,26 @@ def at_angle(cosine: float, dims: int = 384) -> np.ndarray:
     return vector
 
 
-def seed(db: Path, query: str, *, namespace: str = "default", model: str = "llama3.2:latest",
-         age: float = 0.0, ttl: float | None = 7 * DAY, response: str | None = None,
-         vector: np.ndarray | None = None, hits: int = 0, scope: str | None = None) -> int:
+def new_entry(query: str, *, namespace: str = "default", model: str = "llama3.2:latest", age: float = 0.0,
+              ttl: float | None = 7 * DAY, response: str | None = None, vector: np.ndarray | None = None,
+              scope: str | None = None) -> NewEntry:
     """An entry in the scope `ask` would use for (namespace, model) with default settings."""
     from semcache_cli import policy
 
+    return NewEntry(
+        scope=scope or policy.Scope(namespace, model).hash, exact_key=policy.exact_key(query),
+        namespace=namespace, model=policy.canonical_model(model), system=None, options={}, format=None,
+        query=query, response=response or f"answer to {query}", created_at=time.time() - age, ttl=ttl,
+        prompt_tokens=10, completion_tokens=90, generation_s=2.5, done_reason="stop",
+        embed_model=MINILM if vector is not None else None,
+        vector=vectors.unit_vector(vector) if vector is not None else None,
+    )
+
+
+def seed(db: Path, query: str, *, hits: int = 0, **fields: Any) -> int:
+    """new_entry(query, **fields) stored, then hit `hits` times."""
     with cache_at(db) as store:
-        entry_id = store.store_answer(NewEntry(
-            scope=scope or policy.Scope(namespace, model).hash, exact_key=policy.exact_key(query),
-            namespace=namespace, model=policy.canonical_model(model), system=None, options={}, format=None,
-            query=query, response=response or f"answer to {query}", created_at=time.time() - age, ttl=ttl,
-            prompt_tokens=10, completion_tokens=90, generation_s=2.5, done_reason="stop",
-            embed_model=MINILM if vector is not None else None,
-            vector=vectors.unit_vector(vector) if vector is not None else None,
-        ))
+        entry_id = store.store_answer(new_entry(query, **fields))
         for _ in range(hits):
             store.record_hit(entry_id, time.time() - 60, LogRow(at=time.time() - 60, path="exact"))
         return entry_id
@@ -271,8 +277,9 @@ def test_a_reader_that_stops_early_is_not_an_error(isolated_env: Path) -> None:
 
     from conftest import REPO
 
-    for i in range(700):  # more than a pipe buffer of listing
-        seed(isolated_env, f"question number {i} " + "with a longer text to fill the pipe " * 3, age=i)
+    with cache_at(isolated_env) as store:
+        for i in range(700):  # more than a pipe buffer of listing
+            store.store_answer(new_entry(f"question number {i} " + "with a longer text to fill the pipe " * 3, age=i))
     proc = subprocess.Popen([sys.executable, "-m", "semcache_cli", "inspect", "--limit", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=os.environ.copy(), cwd=REPO)
     assert proc.stdout is not None and proc.stdout.readline().startswith(b"id\t")
