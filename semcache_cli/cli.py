@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # Typer's own Click
+from typer._types import TyperChoice  # Typer's own Click Choice: completes and checks the words
 from typer.core import TyperGroup
 
 from semcache_cli import __version__, config, render
@@ -39,6 +40,7 @@ from semcache_cli.errors import (
     UsageError,
     exit_codes_help,
 )
+from semcache_cli.storage.models import SORTS
 
 OPTION_FLAGS = ("-o", "--option")
 GUARDS_HELP = ("Answer-safety guards on semantic hits: all, none, or some of negation,number,entity,direction. "
@@ -374,9 +376,9 @@ Threshold = Annotated[
 ]
 ScaleChoice = Annotated[
     str | None,
-    typer.Option("--scale", help=_help("Similarity scale: calibrated (per embedding model, from the cache's own "
-                                       "vectors) or cosine (raw; the right threshold then depends on the model).",
-                                       "scale")),
+    typer.Option("--scale", click_type=TyperChoice(config.SCALES), metavar="<str>",
+                 help=_help("Similarity scale: calibrated (per embedding model, from the cache's own vectors) or "
+                            "cosine (raw; the right threshold then depends on the model).", "scale")),
 ]
 MinConfidence = Annotated[
     float | None,
@@ -533,8 +535,8 @@ def purge(
             if yes:
                 return True
             if not (sys.stdin.isatty() and sys.stderr.isatty()):
-                raise UsageError(f"this would delete all {total:,} entries; pass --yes to confirm (no terminal to ask)")
-            return _confirm(f"Delete all {total:,} entries of {location}?")
+                raise UsageError(f"this would delete {_every(total)}; pass --yes to confirm (no terminal to ask)")
+            return _confirm(f"Delete {_every(total)} of {location}?")
 
         report = purging.run(settings, selector, time.time(), max_entries=max_entries, max_bytes=max_bytes,
                              log_older_than=log_age, dry_run=dry_run, vacuum=vacuum, confirm_all=confirm_all,
@@ -545,6 +547,10 @@ def purge(
         if json_output:
             sys.stdout.write(json.dumps(report.as_dict()) + "\n")
         _status(render.purge_line(report.as_dict()))
+
+
+def _every(total: int) -> str:
+    return "the 1 entry" if total == 1 else f"all {total:,} entries"
 
 
 def _confirm(question: str) -> bool:
@@ -677,7 +683,9 @@ def replay(
     with _errors_to_exit():
         if dry_run and simulate:
             raise UsageError("--dry-run and --simulate: pick one")
-        if (source is None) == (not from_log):
+        if source is None and not from_log:
+            raise UsageError("give a FILE of queries ('-' for stdin), or --from-log to replay the request log")
+        if source is not None and from_log:
             raise UsageError("give a FILE of queries ('-' for stdin) or --from-log, not both")
         if not simulate and (thresholds or target_error is not None):
             raise UsageError("--thresholds and --target-error need --simulate")
@@ -699,7 +707,8 @@ def replay(
         if len(bad) > 20:
             _warn(f"{len(bad) - 20:,} more bad lines skipped")
         if bad and strict:
-            raise UsageError(f"{len(bad):,} bad lines in {source} and --strict is set; nothing was replayed")
+            raise UsageError(f"{render.counted(len(bad), 'bad line')} in {source} and --strict is set; "
+                             "nothing was replayed")
         if target_error is not None and not any(item.label for item in items):
             raise UsageError("--target-error needs labelled queries (JSONL with a \"label\")")
 
@@ -826,15 +835,24 @@ def inspect(
     similar: Annotated[
         str | None, typer.Option("--similar", metavar="TEXT", help="The nearest entries to TEXT and what ask would do.")
     ] = None,
-    namespace: Namespace = None,
-    model: Model = None,
+    namespace: Annotated[
+        str | None, typer.Option("-n", "--namespace", help="Only entries of this namespace. With --similar: the "
+                                 "namespace of the lookup. [default: every namespace; with --similar the namespace "
+                                 "setting, default; env SEMCACHE_NAMESPACE]")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("-m", "--model", help="Only entries answered by this model. With --similar: the "
+                                 "model of the lookup. [default: every model; with --similar the model setting, "
+                                 "llama3.2; env SEMCACHE_MODEL]")
+    ] = None,
     expired: Annotated[bool, typer.Option("--expired", help="Only entries past their TTL.")] = False,
     live: Annotated[bool, typer.Option("--live", help="Only entries not expired.")] = False,
     grep: Annotated[str | None, typer.Option("--grep", help="Only entries whose question or answer contains TEXT.")] = None,
     limit: Annotated[
         int | None, typer.Option("--limit", min=0, help="How many to list; 0 = all. [default: 20, 10 with --similar]")
     ] = None,
-    sort: Annotated[str, typer.Option("--sort", help="newest, oldest, hits or last-hit.")] = "newest",
+    sort: Annotated[str, typer.Option("--sort", click_type=TyperChoice(SORTS), metavar="<str>",
+                                      help="newest, oldest, hits or last-hit.")] = "newest",
     system: System = None,
     option: GenerationOption = None,
     format: Format = None,

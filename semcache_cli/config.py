@@ -34,7 +34,9 @@ DEFAULTS: dict[str, Any] = {
     "namespace": "default",
     "system": None,
     "timeout": 300.0,
-    "max_query_chars": 32_000,
+    # The longest question: a few MB (a large `git diff`), answered and cached exactly; only
+    # the semantic layer skips what the embedding model's context cannot take.
+    "max_query_chars": 4_000_000,
     "guards": ("negation", "number", "entity", "direction"),  # all of guards.GUARDS
     "margin": 0.0,
     "scale": "calibrated",  # or "cosine": the raw cosine, as before the calibrated scale

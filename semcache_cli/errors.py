@@ -109,6 +109,12 @@ class ModelNotFound(OllamaError):
         return type(self), (self.model, str(self))
 
 
+class EmbedInputTooLong(OllamaError):
+    """The query is longer than the embedding model's context (sent with truncate=false,
+    so a long query is never silently cut and matched on its first part only): that
+    query goes without the semantic layer."""
+
+
 class GenerationFailed(OllamaError):
     """The answer stream broke off: mid-stream error, dropped connection, bad JSON,
     or a truncated (done_reason "length") answer. Nothing is stored."""

@@ -24,6 +24,11 @@ def iso_time(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """`1 entry`, `2 entries`, `1,000 vectors`: a number with its noun agreeing."""
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
+
+
 def elapsed(ms: float) -> str:
     if ms < 10:
         return f"{ms:.1f} ms"
@@ -41,13 +46,13 @@ def human_bytes(count: int) -> str:
 
 def purge_line(report: dict[str, Any]) -> str:
     gone = report["matched"] + report["evicted"] if report["dry_run"] else report["deleted"] + report["evicted"]
-    text = f"{'would purge' if report['dry_run'] else 'purged'} {gone:,} entr{'y' if gone == 1 else 'ies'}"
+    text = f"{'would purge' if report['dry_run'] else 'purged'} {counted(gone, 'entry', 'entries')}"
     if report["evicted"]:
         text += f" ({report['evicted']:,} least recently used)"
     if not report["dry_run"]:
         text += f", {human_bytes(report['bytes_freed'])} freed"
     if report["log_rows_deleted"]:
-        text += f", {report['log_rows_deleted']:,} log rows"
+        text += f", {counted(report['log_rows_deleted'], 'log row')}"
     text += f"; {report['remaining']:,} left"
     if not report["dry_run"] and report["max_bytes"] is not None and report["bytes_in_use"] > report["max_bytes"]:
         text += (f"; still {human_bytes(report['bytes_in_use'])} in use, over --max-size "
@@ -57,7 +62,7 @@ def purge_line(report: dict[str, Any]) -> str:
 
 def copy_line(report: dict[str, Any]) -> str:
     written, unchanged = report["written"], report["unchanged"]
-    text = f"copied {written:,} entr{'y' if written == 1 else 'ies'} from {report['source']} to {report['target']}"
+    text = f"copied {counted(written, 'entry', 'entries')} from {report['source']} to {report['target']}"
     return f"{PREFIX}: {text}" + (f" ({unchanged:,} already there)" if unchanged else "")
 
 
@@ -383,7 +388,7 @@ def stats_text(figures: dict[str, Any], since_label: str) -> str:
         f"  misses       {req['misses']['total']:,}: {_breakdown(req['misses']['by_reason'])}",
         f"  bypasses     {req['bypasses']:,}",
         f"  errors       {req['errors']:,}",
-        f"  saved        {span(req['time_saved_s'])} of generation, {req['tokens_saved']:,} tokens",
+        f"  saved        {span(req['time_saved_s'])} of generation, {counted(req['tokens_saved'], 'token')}",
     ]
     for path, figures_ms in req["latency_ms"].items():
         lines.append(f"  latency      {path:<9}median {elapsed(figures_ms['median'])}, "
@@ -400,13 +405,14 @@ def stats_text(figures: dict[str, Any], since_label: str) -> str:
         lines += [f"  {scale_text(row)}" for row in figures["scales"]]
     if figures["top_entries"]:
         lines += ["", "top entries by hits"]
-        lines += [f"  {e['hits']:>6,} hits  entry {e['id']}: {one_line(e['query'], 60)}" for e in figures["top_entries"]]
+        lines += [f"  {e['hits']:>6,} {'hit ' if e['hits'] == 1 else 'hits'}  entry {e['id']}: {one_line(e['query'], 60)}"
+                  for e in figures["top_entries"]]
     return "\n".join(lines)
 
 
 def scale_text(row: dict[str, Any]) -> str:
     """One embedding model's scale, as scales.overview describes it."""
-    head = f"{row['embed_model']} ({row['dims']} dims): {row['vectors']:,} vectors, "
+    head = f"{row['embed_model']} ({row['dims']} dims): {counted(row['vectors'], 'vector')}, "
     if row["state"] == "calibrating":
         return head + f"calibrating (semantic hits from {row['needed']} vectors)"
     if row["state"] == "unusable":
@@ -437,7 +443,7 @@ def replay_text(reports: list[dict[str, Any]], recommended: float | None, target
         rate = f" ({r['queries_per_s']:,.0f} queries/s)" if r["queries_per_s"] else ""
         lines = [
             f"replay ({r['mode']}{', interrupted' if r['interrupted'] else ''}): "
-            f"{r['queries']:,} {'query' if r['queries'] == 1 else 'queries'} in {r['seconds']:.1f} s{rate}",
+            f"{counted(r['queries'], 'query', 'queries')} in {r['seconds']:.1f} s{rate}",
             f"  hits         {r['hits']['total']:,} ({_percent(r['hit_rate'])}): exact {r['hits']['exact']:,}, "
             f"semantic {r['hits']['semantic']:,}",
             f"  misses       {sum(r['misses'].values()):,}: {_breakdown(r['misses'])}",
@@ -447,12 +453,12 @@ def replay_text(reports: list[dict[str, Any]], recommended: float | None, target
         if r["labelled_hits"]:
             lines.append(f"  labelled     {r['correct_hits']:,} correct, {r['wrong_hits']:,} wrong: wrong-answer rate "
                          f"{_percent(r['wrong_answer_rate'], 2)} of queries, precision {_percent(r['precision'])}")
-        lines.append(f"  saved        {span(r['time_saved_s'])} of generation, {r['tokens_saved']:,} tokens")
+        lines.append(f"  saved        {span(r['time_saved_s'])} of generation, {counted(r['tokens_saved'], 'token')}")
         if r["bad_lines"]:
-            lines.append(f"  skipped      {r['bad_lines']:,} bad lines")
+            lines.append(f"  skipped      {counted(r['bad_lines'], 'bad line')}")
         return "\n".join(lines)
     first = reports[0]
-    lines = [f"replay ({first['mode']}): {first['queries']:,} queries per threshold, "
+    lines = [f"replay ({first['mode']}): {counted(first['queries'], 'query', 'queries')} per threshold, "
              f"{len(reports)} thresholds in {sum(r['seconds'] for r in reports):.1f} s",
              f"{'threshold':>9}  {'hit rate':>8}  {'exact':>6}  {'semantic':>8}  {'wrong-answer rate':>17}  "
              f"{'precision':>9}"]

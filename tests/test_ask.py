@@ -177,7 +177,8 @@ def test_cache_only_serves_hits_and_exits_3_on_a_miss(ollama: FakeOllama, isolat
     assert run_cli("ask", Q, "--cache-only").stdout == ANSWER + "\n"
     miss = run_cli("ask", "Something never asked", "--cache-only")
     assert miss.exit_code == 3 and miss.stdout == ""
-    assert "no cached answer (no_match) and --cache-only is set" in miss.stderr
+    # Ollama is gone, so the question could not be embedded: the semantic layer never looked
+    assert "no cached answer (embed_failed) and --cache-only is set" in miss.stderr
     assert requests(isolated_env)[-1].path == "miss"
 
 
@@ -290,7 +291,7 @@ def test_missing_embedding_model_degrades_with_one_warning(ollama: FakeOllama, i
     warning, status = result.stderr.splitlines()
     assert warning == ("semcache: warning: embedding model 'mxbai-embed-large' not found: "
                        "run `ollama pull mxbai-embed-large`; semantic layer skipped")
-    assert status.startswith("semcache: miss (no_match)")
+    assert status.startswith("semcache: miss (embed_failed)")  # not "nothing near enough": it never looked
     (row,) = entries(isolated_env)
     with cache_at(isolated_env) as store:
         assert row.embed_model is None and store.vector_of(row.id) is None

@@ -1,0 +1,136 @@
+"""semcache in scripts, as real processes: long piped input, the miss reasons a script
+reads, the words of its messages, its completion and its help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, calibrated, run_proc, stored
+from fake_ollama import FakeOllama
+
+
+def diff_text(lines: int) -> str:
+    """A `git diff`-shaped text, lines long."""
+    body = [f"+    value_{n} = compute({n}, scale=0.{n % 10})  # line {n}" for n in range(lines)]
+    return f"diff --git a/app.py b/app.py\n--- a/app.py\n+++ b/app.py\n@@ -1,0 +1,{lines} @@\n" + "\n".join(body)
+
+
+# -- long input (item 9) -----------------------------------------------------------------
+
+def test_a_long_diff_is_answered_and_cached_exactly(ollama: FakeOllama, isolated_env: Path) -> None:
+    ollama.embed_context_chars = 8_000  # the embedding model's context, as Ollama refuses past it
+    diff = diff_text(2_000)
+    assert len(diff) > 100_000
+    first = run_proc("ask", "-", "-s", "Review this diff.", input=diff)
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout.startswith("This is the answer to: diff --git")
+    assert first.stderr.startswith("semcache: miss (too_long_to_embed) · answered by llama3.2 · stored as entry 1")
+    assert "warning" not in first.stderr  # long input is expected, not a fault
+    [entry] = stored(isolated_env)
+    assert entry.query == diff.strip() and entry.embed_model is None  # exact layer only
+    again = run_proc("ask", "-", "-s", "Review this diff.", "--json", input=diff)
+    assert again.exit_code == 0
+    assert json.loads(again.stdout)["source"] == "exact"
+    assert ollama.counts["/api/chat"] == 1
+
+
+def test_a_long_question_misses_with_its_reason_in_json(ollama: FakeOllama) -> None:
+    ollama.embed_context_chars = 1_000
+    result = run_proc("ask", "x " * 2_000, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["miss_reason"] == "too_long_to_embed"
+    short = run_proc("ask", "a short question", "--json")
+    assert json.loads(short.stdout)["miss_reason"] in ("no_match", "calibrating")
+
+
+def test_past_the_maximum_a_question_is_a_usage_error(ollama: FakeOllama) -> None:
+    result = run_proc("ask", "-", input="y" * 4_000_001)
+    assert result.exit_code == 2
+    assert result.stderr == ("semcache: error: the question is 4,000,001 characters, over the limit of 4,000,000 "
+                             "(max_query_chars)\n")
+
+
+def test_inspect_similar_explains_a_long_question(ollama: FakeOllama) -> None:
+    ollama.embed_context_chars = 1_000
+    question = "why " * 600
+    assert run_proc("ask", question).exit_code == 0
+    result = run_proc("inspect", "--similar", question, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["decision"]["source"] == "exact"
+    other = run_proc("inspect", "--similar", "how " * 600, "--json")
+    assert json.loads(other.stdout)["decision"]["miss_reason"] == "too_long_to_embed"
+
+
+def test_replay_embeds_around_a_long_line(ollama: FakeOllama, tmp_path: Path) -> None:
+    ollama.embed_context_chars = 1_000
+    queries = tmp_path / "q.txt"
+    queries.write_text("How do I reset my password?\n" + "long " * 400 + "\nHow can I reset my password?\n")
+    result = run_proc("replay", str(queries), "--simulate", "--json")
+    assert result.exit_code == 0, result.stderr
+    [report] = json.loads(result.stdout)["reports"]
+    assert report["queries"] == 3 and report["errors"] == 0
+
+
+# -- miss reasons (item 12) --------------------------------------------------------------
+
+def test_a_missing_embedding_model_is_not_no_match(ollama: FakeOllama, isolated_env: Path) -> None:
+    calibrated(isolated_env)
+    result = run_proc("ask", "What is semantic caching?", "--embed-model", "nomic-embed-text-v9", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["miss_reason"] == "embed_failed"
+    assert "embedding model 'nomic-embed-text-v9' not found" in data["warnings"][0]
+    only = run_proc("ask", "Something never asked", "--embed-model", "nomic-embed-text-v9", "--cache-only")
+    assert only.exit_code == 3 and "no cached answer (embed_failed)" in only.stderr
+
+
+# -- words (item 12) ---------------------------------------------------------------------
+
+def test_one_of_a_thing_is_singular(ollama: FakeOllama, isolated_env: Path) -> None:
+    assert run_proc("ask", "What is semantic caching?").exit_code == 0
+    calibrate = run_proc("calibrate")
+    assert calibrate.stdout.startswith("nomic-embed-text:latest (768 dims): 1 vector, calibrating")
+    refused = run_proc("purge", "--all")
+    assert refused.exit_code == 2 and "this would delete the 1 entry;" in refused.stderr
+    purged = run_proc("purge", "--all", "--yes", "--dry-run")
+    assert purged.stderr.startswith("semcache: would purge 1 entry;")
+
+
+def test_replay_without_a_file_says_what_is_missing(ollama: FakeOllama) -> None:
+    neither = run_proc("replay")
+    assert neither.exit_code == 2
+    assert neither.stderr == ("semcache: error: give a FILE of queries ('-' for stdin), or --from-log to replay the "
+                              "request log\n")
+    both = run_proc("replay", "q.txt", "--from-log")
+    assert both.exit_code == 2 and both.stderr.endswith("or --from-log, not both\n")
+
+
+def complete(words: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COMP_WORDS", "COMP_CWORD")}
+    env.update(_SEMCACHE_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=str(len(words.split(" ")) - 1))
+    result = subprocess.run([sys.executable, "-m", "semcache_cli"], capture_output=True, text=True, env=env,
+                            cwd=REPO, stdin=subprocess.DEVNULL, timeout=60)
+    return result.stdout.split()
+
+
+def test_sort_and_scale_complete_their_words_and_check_them(ollama: FakeOllama) -> None:
+    assert complete("semcache inspect --sort ") == ["newest", "oldest", "hits", "last-hit"]
+    assert complete("semcache ask --scale ") == ["calibrated", "cosine"]
+    wrong = run_proc("inspect", "--sort", "size")
+    assert wrong.exit_code == 2
+    assert "'size' is not one of 'newest', 'oldest', 'hits', 'last-hit'" in wrong.stderr
+
+
+def test_inspect_lists_every_namespace_as_its_help_says(ollama: FakeOllama) -> None:
+    assert run_proc("ask", "q one", "-n", "alpha").exit_code == 0
+    assert run_proc("ask", "q two").exit_code == 0
+    listing = run_proc("inspect", "--jsonl")
+    assert sorted(json.loads(line)["namespace"] for line in listing.stdout.splitlines()) == ["alpha", "default"]
+    assert [json.loads(line)["namespace"] for line in run_proc("inspect", "--jsonl", "-n", "alpha").stdout.split(
+        "\n") if line] == ["alpha"]
+    help_text = " ".join(run_proc("inspect", "--help").stdout.split())
+    assert "[default: every namespace; with --similar the namespace setting" in help_text
