@@ -369,7 +369,8 @@ Namespace = Annotated[
 ]
 Ttl = Annotated[
     str | None,
-    typer.Option("--ttl", help=_help("How long a new answer may be reused: 90s, 10m, 2h, 7d or never.", "ttl", "7d")),
+    typer.Option("--ttl", help=_help("How long a new answer may be reused, with its unit: 90s, 10m, 2h, 7d; or never.",
+                                       "ttl", "7d")),
 ]
 Threshold = Annotated[
     float | None, typer.Option("--threshold", help=_help("Least similarity for a semantic hit, on --scale.", "threshold"))
@@ -498,7 +499,8 @@ def purge(
         int | None, typer.Option("--max-entries", min=0, help="Then evict least recently used entries beyond N.")
     ] = None,
     max_size: Annotated[
-        str | None, typer.Option("--max-size", help="Then evict least recently used entries until under SIZE (500MB).")
+        str | None, typer.Option("--max-size", help="Then evict least recently used entries until under SIZE, with its unit "
+                                  "(500MB, 2GB, 64MiB; 4096B for bytes).")
     ] = None,
     log_older_than: Annotated[
         str | None, typer.Option("--log-older-than", help="Also delete request-log rows older than this.")

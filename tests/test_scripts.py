@@ -134,3 +134,51 @@ def test_inspect_lists_every_namespace_as_its_help_says(ollama: FakeOllama) -> N
         "\n") if line] == ["alpha"]
     help_text = " ".join(run_proc("inspect", "--help").stdout.split())
     assert "[default: every namespace; with --similar the namespace setting" in help_text
+
+
+# -- units (item 10) ---------------------------------------------------------------------
+
+def test_a_bare_ttl_is_refused_before_anything_is_asked(ollama: FakeOllama, isolated_env: Path) -> None:
+    result = run_proc("ask", "What is semantic caching?", "--ttl", "5")
+    assert result.exit_code == 2
+    assert result.stderr == ("semcache: error: --ttl: '5' has no unit: write 5s, 5m, 5h or 5d (units ms, s, m, h, d, "
+                             "w: e.g. 90s, 10m, 2h, 7d, 1h30m)\n")
+    assert ollama.generations == 0 and stored(isolated_env) == []
+    assert run_proc("ask", "What is semantic caching?", "--ttl", "5d").exit_code == 0
+
+
+def test_a_bare_max_size_evicts_nothing(ollama: FakeOllama, isolated_env: Path) -> None:
+    for n in range(3):
+        assert run_proc("ask", f"question number {n}").exit_code == 0
+    result = run_proc("purge", "--max-size", "500")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("semcache: error: --max-size: '500' has no unit: write 500MB, 500GB, or 500B for "
+                                    "bytes (units B, KB, MB")
+    assert len(stored(isolated_env)) == 3
+    assert run_proc("purge", "--max-size", "500MB").exit_code == 0 and len(stored(isolated_env)) == 3
+
+
+def test_bare_numbers_in_the_environment_and_the_config_file(ollama: FakeOllama, tmp_path: Path) -> None:
+    env_ttl = run_proc("ask", "q", env={"SEMCACHE_TTL": "3600"})
+    assert env_ttl.exit_code == 2 and env_ttl.stderr.startswith("semcache: error: SEMCACHE_TTL: '3600' has no unit")
+    env_timeout = run_proc("ask", "q", env={"SEMCACHE_TIMEOUT": "30"})
+    assert env_timeout.exit_code == 2 and "SEMCACHE_TIMEOUT: '30' has no unit" in env_timeout.stderr
+    conf = tmp_path / "conf.toml"
+    conf.write_text("timeout = 300\n")
+    number = run_proc("ask", "q", env={"SEMCACHE_CONFIG": str(conf)})
+    assert number.exit_code == 2
+    assert number.stderr == (f'semcache: error: {conf}: timeout: 300 has no unit: write it as a string, "300s" or '
+                             '"300d" (units ms, s, m, h, d, w: e.g. 90s, 10m, 2h, 7d, 1h30m)\n')
+    conf.write_text('timeout = "300s"\nttl = "never"\n')
+    assert run_proc("ask", "q", env={"SEMCACHE_CONFIG": str(conf)}).exit_code == 0
+    for args in (["stats", "--since", "7"], ["purge", "--older-than", "30"], ["purge", "--log-older-than", "90"],
+                 ["replay", "--from-log", "--since", "1", "--dry-run"]):
+        result = run_proc(*args)
+        assert result.exit_code == 2 and "has no unit" in result.stderr, args
+
+
+def test_help_shows_the_forms(ollama: FakeOllama) -> None:
+    ask = " ".join(run_proc("ask", "--help").stdout.split())
+    assert "How long a new answer may be reused, with its unit: 90s, 10m, 2h, 7d; or never." in ask
+    purge = " ".join(run_proc("purge", "--help").stdout.split())
+    assert "until under SIZE, with its unit (500MB, 2GB, 64MiB; 4096B for bytes)" in purge
