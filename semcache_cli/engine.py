@@ -573,7 +573,9 @@ class Engine:
         return Outcome(
             response=response, source=source, entry_id=entry.id if entry else None,
             similarity=similarity, confidence=confidence, miss_reason=miss_reason,
-            model=req.scope.model, embed_model=req.embed_model, namespace=req.scope.namespace,
+            # Ollama's own spelling (name:tag, lower case), as stored and as every command shows it
+            model=policy.canonical_model(req.scope.model), embed_model=policy.canonical_model(req.embed_model),
+            namespace=req.scope.namespace,
             created_at=entry.created_at if entry else None,
             expires_at=entry.expires_at if entry else None,
             warnings=ask.warnings, timings_ms=ask.timer.total(), calibration=ask.scale,

@@ -34,7 +34,7 @@ def test_miss_streams_the_answer_stores_it_and_logs_it(ollama: FakeOllama, isola
     result = run_cli("ask", Q)
     assert result.exit_code == 0
     assert result.stdout == ANSWER + "\n"
-    assert result.stderr.startswith("semcache: miss (no_match) · answered by llama3.2 · stored as entry 1")
+    assert result.stderr.startswith("semcache: miss (no_match) · answered by llama3.2:latest · stored as entry 1")
     assert ollama.counts["/api/chat"] == 1 and ollama.counts["/api/embed"] == 1
     (row,) = entries(isolated_env)
     assert (row.query, row.response, row.model, row.done_reason) == (Q, ANSWER, "llama3.2:latest", "stop")

@@ -28,7 +28,7 @@ def test_a_long_diff_is_answered_and_cached_exactly(ollama: FakeOllama, isolated
     first = run_proc("ask", "-", "-s", "Review this diff.", input=diff)
     assert first.exit_code == 0, first.stderr
     assert first.stdout.startswith("This is the answer to: diff --git")
-    assert first.stderr.startswith("semcache: miss (too_long_to_embed) · answered by llama3.2 · stored as entry 1")
+    assert first.stderr.startswith("semcache: miss (too_long_to_embed) · answered by llama3.2:latest · stored as entry 1")
     assert "warning" not in first.stderr  # long input is expected, not a fault
     [entry] = stored(isolated_env)
     assert entry.query == diff.strip() and entry.embed_model is None  # exact layer only
@@ -182,3 +182,17 @@ def test_help_shows_the_forms(ollama: FakeOllama) -> None:
     assert "How long a new answer may be reused, with its unit: 90s, 10m, 2h, 7d; or never." in ask
     purge = " ".join(run_proc("purge", "--help").stdout.split())
     assert "until under SIZE, with its unit (500MB, 2GB, 64MiB; 4096B for bytes)" in purge
+
+
+# -- one spelling of a model (item 8) ----------------------------------------------------
+
+def test_every_command_names_a_model_the_same_way(ollama: FakeOllama) -> None:
+    asked = json.loads(run_proc("ask", "What is semantic caching?", "-m", "Llama3.2", "--json").stdout)
+    [listed] = json.loads(run_proc("inspect", "--json").stdout)
+    similar = json.loads(run_proc("inspect", "--similar", "What is semantic caching?", "--json").stdout)
+    stats = json.loads(run_proc("stats", "--json").stdout)
+    assert asked["model"] == listed["model"] == similar["model"] == "llama3.2:latest"
+    assert list(stats["entries"]["by_model"]) == ["llama3.2:latest"]
+    assert asked["embed_model"] == listed["embed_model"] == similar["embed_model"] == "nomic-embed-text:latest"
+    miss = run_proc("ask", "Another question", "-m", "qwen2.5")
+    assert " · answered by qwen2.5:latest · " in miss.stderr
