@@ -206,6 +206,34 @@ def _errors_to_exit() -> Iterator[None]:
         raise typer.Exit(EXIT_RUNTIME) from None
 
 
+@contextmanager
+def _json_failure(enabled: bool, question: list[str | None]) -> Iterator[None]:
+    """ask --json: a run that ends without an answer (a miss under --cache-only, an
+    error, a signal) prints one JSON object on stdout too, as an answer does, carrying
+    the question, the error's kind and message, and the exit code; the one-line error
+    still goes to stderr (_errors_to_exit, around this)."""
+    try:
+        yield
+    except BaseException as exc:
+        if not enabled or isinstance(exc, (typer.Exit, typer.Abort, BrokenPipeError)):
+            raise
+        if isinstance(exc, SemcacheError):
+            kind, message, code = exc.kind, str(exc), exc.exit_code
+        elif isinstance(exc, KeyboardInterrupt):
+            kind, message, code = "interrupted", "interrupted; nothing partial was stored", EXIT_INTERRUPTED
+        elif isinstance(exc, Terminated):
+            kind, message, code = "terminated", "terminated; nothing partial was stored", EXIT_TERMINATED
+        elif isinstance(exc, Exception):
+            kind, message, code = "unexpected", f"unexpected {type(exc).__name__}: {exc}", EXIT_RUNTIME
+        else:
+            raise
+        try:
+            write_all(render.failure_json(question[0], kind, message, code, getattr(exc, "miss_reason", None)) + "\n")
+        except OSError:  # stdout gone (a closed pipe): the error line on stderr still says it
+            pass
+        raise
+
+
 def _version(value: bool) -> None:
     if value:
         sys.stdout.write(f"semcache {__version__}\n")
@@ -448,7 +476,8 @@ def ask(
     """Answer from the cache when the same question, or one that means the same, was
     answered recently enough to trust; otherwise ask the model and store its answer."""
     _set_quiet(quiet)
-    with _errors_to_exit():
+    asked: list[str | None] = [question if question != "-" else None]  # the question, once it is read
+    with _errors_to_exit(), _json_failure(json_output, asked):
         if cache_only and no_cache:
             raise UsageError("--cache-only and --no-cache contradict each other")
         settings = _settings(
@@ -458,6 +487,7 @@ def ask(
             option,
         )
         text = read_question(question)
+        asked[0] = text
         # Streamed to a terminal (or with --stream): a pipe's reader is a program that
         # wants whole answers, and with one write per answer parallel asks never interleave.
         writer = _AnswerWriter(stream=stream or sys.stdout.isatty())
@@ -472,7 +502,7 @@ def ask(
             writer.partial()
             raise
         if json_output:
-            writer.whole(render.outcome_json(outcome))
+            writer.whole(render.outcome_json(outcome, text))
         elif outcome.hit:
             writer.whole(outcome.response)
         else:

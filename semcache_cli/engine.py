@@ -345,7 +345,7 @@ class Engine:
                                    confidence=decision.confidence, cosine=decision.cosine)
         if req.cache_only:
             self.store.log_request(ask.log_row("miss"))
-            raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set")
+            raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set", miss_reason)
 
         claim: Claim | None = None
         failing = False

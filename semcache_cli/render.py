@@ -7,6 +7,7 @@ tables of `inspect` and `stats`, on a terminal.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ from semcache_cli.engine import AskRequest, Explanation, Judged, Outcome, Scale
 from semcache_cli.storage.models import Entry
 
 PREFIX = "semcache"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def iso_time(timestamp: float | None) -> str | None:
@@ -109,8 +111,13 @@ def error_line(message: str) -> str:
     return f"{PREFIX}: error: {message}"
 
 
-def outcome_json(outcome: Outcome) -> str:
+def outcome_json(outcome: Outcome, question: str | None = None) -> str:
+    """ask --json on success. Its first keys, `question`, `exit_code` and `error`, are in
+    every object ask --json prints, so a script reads one shape (docs/json.md)."""
     data: dict[str, Any] = {
+        "question": question,
+        "exit_code": 0,
+        "error": None,
         "response": outcome.response,
         "source": outcome.source,
         "hit": outcome.hit,
@@ -130,6 +137,27 @@ def outcome_json(outcome: Outcome) -> str:
         "calibration": scale_dict(outcome.calibration),
     }
     return json.dumps(data, ensure_ascii=False)
+
+
+def failure_json(question: str | None, kind: str, message: str, exit_code: int, miss_reason: str | None) -> str:
+    """ask --json when there is no answer: a miss under --cache-only (exit 3) or an error,
+    with the same first keys as an answer and no answer in it."""
+    data = {
+        "question": _encodable(question),  # bad input may be why it failed: printed as it can be
+        "exit_code": exit_code,
+        "error": {"kind": kind, "message": _encodable(message)},
+        "response": None,
+        "source": None,
+        "hit": False,
+        "miss_reason": miss_reason,
+    }
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _encodable(text: str | None) -> str | None:
+    """Text that can be written as UTF-8: a lone surrogate (bytes that were not UTF-8)
+    becomes U+FFFD."""
+    return None if text is None else _SURROGATE.sub("\ufffd", text)
 
 
 def scale_dict(scale: Scale | None) -> dict[str, Any] | None:

@@ -90,7 +90,7 @@ def test_the_json_the_readme_shows_has_the_keys_the_commands_print(ollama: FakeO
     asked = run_proc("ask", "--json", "What is semantic caching?")
     purged = run_proc("purge", "--expired", "--json")
     assert asked.exit_code == purged.exit_code == 0
-    assert by_first_key["response"] == set(json.loads(asked.stdout))
+    assert by_first_key["question"] == set(json.loads(asked.stdout))
     assert by_first_key["dry_run"] == set(json.loads(purged.stdout))
 
 

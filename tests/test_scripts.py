@@ -196,3 +196,67 @@ def test_every_command_names_a_model_the_same_way(ollama: FakeOllama) -> None:
     assert asked["embed_model"] == listed["embed_model"] == similar["embed_model"] == "nomic-embed-text:latest"
     miss = run_proc("ask", "Another question", "-m", "qwen2.5")
     assert " · answered by qwen2.5:latest · " in miss.stderr
+
+
+# -- ask --json for every outcome (item 6) -----------------------------------------------
+
+def test_json_for_an_answer_carries_the_question(ollama: FakeOllama) -> None:
+    result = run_proc("ask", "What is semantic caching?", "--json")
+    data = json.loads(result.stdout)
+    assert (data["question"], data["exit_code"], data["error"], data["source"]) == (
+        "What is semantic caching?", 0, None, "model")
+    piped = json.loads(run_proc("ask", "-", "--json", input="what is semantic caching\n").stdout)
+    assert (piped["question"], piped["source"]) == ("what is semantic caching\n", "exact")
+
+
+def test_json_for_a_miss_under_cache_only(ollama: FakeOllama) -> None:
+    result = run_proc("ask", "Never asked before", "--cache-only", "--json")
+    assert result.exit_code == 3
+    assert json.loads(result.stdout) == {
+        "question": "Never asked before", "exit_code": 3,
+        "error": {"kind": "cache_miss", "message": "no cached answer (calibrating) and --cache-only is set"},
+        "response": None, "source": None, "hit": False, "miss_reason": "calibrating"}
+    assert result.stderr.endswith("semcache: error: no cached answer (calibrating) and --cache-only is set\n")
+
+
+def test_json_for_errors(ollama: FakeOllama, tmp_path: Path) -> None:
+    cases = [  # (args, env, exit code, kind)
+        (["ask", "Q1", "-m", "llama9"], {}, 5, "model_not_found"),
+        (["ask", "Q2"], {"OLLAMA_HOST": "127.0.0.1:9"}, 4, "ollama_unreachable"),
+        (["ask", "   "], {}, 2, "usage"),
+        (["ask", "Q3", "--ttl", "5"], {}, 2, "usage"),
+        (["ask", "Q4", "--db", str(tmp_path)], {}, 2, "usage"),
+    ]
+    for args, env, code, kind in cases:
+        result = run_proc(*args, "--json", env=env)
+        assert result.exit_code == code, (args, result.stderr)
+        [line] = result.stdout.splitlines()
+        data = json.loads(line)
+        message = result.stderr.splitlines()[-1].removeprefix("semcache: error: ")
+        assert (data["question"], data["exit_code"], data["error"]) == (args[1], code,
+                                                                        {"kind": kind, "message": message}), args
+        assert data["response"] is None and data["hit"] is False
+    bad_stdin = run_proc("ask", "-", "--json", input=b"\xff\xfe not text")
+    data = json.loads(bad_stdin.stdout)
+    assert (bad_stdin.exit_code, data["question"], data["error"]["kind"]) == (2, None, "usage")
+
+
+def test_json_for_a_question_that_is_not_utf8(ollama: FakeOllama) -> None:
+    proc = subprocess.run([sys.executable, "-m", "semcache_cli", "ask", b"caf\xe9?", "--json"], capture_output=True,
+                          cwd=REPO, stdin=subprocess.DEVNULL, timeout=60)
+    assert proc.returncode == 2
+    data = json.loads(proc.stdout)
+    assert data["question"] == "caf\ufffd?" and data["error"]["message"] == "the question is not valid UTF-8"
+
+
+def test_parallel_json_joins_back_to_its_input(ollama: FakeOllama, isolated_env: Path) -> None:
+    assert run_proc("ask", "question 0").exit_code == 0
+    questions = [f"question {n}" for n in range(16)]
+    script = ("printf '%s\\0' \"$@\" | xargs -0 -P 8 -n 1 " + sys.executable +
+              " -m semcache_cli ask -q --cache-only --json; true")
+    proc = subprocess.run(["sh", "-c", script, "sh", *questions], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    by_question = {data["question"]: data for data in map(json.loads, proc.stdout.splitlines())}
+    assert sorted(by_question) == sorted(questions)  # one whole object per question, every outcome
+    assert by_question["question 0"]["source"] == "exact"
+    assert {by_question[q]["exit_code"] for q in questions[1:]} == {3}
