@@ -10,6 +10,7 @@ measured); real annotation objects are built once, when the module is imported.
 
 
 import io
+import itertools
 import json
 import os
 import stat
@@ -837,23 +838,33 @@ def _write_json_stream(items: Iterable[dict[str, Any]], jsonl: bool) -> None:
     sys.stdout.write("\n]\n")
 
 
-def _write_table(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]], wide: tuple[str, ...]) -> None:
+TABLE_ROWS = 20  # inspect's table without --limit
+
+
+def _write_table(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]], wide: tuple[str, ...],
+                 at_most: int | None = None) -> bool:
     """A Rich table on a terminal, its text cells on one line and cut to fit; when piped,
     tab-separated lines with a header, every cell whole (render.tsv_field escapes tabs,
-    newlines and backslashes). Nothing under -q."""
+    newlines and backslashes). Nothing under -q. With `at_most`, rows past it are not
+    shown: True when there were some."""
+    rows = iter(rows)
+    shown = itertools.islice(rows, at_most) if at_most is not None else rows
     if _quiet:
-        for _ in rows:  # read to the end, so the store closes as it does otherwise
+        for _ in shown:  # read to the end, so the store closes as it does otherwise
             pass
-        return
-    if sys.stdout.isatty():
+    elif sys.stdout.isatty():
         from rich.console import Console
 
-        Console().print(render.rich_table(columns, [tuple(render.one_line(cell, 500) for cell in row) for row in rows],
+        Console().print(render.rich_table(columns, [tuple(render.one_line(cell, 500) for cell in row) for row in shown],
                                           wide))
-        return
-    sys.stdout.write("\t".join(columns) + "\n")
-    for row in rows:
-        sys.stdout.write("\t".join(render.tsv_field(cell) for cell in row) + "\n")
+    else:
+        sys.stdout.write("\t".join(columns) + "\n")
+        for row in shown:
+            sys.stdout.write("\t".join(render.tsv_field(cell) for cell in row) + "\n")
+    more = at_most is not None and next(rows, None) is not None
+    for _ in rows:  # read to the end (one row at most is left), so the store closes
+        pass
+    return more
 
 
 @app.command(epilog=_epilog(
@@ -881,7 +892,8 @@ def inspect(
     live: Annotated[bool, typer.Option("--live", help="Only entries not expired.")] = False,
     grep: Annotated[str | None, typer.Option("--grep", help="Only entries whose question or answer contains TEXT.")] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", min=0, help="How many to list; 0 = all. [default: 20, 10 with --similar]")
+        int | None, typer.Option("--limit", min=0, help="How many to list; 0 = all. [default: 20 in a table (a line "
+                                 "on stderr says when there are more), all with --json/--jsonl, 10 with --similar]")
     ] = None,
     sort: Annotated[str, typer.Option("--sort", click_type=TyperChoice(SORTS), metavar="<str>",
                                       help="newest, oldest, hits or last-hit.")] = "newest",
@@ -938,11 +950,19 @@ def inspect(
                 _report(render.entry_detail(entry, now))
             return
         selector = Selector(expired=expired, live=live, namespace=namespace, model=model, grep=grep)
-        rows = inspection.listing(settings, selector, now, sort, 20 if limit is None else limit, with_vectors, _warn)
-        if json_output or jsonl:
+        if json_output or jsonl:  # an export: every entry, streamed, unless a limit is given
+            rows = inspection.listing(settings, selector, now, sort, limit or 0, with_vectors, _warn)
             _write_json_stream((render.entry_dict(e, now, v, with_vectors) for e, v in rows), jsonl)
-        else:
-            _write_table(render.LIST_COLUMNS, (render.list_row(e, now) for e, _ in rows), ("query", "response"))
+            return
+        shown = TABLE_ROWS if limit is None else limit
+        # One row more than shown, read only to say that there are more.
+        rows = inspection.listing(settings, selector, now, sort, shown + 1 if limit is None else shown, False, _warn)
+        more = _write_table(render.LIST_COLUMNS, (render.list_row(e, now) for e, _ in rows), ("query", "response"),
+                            shown if limit is None else None)
+        if more:
+            first = {"newest": "newest", "oldest": "oldest", "hits": "most hit", "last-hit": "last hit"}[sort]
+            _status(render.plain_line(f"showing {render.counted(shown, 'entry', 'entries')}, {first} first; there "
+                                      "are more (--limit 0 lists all; --json and --jsonl export all)"))
 
 
 def _inspect_similar(settings: config.Settings, text: str, format: Any, limit: int,

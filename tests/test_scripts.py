@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, calibrated, run_proc, stored
+from conftest import REPO, cache_at, calibrated, run_proc, stored
 from fake_ollama import FakeOllama
+
+from semcache_cli import policy
+from semcache_cli.storage.models import NewEntry
 
 
 def diff_text(lines: int) -> str:
@@ -260,3 +263,32 @@ def test_parallel_json_joins_back_to_its_input(ollama: FakeOllama, isolated_env:
     assert sorted(by_question) == sorted(questions)  # one whole object per question, every outcome
     assert by_question["question 0"]["source"] == "exact"
     assert {by_question[q]["exit_code"] for q in questions[1:]} == {3}
+
+
+# -- inspect exports everything (item 7) -------------------------------------------------
+
+def seed_many(db: Path, count: int) -> None:
+    with cache_at(db) as store:
+        for n in range(count):
+            query = f"stored question {n}"
+            store.store_answer(NewEntry(
+                scope=policy.Scope("default", "llama3.2").hash, exact_key=policy.exact_key(query),
+                namespace="default", model="llama3.2:latest", system=None, options={}, format=None, query=query,
+                response=f"answer {n}", created_at=1_700_000_000 + n, ttl=None, done_reason="stop"))
+
+
+def test_exports_hold_every_entry_and_the_table_says_when_it_stops(isolated_env: Path) -> None:
+    seed_many(isolated_env, 45)
+    jsonl = run_proc("inspect", "--jsonl")
+    assert jsonl.exit_code == 0 and jsonl.stderr == ""
+    assert [json.loads(line)["query"] for line in jsonl.stdout.splitlines()] == [
+        f"stored question {n}" for n in reversed(range(45))]
+    assert len(json.loads(run_proc("inspect", "--json").stdout)) == 45
+    assert len(json.loads(run_proc("inspect", "--json", "--limit", "7").stdout)) == 7  # a limit given is kept
+    table = run_proc("inspect")
+    assert len(table.stdout.splitlines()) == 1 + 20
+    assert table.stderr == ("semcache: showing 20 entries, newest first; there are more (--limit 0 lists all; "
+                            "--json and --jsonl export all)\n")
+    whole = run_proc("inspect", "--limit", "45")
+    assert len(whole.stdout.splitlines()) == 1 + 45 and whole.stderr == ""
+    assert run_proc("inspect", "-q").stderr == ""
