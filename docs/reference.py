@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().with_name("reference.md")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's CLI, installed or not
 WIDTH = 100
 REGION = re.compile(r"(<!-- \[\[\[reference:(?P<name>[a-z]+)\]\]\] -->\n)(?P<body>.*?)(<!-- \[\[\[end\]\]\] -->)", re.S)
 

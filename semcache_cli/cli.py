@@ -10,6 +10,7 @@ measured); real annotation objects are built once, when the module is imported.
 
 
 import io
+import itertools
 import json
 import os
 import stat
@@ -22,6 +23,7 @@ from typing import Annotated, Any
 
 import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # Typer's own Click
+from typer._types import TyperChoice  # Typer's own Click Choice: completes and checks the words
 from typer.core import TyperGroup
 
 from semcache_cli import __version__, config, render
@@ -39,6 +41,7 @@ from semcache_cli.errors import (
     UsageError,
     exit_codes_help,
 )
+from semcache_cli.storage.models import SORTS
 
 OPTION_FLAGS = ("-o", "--option")
 GUARDS_HELP = ("Answer-safety guards on semantic hits: all, none, or some of negation,number,entity,direction. "
@@ -204,6 +207,34 @@ def _errors_to_exit() -> Iterator[None]:
         raise typer.Exit(EXIT_RUNTIME) from None
 
 
+@contextmanager
+def _json_failure(enabled: bool, question: list[str | None]) -> Iterator[None]:
+    """ask --json: a run that ends without an answer (a miss under --cache-only, an
+    error, a signal) prints one JSON object on stdout too, as an answer does, carrying
+    the question, the error's kind and message, and the exit code; the one-line error
+    still goes to stderr (_errors_to_exit, around this)."""
+    try:
+        yield
+    except BaseException as exc:
+        if not enabled or isinstance(exc, (typer.Exit, typer.Abort, BrokenPipeError)):
+            raise
+        if isinstance(exc, SemcacheError):
+            kind, message, code = exc.kind, str(exc), exc.exit_code
+        elif isinstance(exc, KeyboardInterrupt):
+            kind, message, code = "interrupted", "interrupted; nothing partial was stored", EXIT_INTERRUPTED
+        elif isinstance(exc, Terminated):
+            kind, message, code = "terminated", "terminated; nothing partial was stored", EXIT_TERMINATED
+        elif isinstance(exc, Exception):
+            kind, message, code = "unexpected", f"unexpected {type(exc).__name__}: {exc}", EXIT_RUNTIME
+        else:
+            raise
+        try:
+            write_all(render.failure_json(question[0], kind, message, code, getattr(exc, "miss_reason", None)) + "\n")
+        except OSError:  # stdout gone (a closed pipe): the error line on stderr still says it
+            pass
+        raise
+
+
 def _version(value: bool) -> None:
     if value:
         sys.stdout.write(f"semcache {__version__}\n")
@@ -367,16 +398,17 @@ Namespace = Annotated[
 ]
 Ttl = Annotated[
     str | None,
-    typer.Option("--ttl", help=_help("How long a new answer may be reused: 90s, 10m, 2h, 7d or never.", "ttl", "7d")),
+    typer.Option("--ttl", help=_help("How long a new answer may be reused, with its unit: 90s, 10m, 2h, 7d; or never.",
+                                       "ttl", "7d")),
 ]
 Threshold = Annotated[
     float | None, typer.Option("--threshold", help=_help("Least similarity for a semantic hit, on --scale.", "threshold"))
 ]
 ScaleChoice = Annotated[
     str | None,
-    typer.Option("--scale", help=_help("Similarity scale: calibrated (per embedding model, from the cache's own "
-                                       "vectors) or cosine (raw; the right threshold then depends on the model).",
-                                       "scale")),
+    typer.Option("--scale", click_type=TyperChoice(config.SCALES), metavar="<str>",
+                 help=_help("Similarity scale: calibrated (per embedding model, from the cache's own vectors) or "
+                            "cosine (raw; the right threshold then depends on the model).", "scale")),
 ]
 MinConfidence = Annotated[
     float | None,
@@ -445,7 +477,8 @@ def ask(
     """Answer from the cache when the same question, or one that means the same, was
     answered recently enough to trust; otherwise ask the model and store its answer."""
     _set_quiet(quiet)
-    with _errors_to_exit():
+    asked: list[str | None] = [question if question != "-" else None]  # the question, once it is read
+    with _errors_to_exit(), _json_failure(json_output, asked):
         if cache_only and no_cache:
             raise UsageError("--cache-only and --no-cache contradict each other")
         settings = _settings(
@@ -455,6 +488,7 @@ def ask(
             option,
         )
         text = read_question(question)
+        asked[0] = text
         # Streamed to a terminal (or with --stream): a pipe's reader is a program that
         # wants whole answers, and with one write per answer parallel asks never interleave.
         writer = _AnswerWriter(stream=stream or sys.stdout.isatty())
@@ -469,7 +503,7 @@ def ask(
             writer.partial()
             raise
         if json_output:
-            writer.whole(render.outcome_json(outcome))
+            writer.whole(render.outcome_json(outcome, text))
         elif outcome.hit:
             writer.whole(outcome.response)
         else:
@@ -496,7 +530,8 @@ def purge(
         int | None, typer.Option("--max-entries", min=0, help="Then evict least recently used entries beyond N.")
     ] = None,
     max_size: Annotated[
-        str | None, typer.Option("--max-size", help="Then evict least recently used entries until under SIZE (500MB).")
+        str | None, typer.Option("--max-size", help="Then evict least recently used entries until under SIZE, with its unit "
+                                  "(500MB, 2GB, 64MiB; 4096B for bytes).")
     ] = None,
     log_older_than: Annotated[
         str | None, typer.Option("--log-older-than", help="Also delete request-log rows older than this.")
@@ -533,8 +568,8 @@ def purge(
             if yes:
                 return True
             if not (sys.stdin.isatty() and sys.stderr.isatty()):
-                raise UsageError(f"this would delete all {total:,} entries; pass --yes to confirm (no terminal to ask)")
-            return _confirm(f"Delete all {total:,} entries of {location}?")
+                raise UsageError(f"this would delete {_every(total)}; pass --yes to confirm (no terminal to ask)")
+            return _confirm(f"Delete {_every(total)} of {location}?")
 
         report = purging.run(settings, selector, time.time(), max_entries=max_entries, max_bytes=max_bytes,
                              log_older_than=log_age, dry_run=dry_run, vacuum=vacuum, confirm_all=confirm_all,
@@ -545,6 +580,10 @@ def purge(
         if json_output:
             sys.stdout.write(json.dumps(report.as_dict()) + "\n")
         _status(render.purge_line(report.as_dict()))
+
+
+def _every(total: int) -> str:
+    return "the 1 entry" if total == 1 else f"all {total:,} entries"
 
 
 def _confirm(question: str) -> bool:
@@ -677,7 +716,9 @@ def replay(
     with _errors_to_exit():
         if dry_run and simulate:
             raise UsageError("--dry-run and --simulate: pick one")
-        if (source is None) == (not from_log):
+        if source is None and not from_log:
+            raise UsageError("give a FILE of queries ('-' for stdin), or --from-log to replay the request log")
+        if source is not None and from_log:
             raise UsageError("give a FILE of queries ('-' for stdin) or --from-log, not both")
         if not simulate and (thresholds or target_error is not None):
             raise UsageError("--thresholds and --target-error need --simulate")
@@ -699,7 +740,8 @@ def replay(
         if len(bad) > 20:
             _warn(f"{len(bad) - 20:,} more bad lines skipped")
         if bad and strict:
-            raise UsageError(f"{len(bad):,} bad lines in {source} and --strict is set; nothing was replayed")
+            raise UsageError(f"{render.counted(len(bad), 'bad line')} in {source} and --strict is set; "
+                             "nothing was replayed")
         if target_error is not None and not any(item.label for item in items):
             raise UsageError("--target-error needs labelled queries (JSONL with a \"label\")")
 
@@ -796,23 +838,33 @@ def _write_json_stream(items: Iterable[dict[str, Any]], jsonl: bool) -> None:
     sys.stdout.write("\n]\n")
 
 
-def _write_table(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]], wide: tuple[str, ...]) -> None:
+TABLE_ROWS = 20  # inspect's table without --limit
+
+
+def _write_table(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]], wide: tuple[str, ...],
+                 at_most: int | None = None) -> bool:
     """A Rich table on a terminal, its text cells on one line and cut to fit; when piped,
     tab-separated lines with a header, every cell whole (render.tsv_field escapes tabs,
-    newlines and backslashes). Nothing under -q."""
+    newlines and backslashes). Nothing under -q. With `at_most`, rows past it are not
+    shown: True when there were some."""
+    rows = iter(rows)
+    shown = itertools.islice(rows, at_most) if at_most is not None else rows
     if _quiet:
-        for _ in rows:  # read to the end, so the store closes as it does otherwise
+        for _ in shown:  # read to the end, so the store closes as it does otherwise
             pass
-        return
-    if sys.stdout.isatty():
+    elif sys.stdout.isatty():
         from rich.console import Console
 
-        Console().print(render.rich_table(columns, [tuple(render.one_line(cell, 500) for cell in row) for row in rows],
+        Console().print(render.rich_table(columns, [tuple(render.one_line(cell, 500) for cell in row) for row in shown],
                                           wide))
-        return
-    sys.stdout.write("\t".join(columns) + "\n")
-    for row in rows:
-        sys.stdout.write("\t".join(render.tsv_field(cell) for cell in row) + "\n")
+    else:
+        sys.stdout.write("\t".join(columns) + "\n")
+        for row in shown:
+            sys.stdout.write("\t".join(render.tsv_field(cell) for cell in row) + "\n")
+    more = at_most is not None and next(rows, None) is not None
+    for _ in rows:  # read to the end (one row at most is left), so the store closes
+        pass
+    return more
 
 
 @app.command(epilog=_epilog(
@@ -826,15 +878,25 @@ def inspect(
     similar: Annotated[
         str | None, typer.Option("--similar", metavar="TEXT", help="The nearest entries to TEXT and what ask would do.")
     ] = None,
-    namespace: Namespace = None,
-    model: Model = None,
+    namespace: Annotated[
+        str | None, typer.Option("-n", "--namespace", help="Only entries of this namespace. With --similar: the "
+                                 "namespace of the lookup. [default: every namespace; with --similar the namespace "
+                                 "setting, default; env SEMCACHE_NAMESPACE]")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("-m", "--model", help="Only entries answered by this model. With --similar: the "
+                                 "model of the lookup. [default: every model; with --similar the model setting, "
+                                 "llama3.2; env SEMCACHE_MODEL]")
+    ] = None,
     expired: Annotated[bool, typer.Option("--expired", help="Only entries past their TTL.")] = False,
     live: Annotated[bool, typer.Option("--live", help="Only entries not expired.")] = False,
     grep: Annotated[str | None, typer.Option("--grep", help="Only entries whose question or answer contains TEXT.")] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", min=0, help="How many to list; 0 = all. [default: 20, 10 with --similar]")
+        int | None, typer.Option("--limit", min=0, help="How many to list; 0 = all. [default: 20 in a table (a line "
+                                 "on stderr says when there are more), all with --json/--jsonl, 10 with --similar]")
     ] = None,
-    sort: Annotated[str, typer.Option("--sort", help="newest, oldest, hits or last-hit.")] = "newest",
+    sort: Annotated[str, typer.Option("--sort", click_type=TyperChoice(SORTS), metavar="<str>",
+                                      help="newest, oldest, hits or last-hit.")] = "newest",
     system: System = None,
     option: GenerationOption = None,
     format: Format = None,
@@ -888,11 +950,19 @@ def inspect(
                 _report(render.entry_detail(entry, now))
             return
         selector = Selector(expired=expired, live=live, namespace=namespace, model=model, grep=grep)
-        rows = inspection.listing(settings, selector, now, sort, 20 if limit is None else limit, with_vectors, _warn)
-        if json_output or jsonl:
+        if json_output or jsonl:  # an export: every entry, streamed, unless a limit is given
+            rows = inspection.listing(settings, selector, now, sort, limit or 0, with_vectors, _warn)
             _write_json_stream((render.entry_dict(e, now, v, with_vectors) for e, v in rows), jsonl)
-        else:
-            _write_table(render.LIST_COLUMNS, (render.list_row(e, now) for e, _ in rows), ("query", "response"))
+            return
+        shown = TABLE_ROWS if limit is None else limit
+        # One row more than shown, read only to say that there are more.
+        rows = inspection.listing(settings, selector, now, sort, shown + 1 if limit is None else shown, False, _warn)
+        more = _write_table(render.LIST_COLUMNS, (render.list_row(e, now) for e, _ in rows), ("query", "response"),
+                            shown if limit is None else None)
+        if more:
+            first = {"newest": "newest", "oldest": "oldest", "hits": "most hit", "last-hit": "last hit"}[sort]
+            _status(render.plain_line(f"showing {render.counted(shown, 'entry', 'entries')}, {first} first; there "
+                                      "are more (--limit 0 lists all; --json and --jsonl export all)"))
 
 
 def _inspect_similar(settings: config.Settings, text: str, format: Any, limit: int,

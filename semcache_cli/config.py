@@ -34,7 +34,9 @@ DEFAULTS: dict[str, Any] = {
     "namespace": "default",
     "system": None,
     "timeout": 300.0,
-    "max_query_chars": 32_000,
+    # The longest question: a few MB (a large `git diff`), answered and cached exactly; only
+    # the semantic layer skips what the embedding model's context cannot take.
+    "max_query_chars": 4_000_000,
     "guards": ("negation", "number", "entity", "direction"),  # all of guards.GUARDS
     "margin": 0.0,
     "scale": "calibrated",  # or "cosine": the raw cosine, as before the calibrated scale
@@ -105,20 +107,33 @@ MAX_DURATION_S = 100 * 365.25 * 86400
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+DURATION_FORMS = "units ms, s, m, h, d, w: e.g. 90s, 10m, 2h, 7d, 1h30m"
+SIZE_FORMS = "units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB: e.g. 500MB, 2GB, 64MiB, 4096B"
+
+
 def parse_duration(text: str, what: str = "duration") -> float:
-    """'90s', '10m', '2h', '7d', '1w', '1h30m' or a plain number of seconds."""
+    """'90s', '10m', '2h', '7d', '1w', '1h30m'. Every number needs its unit: a bare `5`
+    could mean 5 seconds or 5 days, and a TTL or a purge age mistaken by that much is
+    silent damage, so it is a usage error that names the forms."""
     cleaned = text.strip().lower()
-    pos, total = 0, 0.0
+    pos, parts = 0, []
     while pos < len(cleaned):
         match = _DURATION_PART.match(cleaned, pos)
         if not match:
             break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+        parts.append((match.group(1), match.group(2)))
         pos = match.end()
         while pos < len(cleaned) and cleaned[pos] == " ":
             pos += 1
+    total = sum(float(number) * _UNIT_SECONDS[unit or "s"] for number, unit in parts)
     if not cleaned or pos != len(cleaned) or not math.isfinite(total):
-        raise UsageError(f"{what}: {text!r} is not a duration (use e.g. 90s, 10m, 2h, 7d)")
+        raise UsageError(f"{what}: {text!r} is not a duration (use {DURATION_FORMS})")
+    bare = [number for number, unit in parts if unit is None]
+    if bare and len(parts) == 1:
+        raise UsageError(f"{what}: {bare[0]!r} has no unit: write {bare[0]}s, {bare[0]}m, {bare[0]}h or {bare[0]}d "
+                         f"({DURATION_FORMS})")
+    if bare:
+        raise UsageError(f"{what}: {text.strip()!r}: {bare[0]} has no unit ({DURATION_FORMS})")
     return _bounded(total, what, text)
 
 
@@ -136,12 +151,16 @@ _UNIT_BYTES = {
 
 
 def parse_size(text: str, what: str = "size") -> int:
-    """'500MB', '1.5GB', '64MiB', '10k' or a plain number of bytes (decimal units, as
-    `semcache stats` prints them; KiB/MiB/GiB for binary ones)."""
+    """'500MB', '1.5GB', '64MiB', '10k', '4096B' (decimal units, as `semcache stats`
+    prints them; KiB/MiB/GiB for binary ones). A bare number is refused: `500` meant as
+    megabytes would be 500 bytes, a bound that evicts everything."""
     match = _SIZE.fullmatch(text.strip())
     if not match:
-        raise UsageError(f"{what}: {text!r} is not a size (use e.g. 500MB, 2GB, 64MiB)")
-    size = float(match.group(1)) * _UNIT_BYTES[(match.group(2) or "b").lower()]
+        raise UsageError(f"{what}: {text!r} is not a size (use {SIZE_FORMS})")
+    if match.group(2) is None:
+        raise UsageError(f"{what}: {text.strip()!r} has no unit: write {match.group(1)}MB, {match.group(1)}GB, "
+                         f"or {match.group(1)}B for bytes ({SIZE_FORMS})")
+    size = float(match.group(1)) * _UNIT_BYTES[match.group(2).lower()]
     if not math.isfinite(size):
         raise UsageError(f"{what}: {text!r} is too large")
     return int(size)
@@ -160,10 +179,9 @@ def parse_ttl(value: Any, what: str = "ttl") -> float | None:
 def _to_seconds(value: Any, what: str) -> float:
     if isinstance(value, bool):
         raise UsageError(f"{what}: expected a duration, got {value!r}")
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise UsageError(f"{what}: expected a duration, got {value!r}")
-        return _bounded(float(value), what, value)
+    if isinstance(value, (int, float)):  # a config file's number: as ambiguous as a bare one on the command line
+        raise UsageError(f"{what}: {value!r} has no unit: write it as a string, \"{value}s\" or \"{value}d\" "
+                         f"({DURATION_FORMS})")
     if isinstance(value, str):
         return parse_duration(value, what)
     raise UsageError(f"{what}: expected a duration, got {value!r}")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from semcache_cli import policy
 from semcache_cli.errors import (
     CacheOnlyMiss,
+    EmbedInputTooLong,
     GenerationFailed,
     ModelNotFound,
     OllamaError,
@@ -49,7 +50,7 @@ class AskRequest:
     threshold: float
     min_confidence: float
     ttl: float | None
-    max_query_chars: int = 32_000
+    max_query_chars: int = 4_000_000
     guards: tuple[str, ...] = ()  # answer-safety guards on semantic candidates
     margin: float = 0.0  # margin rule: a runner-up this close makes a semantic hit a miss
     scale: str = "calibrated"  # or "cosine": the threshold is on the raw cosine
@@ -244,7 +245,8 @@ class _Asking:
     """One ask in progress: its request and everything the steps share. A plain class:
     a dataclass costs every process ~0.3 ms to define."""
 
-    __slots__ = ("req", "query", "scope_hash", "key", "now", "log", "on_token", "vector", "warnings", "timer", "scale")
+    __slots__ = ("req", "query", "scope_hash", "key", "now", "log", "on_token", "vector", "warnings", "timer", "scale",
+                 "unembedded")
 
     def __init__(self, req: AskRequest, query: str, scope_hash: str, key: str, now: float, log: LogRow,
                  on_token: Callable[[str], None], vector: Any = None) -> None:
@@ -255,6 +257,7 @@ class _Asking:
         self.warnings: list[str] = []
         self.timer = _Timer()
         self.scale: Scale | None = None
+        self.unembedded: str | None = None  # why the question has no vector: a miss reason of its own
 
     def log_row(self, path: str, **values: Any) -> LogRow:
         return self.log._replace(path=path, latency_ms=self.timer.total()["total"], **values)
@@ -317,7 +320,7 @@ class Engine:
 
         if ask.vector is None and (req.lookup or req.store):
             try:
-                ask.vector = self._embed(query, req, ask.warnings)
+                ask.vector, ask.unembedded = self._embed(query, req, ask.warnings)
             except SemcacheError as exc:
                 self._failed(ask, exc, miss_reason=exact.verdict.reason if exact else None)
                 raise
@@ -336,11 +339,13 @@ class Engine:
 
         miss_reason = calibrating_said(decision.miss_reason if req.lookup else policy.BYPASS,
                                        ask.scale is not None and ask.scale.state == "calibrating")
+        if miss_reason == policy.NO_MATCH and ask.unembedded is not None:
+            miss_reason = ask.unembedded  # not "nothing near enough": the semantic layer could not look
         ask.log = ask.log._replace(miss_reason=miss_reason, similarity=decision.similarity,
                                    confidence=decision.confidence, cosine=decision.cosine)
         if req.cache_only:
             self.store.log_request(ask.log_row("miss"))
-            raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set")
+            raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set", miss_reason)
 
         claim: Claim | None = None
         failing = False
@@ -454,13 +459,18 @@ class Engine:
     def explain(self, req: AskRequest, limit: int, vector: Any = None, semantic: bool = True) -> Explanation:
         """The exact candidate and the `limit` nearest entries of the scope, each judged
         as ask would judge it now, and ask's decision. Reads only: no hit is counted,
-        nothing is logged. An embedding failure is an error here, not a degradation;
-        semantic=False: the exact layer only (a question without a usable vector)."""
+        nothing is logged. An embedding failure is an error here, not a degradation, but a
+        question longer than the embedding model's context is looked up as ask does it:
+        exactly; semantic=False: the exact layer only (a question without a usable vector)."""
         query = validate_query(req.query, req.max_query_chars)
         scope_hash, now = req.scope.hash, self.clock()
         exact = self._exact(req, scope_hash, policy.exact_key(query), now)
+        too_long = False
         if vector is None and semantic:
-            vector = self._embed_vector(query, req)
+            try:
+                vector = self._embed_vector(query, req)
+            except EmbedInputTooLong:
+                too_long, semantic = True, False
         scale = self._scale(req.embed_model, len(vector), req.scale) if semantic else None
         neighbours = list(self._neighbours(req, scope_hash, vector, now, max(limit, SEMANTIC_CANDIDATES))) \
             if scale is not None and scale.semantic else []
@@ -468,6 +478,8 @@ class Engine:
         decision = decide(itertools.chain([exact] if exact else [], considered), req.margin)
         decision = decision._replace(miss_reason=calibrating_said(
             decision.miss_reason, scale is not None and scale.state == "calibrating"))
+        if too_long and decision.miss_reason == policy.NO_MATCH:
+            decision = decision._replace(miss_reason=policy.TOO_LONG_TO_EMBED)
         return Explanation(decision, exact, neighbours[:limit], len(considered), scale)
 
     def _exact(self, req: AskRequest, scope_hash: str, key: str, now: float) -> Judged | None:
@@ -561,7 +573,9 @@ class Engine:
         return Outcome(
             response=response, source=source, entry_id=entry.id if entry else None,
             similarity=similarity, confidence=confidence, miss_reason=miss_reason,
-            model=req.scope.model, embed_model=req.embed_model, namespace=req.scope.namespace,
+            # Ollama's own spelling (name:tag, lower case), as stored and as every command shows it
+            model=policy.canonical_model(req.scope.model), embed_model=policy.canonical_model(req.embed_model),
+            namespace=req.scope.namespace,
             created_at=entry.created_at if entry else None,
             expires_at=entry.expires_at if entry else None,
             warnings=ask.warnings, timings_ms=ask.timer.total(), calibration=ask.scale,
@@ -578,10 +592,14 @@ class Engine:
         except ValueError as exc:
             raise OllamaError(f"the embedding of {req.embed_model} is unusable: {exc}") from None
 
-    def _embed(self, query: str, req: AskRequest, warnings: list[str]) -> Any:
-        """The query's unit vector, or None (with a warning) when embedding fails."""
+    def _embed(self, query: str, req: AskRequest, warnings: list[str]) -> tuple[Any, str | None]:
+        """The query's unit vector, or None and the miss reason that says why: a question
+        longer than the model's context (no warning: long input is answered and cached
+        exactly, as documented) or a failure (with a warning)."""
         try:
-            return self._embed_vector(query, req)
+            return self._embed_vector(query, req), None
+        except EmbedInputTooLong:
+            return None, policy.TOO_LONG_TO_EMBED
         except OllamaUnreachable:
             if not req.cache_only:
                 raise  # the model call would fail the same way: report it once
@@ -592,7 +610,7 @@ class Engine:
             message = f"embedding failed ({exc}); semantic layer skipped"
         warnings.append(message)
         self.warn(message)
-        return None
+        return None, policy.EMBED_FAILED
 
     def _generate(self, query: str, req: AskRequest, on_token: Callable[[str], None]) -> Any:
         messages = []

@@ -45,20 +45,26 @@ class SemcacheError(Exception):
     """Base of every error semcache reports; the message is one line for the user."""
 
     exit_code = EXIT_RUNTIME
+    kind = "error"  # the error's name in JSON output (ask --json), stable for scripts
 
 
 class UsageError(SemcacheError):
     """Bad input or a bad setting: the user can fix the command line or config."""
 
     exit_code = EXIT_USAGE
+    kind = "usage"
 
 
 class StoreError(SemcacheError):
     """The cache database cannot be opened, read or written."""
 
+    kind = "store"
+
 
 class StoreDamaged(StoreError):
     """The store's file or data is damaged: refused, never written to."""
+
+    kind = "store_damaged"
 
 
 class StoreUnreachable(StoreError):
@@ -66,14 +72,19 @@ class StoreUnreachable(StoreError):
     answering (connection lost, statement timeout)."""
 
     exit_code = EXIT_STORE_UNREACHABLE
+    kind = "store_unreachable"
 
 
 class StoreFull(StoreError):
     """The disk (or the server's quota) is full; the store is left as it was."""
 
+    kind = "store_full"
+
 
 class UnreadableEntry(StoreError):
     """One stored entry cannot be decoded; the rest of the store is fine."""
+
+    kind = "unreadable_entry"
 
     def __init__(self, entry_id: int) -> None:
         super().__init__(f"entry {entry_id} of the cache cannot be read (its stored fields are damaged)")
@@ -84,22 +95,34 @@ class CacheOnlyMiss(SemcacheError):
     """--cache-only and nothing in the cache may answer."""
 
     exit_code = EXIT_CACHE_MISS
+    kind = "cache_miss"
+
+    def __init__(self, message: str, miss_reason: str | None = None) -> None:
+        super().__init__(message)
+        self.miss_reason = miss_reason  # why the cache could not answer, as ask --json says it
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:  # to cross from a replay worker process
+        return type(self), (str(self), self.miss_reason)
 
 
 class OllamaError(SemcacheError):
     """Ollama answered, but with an error (500, bad reply, refused request)."""
+
+    kind = "ollama"
 
 
 class OllamaUnreachable(OllamaError):
     """No answer at all: connection refused, DNS failure, or a timeout."""
 
     exit_code = EXIT_UNREACHABLE
+    kind = "ollama_unreachable"
 
 
 class ModelNotFound(OllamaError):
     """The requested model is not pulled on the Ollama server."""
 
     exit_code = EXIT_MODEL_MISSING
+    kind = "model_not_found"
 
     def __init__(self, model: str, message: str) -> None:
         super().__init__(message)
@@ -109,9 +132,19 @@ class ModelNotFound(OllamaError):
         return type(self), (self.model, str(self))
 
 
+class EmbedInputTooLong(OllamaError):
+    """The query is longer than the embedding model's context (sent with truncate=false,
+    so a long query is never silently cut and matched on its first part only): that
+    query goes without the semantic layer."""
+
+    kind = "embed_input_too_long"
+
+
 class GenerationFailed(OllamaError):
     """The answer stream broke off: mid-stream error, dropped connection, bad JSON,
     or a truncated (done_reason "length") answer. Nothing is stored."""
+
+    kind = "generation_failed"
 
 
 class Interrupted(SemcacheError):
@@ -119,6 +152,7 @@ class Interrupted(SemcacheError):
     usual one line, not Click's "Aborted!"."""
 
     exit_code = EXIT_INTERRUPTED
+    kind = "interrupted"
 
 
 class Terminated(BaseException):

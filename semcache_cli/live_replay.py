@@ -64,7 +64,9 @@ class LiveEmbeddings:
         except OllamaUnreachable as exc:
             self._error = exc
         except (ModelNotFound, OllamaError) as exc:
-            left = "each query is" if not self._rows else f"the {len(texts) - len(self._rows):,} queries left are"
+            rest = len(texts) - len(self._rows)
+            left = ("each query is" if not self._rows else "the query left is" if rest == 1
+                    else f"the {rest:,} queries left are")
             warn(f"batch embedding failed ({exc}); {left} embedded one at a time, as `ask` does")
         except BaseException as exc:  # handed to the replay's own thread, which reports it
             self._error = exc

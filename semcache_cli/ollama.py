@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from semcache_cli import __version__, http11
-from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable, UsageError
+from semcache_cli.errors import (  # EmbedInputTooLong: raised here, and importable from here as before
+    EmbedInputTooLong,
+    GenerationFailed,
+    ModelNotFound,
+    OllamaError,
+    OllamaUnreachable,
+    UsageError,
+)
 
 CONNECT_TIMEOUT_S = 5.0
 IDLE_LIMIT_S = 120.0  # the most silence between two tokens of an answer that has started
@@ -47,11 +54,6 @@ MAX_COUNT = 1_000_000_000  # a token count above this is not a real one
 MAX_DURATION_NS = 7 * 86_400 * 10**9  # nor a generation time above a week
 
 _DONE_REASON = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-
-
-class EmbedInputTooLong(OllamaError):
-    """The query is longer than the embedding model's context (sent with truncate=false,
-    so a long query is never silently cut and matched on its first part only)."""
 
 
 class _Unusable(Exception):

@@ -25,6 +25,8 @@ LOW_CONFIDENCE = "low_confidence"
 BYPASS = "bypass"
 AMBIGUOUS = "ambiguous"  # margin rule: two different answers nearly tied
 CALIBRATING = "calibrating"  # too few vectors of the embedding model stored for a semantic hit
+EMBED_FAILED = "embed_failed"  # the embedding model is missing or failed: no semantic layer for this ask
+TOO_LONG_TO_EMBED = "too_long_to_embed"  # longer than the embedding model's context: exact layer only
 GUARD_PREFIX = "guard:"  # guard:negation, guard:number, ...
 
 # Default weights of the confidence score: similarity matters most, freshness decays

@@ -7,6 +7,7 @@ tables of `inspect` and `stats`, on a terminal.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -16,12 +17,18 @@ from semcache_cli.engine import AskRequest, Explanation, Judged, Outcome, Scale
 from semcache_cli.storage.models import Entry
 
 PREFIX = "semcache"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def iso_time(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """`1 entry`, `2 entries`, `1,000 vectors`: a number with its noun agreeing."""
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
 
 
 def elapsed(ms: float) -> str:
@@ -41,13 +48,13 @@ def human_bytes(count: int) -> str:
 
 def purge_line(report: dict[str, Any]) -> str:
     gone = report["matched"] + report["evicted"] if report["dry_run"] else report["deleted"] + report["evicted"]
-    text = f"{'would purge' if report['dry_run'] else 'purged'} {gone:,} entr{'y' if gone == 1 else 'ies'}"
+    text = f"{'would purge' if report['dry_run'] else 'purged'} {counted(gone, 'entry', 'entries')}"
     if report["evicted"]:
         text += f" ({report['evicted']:,} least recently used)"
     if not report["dry_run"]:
         text += f", {human_bytes(report['bytes_freed'])} freed"
     if report["log_rows_deleted"]:
-        text += f", {report['log_rows_deleted']:,} log rows"
+        text += f", {counted(report['log_rows_deleted'], 'log row')}"
     text += f"; {report['remaining']:,} left"
     if not report["dry_run"] and report["max_bytes"] is not None and report["bytes_in_use"] > report["max_bytes"]:
         text += (f"; still {human_bytes(report['bytes_in_use'])} in use, over --max-size "
@@ -57,7 +64,7 @@ def purge_line(report: dict[str, Any]) -> str:
 
 def copy_line(report: dict[str, Any]) -> str:
     written, unchanged = report["written"], report["unchanged"]
-    text = f"copied {written:,} entr{'y' if written == 1 else 'ies'} from {report['source']} to {report['target']}"
+    text = f"copied {counted(written, 'entry', 'entries')} from {report['source']} to {report['target']}"
     return f"{PREFIX}: {text}" + (f" ({unchanged:,} already there)" if unchanged else "")
 
 
@@ -104,8 +111,13 @@ def error_line(message: str) -> str:
     return f"{PREFIX}: error: {message}"
 
 
-def outcome_json(outcome: Outcome) -> str:
+def outcome_json(outcome: Outcome, question: str | None = None) -> str:
+    """ask --json on success. Its first keys, `question`, `exit_code` and `error`, are in
+    every object ask --json prints, so a script reads one shape (docs/json.md)."""
     data: dict[str, Any] = {
+        "question": question,
+        "exit_code": 0,
+        "error": None,
         "response": outcome.response,
         "source": outcome.source,
         "hit": outcome.hit,
@@ -125,6 +137,27 @@ def outcome_json(outcome: Outcome) -> str:
         "calibration": scale_dict(outcome.calibration),
     }
     return json.dumps(data, ensure_ascii=False)
+
+
+def failure_json(question: str | None, kind: str, message: str, exit_code: int, miss_reason: str | None) -> str:
+    """ask --json when there is no answer: a miss under --cache-only (exit 3) or an error,
+    with the same first keys as an answer and no answer in it."""
+    data = {
+        "question": _encodable(question),  # bad input may be why it failed: printed as it can be
+        "exit_code": exit_code,
+        "error": {"kind": kind, "message": _encodable(message)},
+        "response": None,
+        "source": None,
+        "hit": False,
+        "miss_reason": miss_reason,
+    }
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _encodable(text: str | None) -> str | None:
+    """Text that can be written as UTF-8: a lone surrogate (bytes that were not UTF-8)
+    becomes U+FFFD."""
+    return None if text is None else _SURROGATE.sub("\ufffd", text)
 
 
 def scale_dict(scale: Scale | None) -> dict[str, Any] | None:
@@ -383,7 +416,7 @@ def stats_text(figures: dict[str, Any], since_label: str) -> str:
         f"  misses       {req['misses']['total']:,}: {_breakdown(req['misses']['by_reason'])}",
         f"  bypasses     {req['bypasses']:,}",
         f"  errors       {req['errors']:,}",
-        f"  saved        {span(req['time_saved_s'])} of generation, {req['tokens_saved']:,} tokens",
+        f"  saved        {span(req['time_saved_s'])} of generation, {counted(req['tokens_saved'], 'token')}",
     ]
     for path, figures_ms in req["latency_ms"].items():
         lines.append(f"  latency      {path:<9}median {elapsed(figures_ms['median'])}, "
@@ -400,13 +433,14 @@ def stats_text(figures: dict[str, Any], since_label: str) -> str:
         lines += [f"  {scale_text(row)}" for row in figures["scales"]]
     if figures["top_entries"]:
         lines += ["", "top entries by hits"]
-        lines += [f"  {e['hits']:>6,} hits  entry {e['id']}: {one_line(e['query'], 60)}" for e in figures["top_entries"]]
+        lines += [f"  {e['hits']:>6,} {'hit ' if e['hits'] == 1 else 'hits'}  entry {e['id']}: {one_line(e['query'], 60)}"
+                  for e in figures["top_entries"]]
     return "\n".join(lines)
 
 
 def scale_text(row: dict[str, Any]) -> str:
     """One embedding model's scale, as scales.overview describes it."""
-    head = f"{row['embed_model']} ({row['dims']} dims): {row['vectors']:,} vectors, "
+    head = f"{row['embed_model']} ({row['dims']} dims): {counted(row['vectors'], 'vector')}, "
     if row["state"] == "calibrating":
         return head + f"calibrating (semantic hits from {row['needed']} vectors)"
     if row["state"] == "unusable":
@@ -437,7 +471,7 @@ def replay_text(reports: list[dict[str, Any]], recommended: float | None, target
         rate = f" ({r['queries_per_s']:,.0f} queries/s)" if r["queries_per_s"] else ""
         lines = [
             f"replay ({r['mode']}{', interrupted' if r['interrupted'] else ''}): "
-            f"{r['queries']:,} {'query' if r['queries'] == 1 else 'queries'} in {r['seconds']:.1f} s{rate}",
+            f"{counted(r['queries'], 'query', 'queries')} in {r['seconds']:.1f} s{rate}",
             f"  hits         {r['hits']['total']:,} ({_percent(r['hit_rate'])}): exact {r['hits']['exact']:,}, "
             f"semantic {r['hits']['semantic']:,}",
             f"  misses       {sum(r['misses'].values()):,}: {_breakdown(r['misses'])}",
@@ -447,12 +481,12 @@ def replay_text(reports: list[dict[str, Any]], recommended: float | None, target
         if r["labelled_hits"]:
             lines.append(f"  labelled     {r['correct_hits']:,} correct, {r['wrong_hits']:,} wrong: wrong-answer rate "
                          f"{_percent(r['wrong_answer_rate'], 2)} of queries, precision {_percent(r['precision'])}")
-        lines.append(f"  saved        {span(r['time_saved_s'])} of generation, {r['tokens_saved']:,} tokens")
+        lines.append(f"  saved        {span(r['time_saved_s'])} of generation, {counted(r['tokens_saved'], 'token')}")
         if r["bad_lines"]:
-            lines.append(f"  skipped      {r['bad_lines']:,} bad lines")
+            lines.append(f"  skipped      {counted(r['bad_lines'], 'bad line')}")
         return "\n".join(lines)
     first = reports[0]
-    lines = [f"replay ({first['mode']}): {first['queries']:,} queries per threshold, "
+    lines = [f"replay ({first['mode']}): {counted(first['queries'], 'query', 'queries')} per threshold, "
              f"{len(reports)} thresholds in {sum(r['seconds'] for r in reports):.1f} s",
              f"{'threshold':>9}  {'hit rate':>8}  {'exact':>6}  {'semantic':>8}  {'wrong-answer rate':>17}  "
              f"{'precision':>9}"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from semcache_cli.engine import embedding_text
-from semcache_cli.errors import SemcacheError
+from semcache_cli.errors import EmbedInputTooLong, SemcacheError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -80,7 +80,7 @@ def embed_batches(client: Any, embed_model: str, texts: list[str]) -> Iterator[n
     dims: int | None = None
     for start in range(0, len(texts), EMBED_BATCH):
         batch = [embedding_text(embed_model, t) for t in texts[start:start + EMBED_BATCH]]
-        block = client.embed(embed_model, batch)
+        block = _embedded(client, embed_model, batch)
         lengths = {len(row) for row in block if row is not None}
         if dims is not None and lengths - {dims}:
             raise SemcacheError(f"{embed_model} returned embeddings of different lengths")
@@ -90,6 +90,18 @@ def embed_batches(client: Any, embed_model: str, texts: list[str]) -> Iterator[n
             if row is not None:
                 matrix[i] = np.frombuffer(row, dtype=np.float32)
         yield matrix / np.linalg.norm(matrix, axis=1, keepdims=True)  # unit length, as vectors.unit_vector makes
+
+
+def _embedded(client: Any, embed_model: str, batch: list[str]) -> list[Any]:
+    """The batch's vectors; when one text is longer than the model's context the server
+    refuses the whole batch, so it is embedded again a text at a time and that text
+    goes without a vector (exact layer only, as `ask` does)."""
+    try:
+        return list(client.embed(embed_model, batch))
+    except EmbedInputTooLong:
+        if len(batch) == 1:
+            return [None]
+        return [vector for text in batch for vector in _embedded(client, embed_model, [text])]
 
 
 def usable(matrix: np.ndarray) -> np.ndarray:

@@ -89,6 +89,7 @@ class FakeOllama:
     table: dict[str, np.ndarray] = field(default_factory=dict)
     faults: Faults = field(default_factory=Faults)
     version: str = "0.12.3"
+    embed_context_chars: int = 0  # > 0: longer embedding inputs exceed the model's context (as tokens would)
 
     def __post_init__(self) -> None:
         self.counts: Counter[str] = Counter()
@@ -139,6 +140,7 @@ class FakeOllama:
             self.connections = 0
             self._table_json.clear()
         self.faults = Faults()
+        self.embed_context_chars = 0
 
     # -- behaviour ---------------------------------------------------------------------
 
@@ -392,6 +394,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(400, "invalid input type")
         if not texts:
             return self._json(200, {"model": model, "embeddings": []})
+        limit = fake.embed_context_chars
+        if limit and any(len(t) > limit for t in texts):
+            if body.get("truncate") is False:  # Ollama's own words (about 0.14 on)
+                return self._error(400, "the input length exceeds the context length")
+            texts = [t[:limit] for t in texts]  # truncate defaults to true: the head of the text only
         encoded = []
         dims = body.get("dimensions")
         for text in texts:

@@ -34,7 +34,7 @@ def test_miss_streams_the_answer_stores_it_and_logs_it(ollama: FakeOllama, isola
     result = run_cli("ask", Q)
     assert result.exit_code == 0
     assert result.stdout == ANSWER + "\n"
-    assert result.stderr.startswith("semcache: miss (no_match) · answered by llama3.2 · stored as entry 1")
+    assert result.stderr.startswith("semcache: miss (no_match) · answered by llama3.2:latest · stored as entry 1")
     assert ollama.counts["/api/chat"] == 1 and ollama.counts["/api/embed"] == 1
     (row,) = entries(isolated_env)
     assert (row.query, row.response, row.model, row.done_reason) == (Q, ANSWER, "llama3.2:latest", "stop")
@@ -177,7 +177,8 @@ def test_cache_only_serves_hits_and_exits_3_on_a_miss(ollama: FakeOllama, isolat
     assert run_cli("ask", Q, "--cache-only").stdout == ANSWER + "\n"
     miss = run_cli("ask", "Something never asked", "--cache-only")
     assert miss.exit_code == 3 and miss.stdout == ""
-    assert "no cached answer (no_match) and --cache-only is set" in miss.stderr
+    # Ollama is gone, so the question could not be embedded: the semantic layer never looked
+    assert "no cached answer (embed_failed) and --cache-only is set" in miss.stderr
     assert requests(isolated_env)[-1].path == "miss"
 
 
@@ -290,7 +291,7 @@ def test_missing_embedding_model_degrades_with_one_warning(ollama: FakeOllama, i
     warning, status = result.stderr.splitlines()
     assert warning == ("semcache: warning: embedding model 'mxbai-embed-large' not found: "
                        "run `ollama pull mxbai-embed-large`; semantic layer skipped")
-    assert status.startswith("semcache: miss (no_match)")
+    assert status.startswith("semcache: miss (embed_failed)")  # not "nothing near enough": it never looked
     (row,) = entries(isolated_env)
     with cache_at(isolated_env) as store:
         assert row.embed_model is None and store.vector_of(row.id) is None

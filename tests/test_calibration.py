@@ -50,7 +50,7 @@ def test_a_new_cache_says_it_is_calibrating_until_it_holds_enough_questions(olla
     assert run_cli("ask", "-q", Q).exit_code == 0
     result = run_cli("ask", PARAPHRASE, "--no-store")
     assert result.stderr.startswith(f"semcache: miss (calibrating: semantic hits start at 32 questions stored with "
-                                    f"{NOMIC}, 1 so far) · answered by llama3.2")
+                                    f"{NOMIC}, 1 so far) · answered by llama3.2:latest")
     cold = json.loads(run_cli("ask", PARAPHRASE, "--json", "--no-store").stdout)
     assert (cold["source"], cold["miss_reason"]) == ("model", "calibrating")
     assert cold["calibration"] == {"state": "calibrating", "vectors": 1, "needed": 32, "estimated_from": None,

@@ -15,7 +15,7 @@ from semcache_cli.errors import UsageError
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("90s", 90), ("10m", 600), ("2h", 7200), ("7d", 604800), ("1w", 604800), ("1h30m", 5400),
-     ("45", 45), ("1.5h", 5400), ("250ms", 0.25), (" 2H ", 7200)],
+     ("1.5h", 5400), ("250ms", 0.25), (" 2H ", 7200), ("5 m", 300)],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert config.parse_duration(text) == seconds
@@ -41,10 +41,28 @@ def test_duration_units_multiply_up_to_the_documented_maximum(count: int, unit: 
             config.parse_duration(f"{count}{unit}")
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ("45", "'45' has no unit: write 45s, 45m, 45h or 45d (units ms, s, m, h, d, w"),
+    (" 0.5 ", "'0.5' has no unit: write 0.5s, 0.5m, 0.5h or 0.5d"),
+    ("1h30", "'1h30': 30 has no unit (units ms, s, m, h, d, w"),
+])
+def test_a_duration_needs_its_unit(text: str, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        config.parse_duration(text, "--ttl")
+    assert str(caught.value).startswith(f"--ttl: {message}")
+
+
+def test_a_size_needs_its_unit() -> None:
+    with pytest.raises(UsageError) as caught:
+        config.parse_size("500", "--max-size")
+    assert str(caught.value) == ("--max-size: '500' has no unit: write 500MB, 500GB, or 500B for bytes (units B, KB, "
+                                 "MB, GB, TB, KiB, MiB, GiB, TiB: e.g. 500MB, 2GB, 64MiB, 4096B)")
+
+
 @pytest.mark.parametrize(
     ("text", "size"),
     [("500MB", 500_000_000), ("1.5GB", 1_500_000_000), ("64MiB", 64 * 1024**2), ("10k", 10_000),
-     ("4096", 4096), (" 2 gb ", 2_000_000_000), ("1TiB", 1024**4)],
+     ("4096B", 4096), (" 2 gb ", 2_000_000_000), ("1TiB", 1024**4)],
 )
 def test_sizes(text: str, size: int) -> None:
     assert config.parse_size(text) == size

@@ -88,12 +88,16 @@ def test_every_help_ends_with_examples_that_parse(name: str) -> None:
 def test_the_json_the_docs_show_has_the_keys_the_commands_print(ollama: FakeOllama) -> None:
     pages = [README, *sorted((REPO / "docs").glob("*.md"))]
     shown = [json.loads(line) for page in pages for line in page.read_text().splitlines() if line.startswith('{"')]
-    by_first_key = {next(iter(obj)): set(obj) for obj in shown}
     asked = run_proc("ask", "--json", "What is semantic caching?")
+    missed = run_proc("ask", "--json", "--cache-only", "Never asked before")
     purged = run_proc("purge", "--expired", "--json")
-    assert asked.exit_code == purged.exit_code == 0
-    assert by_first_key["response"] == set(json.loads(asked.stdout))
-    assert by_first_key["dry_run"] == set(json.loads(purged.stdout))
+    assert (asked.exit_code, missed.exit_code, purged.exit_code) == (0, 3, 0)
+    printed = {0: set(json.loads(asked.stdout)), 3: set(json.loads(missed.stdout))}
+    asks = [obj for obj in shown if "question" in obj]
+    assert {obj["exit_code"] for obj in asks} == {0, 3}  # an answer and a cache-only miss are shown
+    for obj in asks:
+        assert set(obj) == printed[obj["exit_code"]]
+    assert [set(obj) for obj in shown if "dry_run" in obj] == [set(json.loads(purged.stdout))]
 
 
 def test_the_changelog_starts_at_this_version() -> None:

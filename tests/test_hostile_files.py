@@ -107,9 +107,9 @@ def test_durations_past_the_documented_maximum_are_exit_2(ollama: FakeOllama, is
 
 
 def test_a_config_file_ttl_past_the_maximum_is_exit_2(isolated_env: Path, tmp_path: Path) -> None:
-    (tmp_path / "conf.toml").write_text("ttl = 1e300\n")
+    (tmp_path / "conf.toml").write_text('ttl = "99999999999d"\n')
     result = run_proc("ask", Q, env={"SEMCACHE_CONFIG": str(tmp_path / "conf.toml")})
-    assert result.exit_code == 2 and "ttl: 1e+300 is longer than semcache allows" in one_line_error(result.stderr)
+    assert result.exit_code == 2 and "ttl: '99999999999d' is longer than semcache allows" in one_line_error(result.stderr)
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "binary"])

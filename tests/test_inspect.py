@@ -159,7 +159,7 @@ def test_unknown_id_and_contradictions_are_usage_errors(cache: Path) -> None:
     assert run_cli("inspect", "--expired", "--live").exit_code == 2
     assert run_cli("inspect", "1", "--similar", "x").exit_code == 2
     bad_sort = run_cli("inspect", "--sort", "size")
-    assert bad_sort.exit_code == 2 and "--sort must be one of newest, oldest, hits, last-hit" in bad_sort.stderr
+    assert bad_sort.exit_code == 2 and "'size' is not one of 'newest', 'oldest', 'hits', 'last-hit'" in bad_sort.stderr
 
 
 def test_before_the_first_ask_the_default_cache_is_empty_and_not_created(

@@ -256,7 +256,8 @@ def test_a_bad_sort_prints_no_header_before_its_error(isolated_env: Path) -> Non
     _seed(isolated_env, "a question", "an answer")
     result = run_proc("inspect", "--sort", "bogus")
     assert (result.exit_code, result.stdout) == (2, "")
-    assert result.stderr == "semcache: error: --sort must be one of newest, oldest, hits, last-hit, got 'bogus'\n"
+    assert result.stderr == ("semcache: error: invalid value for '--sort': 'bogus' is not one of 'newest', 'oldest', "
+                             "'hits', 'last-hit' (semcache inspect --help)\n")
 
 
 # -- 7. each command's exit codes ------------------------------------------------------------

@@ -292,7 +292,8 @@ def test_without_the_extra_a_postgresql_url_is_one_line_and_exit_2() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.decode() == ("semcache: error: postgresql:// stores need the PostgreSQL extra: "
-                                    "pip install 'semcache-cli[postgres]'\n")
+                                    "pip install '.[postgres]' in semcache's source tree "
+                                    "(or pip install 'psycopg[binary]' pgvector)\n")
 
 
 def test_a_statement_is_bounded_by_the_timeout(pg: PostgresStore, postgres_db: str) -> None:

@@ -31,8 +31,10 @@ def open_store(settings: Settings, warn: Callable[[str], None] | None = None, cr
         try:
             from semcache_cli.storage.postgres import PostgresStore
         except ImportError:  # psycopg is an optional extra; the SQLite path never imports it
-            raise UsageError("postgresql:// stores need the PostgreSQL extra: pip install 'semcache-cli[postgres]'") \
-                from None
+            # semcache is installed from its source tree (it is not on PyPI): the extra is
+            # named from there, and its two packages for an install made otherwise.
+            raise UsageError("postgresql:// stores need the PostgreSQL extra: pip install '.[postgres]' in semcache's "
+                             "source tree (or pip install 'psycopg[binary]' pgvector)") from None
         return PostgresStore.open(location, settings.timeout, create=create and not read_only)
     from semcache_cli.storage.sqlite import SQLiteStore
 
