@@ -42,6 +42,12 @@ DEFAULTS: dict[str, Any] = {
 
 SCALES = ("calibrated", "cosine")
 
+# The most semcache reads of one input it does not control the size of: a question on
+# stdin, one line of a replay file. Past it the command stops (exit 2) rather than hold
+# an endless pipe in memory. A few MB: far more than any model's context window.
+MAX_INPUT_BYTES = 4_000_000
+MAX_CONFIG_BYTES = 1_000_000  # a config file is a few lines; a larger one is not one
+
 # Every option of Ollama's API (the Options and Runner structs of ollama/api/types.go,
 # from v0.1.35, when the last model-shape options went, to today; older servers ignore
 # the ones they lack), typed as Ollama decodes them: a wrong type fails the request.
@@ -411,7 +417,11 @@ def load_config_file(path: Path, named: bool = False) -> dict[str, Any]:
 
     try:
         with path.open("rb") as handle:
-            data = tomllib.load(handle)
+            raw = handle.read(MAX_CONFIG_BYTES + 1)  # a file that grows without end is read no further
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise UsageError(f"config file {path}: larger than {MAX_CONFIG_BYTES // 1_000_000} MB, which no "
+                             "config file is")
+        data = tomllib.loads(raw.decode("utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: TOMLDecodeError, or bytes that are not UTF-8
         reason = exc.strerror if isinstance(exc, OSError) else " ".join(str(exc).split()) or "not TOML"
         if isinstance(exc, UnicodeDecodeError):
