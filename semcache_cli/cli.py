@@ -173,7 +173,7 @@ def _report(text: str) -> None:
 
 
 def _warn(message: str) -> None:
-    _stderr(render.warning_line(message))
+    _stderr(render.warning_line(config.scrub_known(message)))
 
 
 @contextmanager
@@ -182,7 +182,7 @@ def _errors_to_exit() -> Iterator[None]:
     try:
         yield
     except SemcacheError as exc:
-        _stderr(render.error_line(str(exc)))
+        _stderr(render.error_line(config.scrub_known(str(exc))))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _stderr(render.error_line("interrupted; nothing partial was stored"))
@@ -200,7 +200,8 @@ def _errors_to_exit() -> Iterator[None]:
     except Exception as exc:
         if os.environ.get("SEMCACHE_DEBUG") == "1":
             raise
-        _stderr(render.error_line(f"unexpected {type(exc).__name__}: {exc} (SEMCACHE_DEBUG=1 shows a traceback)"))
+        _stderr(render.error_line(config.scrub_known(f"unexpected {type(exc).__name__}: {exc} "
+                                                     "(SEMCACHE_DEBUG=1 shows a traceback)")))
         raise typer.Exit(EXIT_RUNTIME) from None
 
 
