@@ -15,7 +15,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -145,6 +145,8 @@ app = typer.Typer(
 
 
 def _stderr(line: str) -> None:
+    if sys.stderr.isatty():  # a message may quote what a server or a stored entry said
+        line = render.terminal_safe(line)
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
@@ -169,7 +171,7 @@ def _status(line: str) -> None:
 def _report(text: str) -> None:
     """A command's report for a person, on stdout (stats, replay, inspect's tables)."""
     if not _quiet:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write((render.terminal_safe(text) if sys.stdout.isatty() else text) + "\n")
 
 
 def _warn(message: str) -> None:
@@ -334,8 +336,9 @@ class _AnswerWriter:
     `xargs -P 8 semcache ask` gets whole answers, one a line. A reader that goes away
     (`| head`) stops the writing, not the generation: the full answer is still stored."""
 
-    def __init__(self, stream: bool) -> None:
+    def __init__(self, stream: bool, shown: Callable[[str], str] | None = None) -> None:
         self.stream = stream
+        self.shown = shown  # on a terminal: render.terminal_safe (or its JSON form)
         self.pending: list[str] = []
         self.wrote = False
         self.ends_with_newline = False
@@ -376,7 +379,7 @@ class _AnswerWriter:
         if self.closed or not text:
             return
         try:
-            write_all(text)
+            write_all(self.shown(text) if self.shown else text)
         except BrokenPipeError:
             self.closed = True
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -519,7 +522,11 @@ def ask(
         text = read_question(question)
         # Streamed to a terminal (or with --stream): a pipe's reader is a program that
         # wants whole answers, and with one write per answer parallel asks never interleave.
-        writer = _AnswerWriter(stream=stream or sys.stdout.isatty())
+        # On a terminal a hit and a miss are shown alike: what a terminal would act on
+        # (escape sequences, colours included) is shown as symbols; a pipe gets the bytes.
+        terminal = sys.stdout.isatty()
+        writer = _AnswerWriter(stream=stream or terminal, shown=None if not terminal else
+                               render.json_terminal_safe if json_output else render.terminal_safe)
         try:
             outcome = run_ask(
                 settings, text, config.parse_format(format),
@@ -650,7 +657,8 @@ def stats(
         window = config.parse_duration(since, "--since") if since else None
         figures = statistics.report(settings, time.time(), window, _warn)
         if json_output:
-            sys.stdout.write(render.stats_json(figures) + "\n")
+            text = render.stats_json(figures)
+            sys.stdout.write((render.json_terminal_safe(text) if sys.stdout.isatty() else text) + "\n")
         else:
             _report(render.stats_text(figures, f"last {since}" if since else "all time"))
 
@@ -855,15 +863,21 @@ def _read_lines(source: str) -> Iterator[bytes]:
     return lines()
 
 
+def _json_text(data: Any) -> str:
+    """One JSON document of stored text; on a terminal, what it would act on is escaped."""
+    text = json.dumps(data, ensure_ascii=False)
+    return render.json_terminal_safe(text) if sys.stdout.isatty() else text
+
+
 def _write_json_stream(items: Iterable[dict[str, Any]], jsonl: bool) -> None:
     """An array (--json) or one object a line (--jsonl), written as the rows are read."""
     if jsonl:
         for item in items:
-            sys.stdout.write(json.dumps(item, ensure_ascii=False) + "\n")
+            sys.stdout.write(_json_text(item) + "\n")
         return
     sys.stdout.write("[")
     for n, item in enumerate(items):
-        sys.stdout.write(("," if n else "") + "\n" + json.dumps(item, ensure_ascii=False))
+        sys.stdout.write(("," if n else "") + "\n" + _json_text(item))
     sys.stdout.write("\n]\n")
 
 
@@ -878,8 +892,8 @@ def _write_table(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]], wide
     if sys.stdout.isatty():
         from rich.console import Console
 
-        Console().print(render.rich_table(columns, [tuple(render.one_line(cell, 500) for cell in row) for row in rows],
-                                          wide))
+        Console().print(render.rich_table(
+            columns, [tuple(render.one_line(render.terminal_safe(cell), 500) for cell in row) for row in rows], wide))
         return
     sys.stdout.write("\t".join(columns) + "\n")
     for row in rows:
@@ -953,8 +967,7 @@ def inspect(
         if entry_id is not None:
             entry, vector = inspection.show(settings, entry_id, _warn)
             if json_output or jsonl:
-                sys.stdout.write(json.dumps(render.entry_dict(entry, now, vector, with_vectors),
-                                            ensure_ascii=False) + "\n")
+                sys.stdout.write(_json_text(render.entry_dict(entry, now, vector, with_vectors)) + "\n")
             else:
                 _report(render.entry_detail(entry, now))
             return
@@ -983,7 +996,7 @@ def _inspect_similar(settings: config.Settings, text: str, format: Any, limit: i
         if jsonl:
             _write_json_stream(rows, jsonl=True)
         else:
-            sys.stdout.write(json.dumps(render.explanation_dict(explanation, request, rows), ensure_ascii=False) + "\n")
+            sys.stdout.write(_json_text(render.explanation_dict(explanation, request, rows)) + "\n")
         return
     _write_table(render.SIMILAR_COLUMNS,
                  (render.similar_row(judged, served, rank, considered, now) for rank, judged in ranked), ("query",))
