@@ -43,4 +43,4 @@ def open_store(settings: Settings, warn: Callable[[str], None] | None = None, cr
     if read_only and settings.db_is_default and not path.exists():
         return SQLiteStore.empty(path)
     return SQLiteStore.open(path, create_parent=settings.db_is_default, warn=warn, create=create,
-                            read_only=read_only)
+                            read_only=read_only, private=settings.db_is_default)
