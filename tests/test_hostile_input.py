@@ -87,17 +87,24 @@ def _finish(proc: subprocess.Popen[bytes], feeder: Feeder) -> tuple[str, str]:
     return out.decode(), err.decode()
 
 
-def test_an_endless_question_on_stdin_stops_at_the_bound_with_little_memory() -> None:
-    proc = _spawn("ask", "-", "--cache-only")
-    feeder = Feeder(proc, b"What is this\n" * 5000)
+def _endless(chunk: bytes, *args: str) -> tuple[int | None, str, int]:
+    """semcache reading `chunk` again and again on stdin: (exit code, stderr, bytes the
+    pipe took), once its RSS was checked against the cap all along."""
+    proc = _spawn(*args)
+    feeder = Feeder(proc, chunk)
     code, peak = _watch(proc, time.monotonic() + DEADLINE_S)
     _, err = _finish(proc, feeder)
     assert peak <= RSS_CAP_KB, f"RSS reached {peak:,} kB reading an endless stdin"
+    return code, err, feeder.written
+
+
+def test_an_endless_question_on_stdin_stops_at_the_bound_with_little_memory() -> None:
+    code, err, written = _endless(b"What is this\n" * 5000, "ask", "-", "--cache-only")
     assert code == 2, err
     assert err.strip().splitlines() == [
         "semcache: error: the question on stdin is longer than 4.0 MB, the most semcache reads; nothing was asked"]
-    # the child wrote nothing more than the bound and a pipe's worth; the feeder did not need to stop it
-    assert config.MAX_INPUT_BYTES < feeder.written < config.MAX_INPUT_BYTES * 4
+    # the child read the bound and a little more, then stopped: the pipe took no more
+    assert config.MAX_INPUT_BYTES < written < config.MAX_INPUT_BYTES * 4
 
 
 def test_a_question_up_to_the_bound_is_read_whole(ollama: object) -> None:
@@ -144,11 +151,7 @@ def test_a_signal_ends_replay_while_it_reads_an_endless_pipe(signum: int, code: 
 
 
 def test_a_replay_line_with_no_end_stops_at_the_bound() -> None:
-    proc = _spawn("replay", "-", "--dry-run")
-    feeder = Feeder(proc, b"What is this " * 5000)  # no line break, ever
-    code, peak = _watch(proc, time.monotonic() + DEADLINE_S)
-    _, err = _finish(proc, feeder)
-    assert peak <= RSS_CAP_KB, f"RSS reached {peak:,} kB reading one endless line"
+    code, err, _ = _endless(b"What is this " * 5000, "replay", "-", "--dry-run")  # no line break, ever
     assert code == 2, err
     assert err.strip().splitlines() == [
         "semcache: error: stdin: line 1 is longer than 4.0 MB, the most semcache reads of one line; nothing was replayed"]
