@@ -103,7 +103,7 @@ def test_a_planted_default_cache_is_refused_and_left_alone(users: tuple[int, int
     before = log_rows(db)
     for args in (["ask", QUESTION], ["ask", "--cache-only", QUESTION], ["inspect"], ["stats"]):
         asked = run_as(victim, *args, env={"XDG_CACHE_HOME": str(xdg), "OLLAMA_HOST": ollama.url})
-        assert asked.returncode == 1, (args, asked.stderr)
+        assert asked.returncode == 2, (args, asked.stderr)
         assert PLANTED not in asked.stdout and "hunter2" not in asked.stdout
         assert asked.stderr.count("\n") == 1 and asked.stderr.startswith(
             f"semcache: error: refusing the cache at {db}: ")
@@ -128,7 +128,7 @@ def test_what_is_unsafe_is_named(users: tuple[int, int], shared: Path, ollama: F
     os.chown(own, attacker if owner == "attacker" else victim, -1)
     os.chown(xdg, attacker if owner == "attacker-parent" else 0, -1)
     asked = run_as(victim, "ask", QUESTION, env={"XDG_CACHE_HOME": str(xdg), "OLLAMA_HOST": ollama.url})
-    assert asked.returncode == 1
+    assert asked.returncode == 2
     assert reason in asked.stderr and asked.stderr.startswith("semcache: error: refusing the cache at ")
 
 

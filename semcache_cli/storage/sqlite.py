@@ -121,7 +121,8 @@ def _check_owner(path: Path, private: bool, warn: Callable[[str], None] | None) 
     if private:
         found = ownership.problem(path)
         if found:
-            raise StoreError(f"refusing the cache at {path}: {found}, so another user could plant answers in it "
+            # a setting to fix (where the cache lives), as a bad --db path is: exit 2
+            raise UsageError(f"refusing the cache at {path}: {found}, so another user could plant answers in it "
                              "or read your questions; make it yours alone, or keep the cache elsewhere (SEMCACHE_DB)")
     elif warn is not None:
         found = ownership.named_problem(path)
