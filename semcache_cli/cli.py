@@ -16,7 +16,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -148,6 +148,8 @@ app = typer.Typer(
 
 
 def _stderr(line: str) -> None:
+    if sys.stderr.isatty():  # a message may quote what a server or a stored entry said
+        line = render.terminal_safe(line)
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
@@ -172,11 +174,11 @@ def _status(line: str) -> None:
 def _report(text: str) -> None:
     """A command's report for a person, on stdout (stats, replay, inspect's tables)."""
     if not _quiet:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write((render.terminal_safe(text) if sys.stdout.isatty() else text) + "\n")
 
 
 def _warn(message: str) -> None:
-    _stderr(render.warning_line(message))
+    _stderr(render.warning_line(config.scrub_known(message)))
 
 
 @contextmanager
@@ -185,7 +187,7 @@ def _errors_to_exit() -> Iterator[None]:
     try:
         yield
     except SemcacheError as exc:
-        _stderr(render.error_line(str(exc)))
+        _stderr(render.error_line(config.scrub_known(str(exc))))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _stderr(render.error_line("interrupted; nothing partial was stored"))
@@ -203,7 +205,8 @@ def _errors_to_exit() -> Iterator[None]:
     except Exception as exc:
         if os.environ.get("SEMCACHE_DEBUG") == "1":
             raise
-        _stderr(render.error_line(f"unexpected {type(exc).__name__}: {exc} (SEMCACHE_DEBUG=1 shows a traceback)"))
+        _stderr(render.error_line(config.scrub_known(f"unexpected {type(exc).__name__}: {exc} "
+                                                     "(SEMCACHE_DEBUG=1 shows a traceback)")))
         raise typer.Exit(EXIT_RUNTIME) from None
 
 
@@ -265,11 +268,72 @@ def read_question(argument: str | None) -> str:
         return argument
     if not _stdin_has_data(sys.stdin):
         raise UsageError('no question given: semcache ask "your question" (or pipe one in with -)')
-    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    raw = read_bounded(sys.stdin, config.MAX_INPUT_BYTES)
+    if raw is None:
+        raise UsageError(f"the question on stdin is longer than {render.human_bytes(config.MAX_INPUT_BYTES)}, "
+                         "the most semcache reads; nothing was asked")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError("the question on stdin is not valid UTF-8") from None
+
+
+READ_CHUNK = 64 * 1024
+
+
+def _chunks(stream: Any) -> Iterator[bytes]:
+    """A stream's bytes, one bounded os.read at a time: a single read of all of it would
+    hold an endless pipe (`yes | semcache ask -`) in memory, and, being one C call, would
+    never let a SIGINT or SIGTERM handler run. Streams without a file descriptor (tests'
+    in-memory ones) are read the same way through their own read."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, io.UnsupportedOperation, AttributeError):
+        source = stream.buffer if hasattr(stream, "buffer") else stream
+        while chunk := source.read(READ_CHUNK):
+            yield chunk if isinstance(chunk, bytes) else chunk.encode()
+        return
+    while chunk := os.read(fd, READ_CHUNK):
+        yield chunk
+
+
+def read_bounded(stream: Any, limit: int) -> bytes | None:
+    """All of `stream` when it is at most `limit` bytes; None (and no more is read) past it."""
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in _chunks(stream):
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _overlong(source: str, number: int, limit: int) -> UsageError:
+    return UsageError(f"{source}: line {number:,} is longer than {render.human_bytes(limit)}, the most semcache "
+                      "reads of one line; nothing was replayed")
+
+
+def bounded_lines(stream: Any, limit: int, source: str) -> Iterator[bytes]:
+    """The lines of `stream` (split as bytes.splitlines does), read as they come; a line
+    longer than `limit` bytes stops the reading with a usage error, so no line, and no
+    stream without line breaks, is ever held whole past the bound."""
+    pending = b""
+    number = 0
+    for chunk in _chunks(stream):
+        lines = (pending + chunk).splitlines(keepends=True)
+        # The last piece may not be whole yet: no line end, or a \r whose \n comes next.
+        pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        for line in lines:
+            number += 1
+            body = line.rstrip(b"\r\n")
+            if len(body) > limit:
+                raise _overlong(source, number, limit)
+            yield body
+        if len(pending.rstrip(b"\r")) > limit:
+            raise _overlong(source, number + 1, limit)
+    if pending:
+        yield pending.rstrip(b"\r")
 
 
 def write_all(text: str) -> None:
@@ -303,8 +367,9 @@ class _AnswerWriter:
     `xargs -P 8 semcache ask` gets whole answers, one a line. A reader that goes away
     (`| head`) stops the writing, not the generation: the full answer is still stored."""
 
-    def __init__(self, stream: bool) -> None:
+    def __init__(self, stream: bool, shown: Callable[[str], str] | None = None) -> None:
         self.stream = stream
+        self.shown = shown  # on a terminal: render.terminal_safe (or its JSON form)
         self.pending: list[str] = []
         self.wrote = False
         self.ends_with_newline = False
@@ -345,7 +410,7 @@ class _AnswerWriter:
         if self.closed or not text:
             return
         try:
-            write_all(text)
+            write_all(self.shown(text) if self.shown else text)
         except BrokenPipeError:
             self.closed = True
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -491,7 +556,11 @@ def ask(
         asked[0] = text
         # Streamed to a terminal (or with --stream): a pipe's reader is a program that
         # wants whole answers, and with one write per answer parallel asks never interleave.
-        writer = _AnswerWriter(stream=stream or sys.stdout.isatty())
+        # On a terminal a hit and a miss are shown alike: what a terminal would act on
+        # (escape sequences, colours included) is shown as symbols; a pipe gets the bytes.
+        terminal = sys.stdout.isatty()
+        writer = _AnswerWriter(stream=stream or terminal, shown=None if not terminal else
+                               render.json_terminal_safe if json_output else render.terminal_safe)
         try:
             outcome = run_ask(
                 settings, text, config.parse_format(format),
@@ -627,7 +696,8 @@ def stats(
         window = config.parse_duration(since, "--since") if since else None
         figures = statistics.report(settings, time.time(), window, _warn)
         if json_output:
-            sys.stdout.write(render.stats_json(figures) + "\n")
+            text = render.stats_json(figures)
+            sys.stdout.write((render.json_terminal_safe(text) if sys.stdout.isatty() else text) + "\n")
         else:
             _report(render.stats_text(figures, f"last {since}" if since else "all time"))
 
@@ -813,28 +883,43 @@ def copy_store(
         _status(render.copy_line(report))
 
 
-def _read_lines(source: str) -> list[bytes]:
+def _read_lines(source: str) -> Iterator[bytes]:
+    """The query file's (or stdin's) lines, read as they come, each at most
+    config.MAX_INPUT_BYTES."""
     if source == "-":
         if not _stdin_has_data(sys.stdin):
             raise UsageError("replay - reads queries from stdin, but stdin is not a pipe or a file")
-        stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else io.BytesIO(sys.stdin.read().encode())
-        return stream.read().splitlines()
+        return bounded_lines(sys.stdin, config.MAX_INPUT_BYTES, "stdin")
     try:
-        with open(source, "rb") as handle:
-            return handle.read().splitlines()
+        handle = open(source, "rb")
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from None
+
+    def lines() -> Iterator[bytes]:
+        with handle:
+            try:
+                yield from bounded_lines(handle, config.MAX_INPUT_BYTES, source)
+            except OSError as exc:  # EIO and the like, found on a read
+                raise UsageError(f"cannot read {source}: {exc.strerror}") from None
+
+    return lines()
+
+
+def _json_text(data: Any) -> str:
+    """One JSON document of stored text; on a terminal, what it would act on is escaped."""
+    text = json.dumps(data, ensure_ascii=False)
+    return render.json_terminal_safe(text) if sys.stdout.isatty() else text
 
 
 def _write_json_stream(items: Iterable[dict[str, Any]], jsonl: bool) -> None:
     """An array (--json) or one object a line (--jsonl), written as the rows are read."""
     if jsonl:
         for item in items:
-            sys.stdout.write(json.dumps(item, ensure_ascii=False) + "\n")
+            sys.stdout.write(_json_text(item) + "\n")
         return
     sys.stdout.write("[")
     for n, item in enumerate(items):
-        sys.stdout.write(("," if n else "") + "\n" + json.dumps(item, ensure_ascii=False))
+        sys.stdout.write(("," if n else "") + "\n" + _json_text(item))
     sys.stdout.write("\n]\n")
 
 
@@ -855,8 +940,8 @@ def _write_table(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]], wide
     elif sys.stdout.isatty():
         from rich.console import Console
 
-        Console().print(render.rich_table(columns, [tuple(render.one_line(cell, 500) for cell in row) for row in shown],
-                                          wide))
+        Console().print(render.rich_table(
+            columns, [tuple(render.one_line(render.terminal_safe(cell), 500) for cell in row) for row in shown], wide))
     else:
         sys.stdout.write("\t".join(columns) + "\n")
         for row in shown:
@@ -944,8 +1029,7 @@ def inspect(
         if entry_id is not None:
             entry, vector = inspection.show(settings, entry_id, _warn)
             if json_output or jsonl:
-                sys.stdout.write(json.dumps(render.entry_dict(entry, now, vector, with_vectors),
-                                            ensure_ascii=False) + "\n")
+                sys.stdout.write(_json_text(render.entry_dict(entry, now, vector, with_vectors)) + "\n")
             else:
                 _report(render.entry_detail(entry, now))
             return
@@ -982,7 +1066,7 @@ def _inspect_similar(settings: config.Settings, text: str, format: Any, limit: i
         if jsonl:
             _write_json_stream(rows, jsonl=True)
         else:
-            sys.stdout.write(json.dumps(render.explanation_dict(explanation, request, rows), ensure_ascii=False) + "\n")
+            sys.stdout.write(_json_text(render.explanation_dict(explanation, request, rows)) + "\n")
         return
     _write_table(render.SIMILAR_COLUMNS,
                  (render.similar_row(judged, served, rank, considered, now) for rank, judged in ranked), ("query",))

@@ -44,6 +44,13 @@ DEFAULTS: dict[str, Any] = {
 
 SCALES = ("calibrated", "cosine")
 
+# The most semcache reads of one input it does not control the size of: a question on
+# stdin, one line of a replay file. Past it the command stops (exit 2) rather than hold
+# an endless pipe in memory. Room for the longest question max_query_chars allows by
+# default in UTF-8's widest characters, so that rule, not this bound, speaks to a long one.
+MAX_INPUT_BYTES = 16_000_000
+MAX_CONFIG_BYTES = 1_000_000  # a config file is a few lines; a larger one is not one
+
 # Every option of Ollama's API (the Options and Runner structs of ollama/api/types.go,
 # from v0.1.35, when the last model-shape options went, to today; older servers ignore
 # the ones they lack), typed as Ollama decodes them: a wrong type fails the request.
@@ -331,7 +338,9 @@ def parse_ollama_host(raw: str | None) -> str:
     host, spaces or control characters inside) is a usage error. Credentials in the value
     are dropped, and never shown in a message."""
     text = (raw or "").strip()
-    shown = re.sub(r"^([a-z]+://)?[^/@]*@", r"\1…@", text, flags=re.IGNORECASE)  # no password in messages
+    # No credentials in messages: everything up to the last `@` of the authority (a
+    # password may hold an `@` of its own) is hidden.
+    shown = re.sub(r"^([a-z]+://)?[^/]*@", r"\1…@", text, flags=re.IGNORECASE)
     if not text.isprintable() or any(ch.isspace() for ch in text):
         raise UsageError(f"OLLAMA_HOST: {shown!r} has a space or control character inside")
     port = DEFAULT_OLLAMA_PORT
@@ -429,7 +438,11 @@ def load_config_file(path: Path, named: bool = False) -> dict[str, Any]:
 
     try:
         with path.open("rb") as handle:
-            data = tomllib.load(handle)
+            raw = handle.read(MAX_CONFIG_BYTES + 1)  # a file that grows without end is read no further
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise UsageError(f"config file {path}: larger than {MAX_CONFIG_BYTES // 1_000_000} MB, which no "
+                             "config file is")
+        data = tomllib.loads(raw.decode("utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: TOMLDecodeError, or bytes that are not UTF-8
         reason = exc.strerror if isinstance(exc, OSError) else " ".join(str(exc).split()) or "not TOML"
         if isinstance(exc, UnicodeDecodeError):
@@ -442,15 +455,100 @@ def load_config_file(path: Path, named: bool = False) -> dict[str, Any]:
     return data
 
 
+# libpq's connection parameters that hold a secret: those PQconndefaults marks for
+# hiding (dispchar "*": password, sslpassword, oauth_client_secret) and the SCRAM keys,
+# which log in as well as a password does.
+SECRET_PARAMETERS = frozenset({"password", "sslpassword", "oauth_client_secret", "scram_client_key",
+                               "scram_server_key"})
+MASK = "***"
+_PERCENT = re.compile(rb"%([0-9a-fA-F]{2})")
+
+
+def _percent_decoded(text: str) -> str:
+    """%XX decoded as libpq decodes a URL's parts (no `+` for space); a malformed escape
+    is left as it is (libpq refuses the URL, but its text is still masked)."""
+    raw = _PERCENT.sub(lambda m: bytes([int(m.group(1), 16)]), text.encode("utf-8", "surrogateescape"))
+    return raw.decode("utf-8", "replace")
+
+
+def _secret_spans(url: str) -> list[tuple[int, int]]:
+    """Where the secrets of a database URL lie, as (start, end) in its text, found as
+    libpq finds them: the password runs from the first `:` of the user part to its `@`,
+    and every query parameter whose name, %-decoded and in any case, is one of
+    SECRET_PARAMETERS (libpq decodes pass%77ord to password; it rejects PASSWORD, but
+    the value is in the URL all the same). Where libpq and a URL parser part ways
+    (`a:b@c@host`: libpq stops at the first `@`, urllib at the last; a `?` before the
+    `@`), the longer reading is taken, so masking covers both."""
+    spans = []
+    start = url.find("://") + 3 if "://" in url else 0
+    authority = url[start:].split("/", 1)[0]  # libpq looks for the `@` up to the first `/`
+    if "@" in authority:
+        userinfo = authority[: authority.rindex("@")]
+        if ":" in userinfo:
+            spans.append((start + userinfo.index(":") + 1, start + len(userinfo)))
+    if "?" in url:
+        pos = url.index("?") + 1
+        for item in url[pos:].split("&"):
+            name, eq, _ = item.partition("=")
+            if eq and _percent_decoded(name).strip().lower() in SECRET_PARAMETERS:
+                spans.append((pos + len(name) + 1, pos + len(item)))
+            pos += len(item) + 1
+    return [span for span in spans if span[1] > span[0]]
+
+
+def masked_url(url: str) -> str:
+    """A database URL as it may be shown: every secret libpq would read from it (the
+    password of user:password@; password, sslpassword and the like among the query
+    parameters, however %-encoded or cased) replaced by ***. The one function every
+    message, report and error that names a database URL goes through."""
+    hidden = bytearray(len(url))
+    for start, end in _secret_spans(url):
+        hidden[start:end] = b"\x01" * (end - start)
+    return "".join(MASK if hidden[i] and (i == 0 or not hidden[i - 1]) else "" if hidden[i] else ch
+                   for i, ch in enumerate(url))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets of a database URL as they may appear in someone else's message (a
+    driver's error can quote the URL, or a value it decoded): each as written and
+    %-decoded, longest first, so scrub() replaces the whole of each."""
+    found = [url[start:end] for start, end in _secret_spans(url)]
+    found += [_percent_decoded(value) for value in found]
+    return sorted(set(found), key=len, reverse=True)
+
+
+def scrub(text: str, urls: list[str]) -> str:
+    """`text` with every secret of each URL in `urls` (url_secrets) replaced by ***."""
+    for url in urls:
+        for secret in url_secrets(url):
+            text = text.replace(secret, MASK)
+    return text
+
+
 def is_database_url(location: str) -> bool:
     return "://" in location
+
+
+# Every database URL this process was given (--db, SEMCACHE_DB, the config file, copy's
+# --from and --to): scrub_known() takes their secrets out of text semcache did not write.
+_GIVEN_URLS: list[str] = []
 
 
 def database_setting(value: Any, what: str) -> str:
     """The database setting: a file path (~ expanded) or a URL such as
     postgresql://user@host/db, kept as text: a Path would fold a URL's `//`."""
     text = _text(value, what)
-    return text if is_database_url(text) else os.path.expanduser(text)
+    if is_database_url(text):
+        _GIVEN_URLS.append(text)
+        return text
+    return os.path.expanduser(text)
+
+
+def scrub_known(text: str) -> str:
+    """`text` without the secrets of any database URL this process was given: the last
+    guard on every line the command line prints, for text it did not write itself (an
+    unexpected exception's, a driver's)."""
+    return scrub(text, _GIVEN_URLS) if _GIVEN_URLS else text
 
 
 @dataclass

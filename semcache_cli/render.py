@@ -98,6 +98,35 @@ def status_line(outcome: Outcome) -> str:
     return f"{PREFIX}: miss ({reason}) · answered by {outcome.model} · {stored} · {total}"
 
 
+# What a terminal acts on instead of showing: the C0 controls but newline and tab (ESC
+# starts every escape sequence: OSC 52 writes the clipboard, OSC 0 the title, OSC 8 makes
+# links, CSI moves the cursor and clears the screen), DEL, the C1 controls (0x9B is a
+# one-character CSI), and the invisible marks that reorder what is shown (bidirectional
+# overrides and isolates). On a terminal they are shown as symbols instead: C0 and DEL as
+# their Unicode control pictures (ESC is ␛), the rest as <U+XXXX>.
+_HIDDEN_MARKS = [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_TERMINAL_SAFE = str.maketrans({
+    **{code: chr(0x2400 + code) for code in range(0x20) if code not in (0x09, 0x0A)},
+    0x7F: "\u2421",
+    **{code: f"<U+{code:04X}>" for code in [*range(0x80, 0xA0), *_HIDDEN_MARKS]},
+})
+# In JSON the same characters are written as \u escapes: the same data once parsed.
+_JSON_SAFE = str.maketrans({code: f"\\u{code:04x}" for code in [0x7F, *range(0x80, 0xA0), *_HIDDEN_MARKS]})
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every character a terminal would act on shown as a symbol (newlines
+    and tabs kept): for stored answers, questions and server messages written to a
+    terminal. Piped output is never passed through it: scripts get the exact bytes."""
+    return text.translate(_TERMINAL_SAFE)
+
+
+def json_terminal_safe(text: str) -> str:
+    """A JSON document for a terminal: json.dumps already escapes the C0 controls; DEL,
+    the C1 controls and the hidden marks become \\u escapes too."""
+    return text.translate(_JSON_SAFE)
+
+
 def plain_line(message: str) -> str:
     """A status that is neither a warning nor an error (a choice the user made)."""
     return f"{PREFIX}: {message}"

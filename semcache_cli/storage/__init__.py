@@ -5,6 +5,7 @@ so nothing above this package names one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +28,9 @@ def open_store(settings: Settings, warn: Callable[[str], None] | None = None, cr
     if is_database_url(location):
         scheme = location.split("://", 1)[0].lower()
         if scheme not in ("postgresql", "postgres"):
-            raise UsageError(f"--db: {scheme}:// is not a kind of store semcache knows (a file path, or postgresql://)")
+            # only a scheme is shown: the text before `://` may be anything, a password too
+            named = f"{scheme}://" if re.fullmatch(r"[a-z][a-z0-9+.-]{0,30}", scheme) else "this URL"
+            raise UsageError(f"--db: {named} is not a kind of store semcache knows (a file path, or postgresql://)")
         try:
             from semcache_cli.storage.postgres import PostgresStore
         except ImportError:  # psycopg is an optional extra; the SQLite path never imports it
@@ -42,4 +45,4 @@ def open_store(settings: Settings, warn: Callable[[str], None] | None = None, cr
     if read_only and settings.db_is_default and not path.exists():
         return SQLiteStore.empty(path)
     return SQLiteStore.open(path, create_parent=settings.db_is_default, warn=warn, create=create,
-                            read_only=read_only)
+                            read_only=read_only, private=settings.db_is_default)

@@ -21,8 +21,9 @@ Design choices:
 - Single-flight claims are leases in a table, on the server's clock, renewed by a
   heartbeat: they outlive neither their holder (the lease runs out) nor a pooler's
   reassignment of server connections, as session advisory locks would.
-- The password never leaves: `location` is the URL with it masked, and every message
-  built from a server error is scrubbed of it.
+- No secret leaves: `location` is the URL with its secrets masked (config.masked_url, which
+  reads the URL as libpq does), and every message built from a driver's error is scrubbed
+  of them, as written and as libpq decoded them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from semcache_cli import policy
+from semcache_cli.config import MASK, SECRET_PARAMETERS, masked_url, url_secrets
 from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, StoreUnreachable, UsageError
 from semcache_cli.storage.models import (
     ENTRY_FIELDS,
@@ -94,21 +96,22 @@ def parse_url(url: str) -> tuple[str, str, str]:
     semcache's own query parameter, taken out before libpq sees the URL."""
     try:
         parts = urllib.parse.urlsplit(url)
-        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
         raise UsageError("--db: not a usable postgresql:// URL") from None
     schema = DEFAULT_SCHEMA
     kept = []
-    for name, value in query:
-        if name == "schema":
-            schema = value
+    # Every parameter but semcache's own goes to libpq as it was written: libpq decodes
+    # only %-escapes, so a `+` (in a password too) is a `+`, not the space a form decoder
+    # would make of it.
+    for item in parts.query.split("&") if parts.query else []:
+        name, _, value = item.partition("=")
+        if urllib.parse.unquote(name) == "schema":
+            schema = urllib.parse.unquote(value)
         else:
-            kept.append((name, value))
+            kept.append(item)
     if not _SCHEMA_NAME.fullmatch(schema):
         raise UsageError(f"--db: schema={schema!r} is not a plain lower-case name (letters, digits, _)")
-    # %20, not +, for a space: libpq decodes only %-escapes (options=-c%20work_mem%3D64MB)
-    query_text = urllib.parse.urlencode(kept, quote_via=urllib.parse.quote)
-    return _unsplit(parts._replace(query=query_text)), schema, masked_url(url)
+    return _unsplit(parts._replace(query="&".join(kept))), schema, masked_url(url)
 
 
 def _unsplit(parts: urllib.parse.SplitResult) -> str:
@@ -117,38 +120,28 @@ def _unsplit(parts: urllib.parse.SplitResult) -> str:
     return text + (f"?{parts.query}" if parts.query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
-def masked_url(url: str) -> str:
-    """The URL with any password in it (user:password@ or password=) shown as ***."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        user, colon, password = userinfo.partition(":")
-        if password:
-            userinfo = f"{user}{colon}***"
-        netloc = f"{userinfo}@{hosts}"
-    query = re.sub(r"(^|&)(password=)[^&]+", r"\1\2***", parts.query)
-    return _unsplit(parts._replace(netloc=netloc, query=query))
-
-
-def _password(conninfo: str) -> str | None:
+def _secrets(conninfo: str, url: str) -> list[str]:
+    """Every secret a message about this store could quote: the URL's, as written and
+    %-decoded (config.url_secrets), and each secret parameter as libpq itself read it."""
     from psycopg.conninfo import conninfo_to_dict
 
     try:
-        return conninfo_to_dict(conninfo).get("password")  # type: ignore[return-value]
-    except psycopg.Error:  # libpq cannot parse it: refused before any message could show it
-        return None
+        given = conninfo_to_dict(conninfo)
+    except psycopg.Error:  # libpq cannot parse it: the URL's own secrets are all there is
+        given = {}
+    read = [str(given[name]) for name in SECRET_PARAMETERS if given.get(name)]
+    return sorted({*read, *url_secrets(url)}, key=len, reverse=True)
 
 
 def store_error(store: PostgresStore, exc: BaseException) -> StoreError:
-    return server_error(exc, store.location, store.secret, store.timeout_s)
+    return server_error(exc, store.location, store.secrets, store.timeout_s)
 
 
-def server_error(exc: BaseException, location: str, secret: str | None, timeout_s: float) -> StoreError:
-    """What a psycopg error means to the user, by SQLSTATE; one line, never the password."""
+def server_error(exc: BaseException, location: str, secrets: list[str], timeout_s: float) -> StoreError:
+    """What a psycopg error means to the user, by SQLSTATE; one line, never a secret."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if secret:
-        text = text.replace(secret, "***")
+    for secret in secrets:
+        text = text.replace(secret, MASK)
     state = getattr(exc, "sqlstate", None) or ""
     if state == "57014":  # query_canceled: the statement timeout
         return StoreUnreachable(f"the cache store {location} did not answer within {timeout_s:g} s (raise --timeout)")
@@ -206,7 +199,7 @@ def _reconnecting(method: Callable[..., Any]) -> Callable[..., Any]:
             if not self._conn.broken:
                 raise
         self._conn.close()
-        self._conn = self._connect(self._conninfo, self.location, self.timeout_s)
+        self._conn = self._connect(self._conninfo, self.location, self.timeout_s, self.secrets)
         return method(self, *args, **kwargs)
 
     return call
@@ -217,12 +210,12 @@ class PostgresStore:
     """One connection to the shared store (one per process, or per thread: `reopen`)."""
 
     def __init__(self, conn: psycopg.Connection[Any], conninfo: str, schema: str, location: str,
-                 timeout_s: float, pgvector: tuple[int, ...], vector_schema: str) -> None:
+                 timeout_s: float, pgvector: tuple[int, ...], vector_schema: str, secrets: list[str]) -> None:
         self._conn = conn
         self._conninfo = conninfo
         self.schema = schema
         self.location = location
-        self.secret = _password(conninfo)
+        self.secrets = secrets
         self.timeout_s = timeout_s
         self.pgvector = pgvector
         self._vector_schema = vector_schema
@@ -239,7 +232,8 @@ class PostgresStore:
     @classmethod
     def open(cls, url: str, timeout_s: float = 300.0, create: bool = True) -> PostgresStore:
         conninfo, schema, location = parse_url(url)
-        conn = cls._connect(conninfo, location, timeout_s)
+        secrets = _secrets(conninfo, url)
+        conn = cls._connect(conninfo, location, timeout_s, secrets)
         try:
             state = cls._describe(conn, schema)
             if not create and (state is None or state[2] is None):
@@ -254,11 +248,11 @@ class PostgresStore:
                                  f"(schema {state[2]}, this one knows {SCHEMA_VERSION}); upgrade semcache")
         except psycopg.Error as exc:
             conn.close()
-            raise server_error(exc, location, _password(conninfo), timeout_s) from None
+            raise server_error(exc, location, secrets, timeout_s) from None
         except BaseException:
             conn.close()
             raise
-        store = cls(conn, conninfo, schema, location, timeout_s, _version(state[0]), state[1])
+        store = cls(conn, conninfo, schema, location, timeout_s, _version(state[0]), state[1], secrets)
         if 0 < before < 2 <= int(state[2]):  # a store from before the calibrated scale: one for each model now
             from semcache_cli.storage import scales
 
@@ -270,13 +264,16 @@ class PostgresStore:
         return store
 
     @staticmethod
-    def _connect(conninfo: str, location: str, timeout_s: float) -> psycopg.Connection[Any]:
+    def _connect(conninfo: str, location: str, timeout_s: float, secrets: list[str]) -> psycopg.Connection[Any]:
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
         try:
             given = conninfo_to_dict(conninfo)
         except psycopg.Error as exc:
-            raise UsageError(f"--db: {location} is not a usable PostgreSQL URL ({' '.join(str(exc).split())})") \
+            reason = " ".join(str(exc).split())
+            for secret in secrets:  # libpq quotes a token it cannot decode, a password's too
+                reason = reason.replace(secret, MASK)
+            raise UsageError(f"--db: {location} is not a usable PostgreSQL URL ({reason})") \
                 from None
         # Every statement is bounded by --timeout; a user's own `options` are kept.
         options = f"{given.get('options') or ''} -c statement_timeout={int(timeout_s * 1000)}".strip()
@@ -287,7 +284,7 @@ class PostgresStore:
                 autocommit=True, prepare_threshold=None,
             )
         except psycopg.Error as exc:
-            raise server_error(exc, location, _password(conninfo), timeout_s) from None
+            raise server_error(exc, location, secrets, timeout_s) from None
 
     @staticmethod
     def _describe(conn: psycopg.Connection[Any], schema: str) -> tuple[str, str, str | None] | None:
@@ -343,9 +340,9 @@ class PostgresStore:
                              "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(number),))
 
     def reopen(self) -> PostgresStore:
-        conn = self._connect(self._conninfo, self.location, self.timeout_s)
+        conn = self._connect(self._conninfo, self.location, self.timeout_s, self.secrets)
         return PostgresStore(conn, self._conninfo, self.schema, self.location, self.timeout_s, self.pgvector,
-                             self._vector_schema)
+                             self._vector_schema, self.secrets)
 
     def close(self) -> None:
         self._conn.close()

@@ -115,6 +115,21 @@ def _create_private_file(path: Path, create_parent: bool) -> None:
             raise StoreError(f"cannot create database {path}: {exc.strerror}") from None
 
 
+def _check_owner(path: Path, private: bool, warn: Callable[[str], None] | None) -> None:
+    from semcache_cli.storage import ownership
+
+    if private:
+        found = ownership.problem(path)
+        if found:
+            # a setting to fix (where the cache lives), as a bad --db path is: exit 2
+            raise UsageError(f"refusing the cache at {path}: {found}, so another user could plant answers in it "
+                             "or read your questions; make it yours alone, or keep the cache elsewhere (SEMCACHE_DB)")
+    elif warn is not None:
+        found = ownership.named_problem(path)
+        if found:
+            warn(f"{found}: another user can change the answers in this cache, and read your questions")
+
+
 def _where(selector: Selector, now: float) -> tuple[str, list[Any]]:
     """The selector as a WHERE clause of fixed fragments; every user value is a bound
     parameter. An empty selector matches every entry."""
@@ -168,11 +183,14 @@ class SQLiteStore:
 
     @classmethod
     def open(cls, path: Path, create_parent: bool = False, warn: Callable[[str], None] | None = None,
-             create: bool = True, read_only: bool = False) -> SQLiteStore:
+             create: bool = True, read_only: bool = False, private: bool = False) -> SQLiteStore:
         """The cache file at `path`, created (create) and migrated as needed. read_only:
         for commands that only read (stats, inspect, dry runs): the file must exist and
-        is left as it was found, its write-ahead log included."""
+        is left as it was found, its write-ahead log included. private: the default
+        location, refused when another user could change it (ownership.py); a named
+        path is only warned about."""
         path = Path(path)
+        _check_owner(path, private, warn)
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise StoreError(f"this Python's SQLite is {sqlite3.sqlite_version}; semcache needs "
                              f"{'.'.join(map(str, MIN_SQLITE))} or newer (RETURNING): use a newer Python build")
@@ -184,6 +202,8 @@ class SQLiteStore:
             raise UsageError(f"there is no cache at {path} (check the path)")
         if not read_only:
             _create_private_file(path, create_parent)
+            if private:  # what was made may have met what another user made first
+                _check_owner(path, private, None)
         if not os.access(path, os.R_OK | (0 if read_only else os.W_OK)):
             raise StoreError(f"cannot read and write the database {path}: permission denied "
                              "(semcache writes on every ask; check the file's owner and mode)")
