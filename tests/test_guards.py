@@ -100,8 +100,9 @@ def test_ask_misses_with_the_guard_as_reason(twofa: FakeOllama) -> None:
     result = run_cli("ask", "how do I disable 2FA", "--embed-model", "all-minilm", "--json", "--no-store")
     outcome = json.loads(result.stdout)
     assert (outcome["source"], outcome["miss_reason"]) == ("model", "guard:negation")
+    assert outcome["miss_detail"] == '"disable" vs "enable"'  # the words it fired on, the new question's first
     assert outcome["response"] == "This is the answer to: how do I disable 2FA"
-    assert "miss (guard:negation, best similarity 0.960, cosine 0.960)" in run_cli(
+    assert 'miss (guard:negation: "disable" vs "enable", best similarity 0.960, cosine 0.960)' in run_cli(
         "ask", "how do I disable 2FA", "--embed-model", "all-minilm", "--no-store").stderr
 
 
@@ -120,8 +121,14 @@ def test_inspect_similar_shows_which_guard_fired(twofa: FakeOllama) -> None:
     result = run_cli("inspect", "--similar", "how do I disable 2FA", "--embed-model", "all-minilm")
     lines = result.stdout.splitlines()
     verdict = lines[0].split("\t").index("verdict")
-    assert lines[1].split("\t")[verdict] == "guard:negation"
-    assert lines[-1] == "ask would miss (guard:negation, similarity 0.960, cosine 0.960) and call the model"
+    assert lines[1].split("\t")[verdict] == 'guard:negation: "disable" vs "enable"'
+    assert lines[-1] == ('ask would miss (guard:negation: "disable" vs "enable", similarity 0.960, cosine 0.960) '
+                         "and call the model")
+    explained = json.loads(run_cli("inspect", "--similar", "how do I disable 2FA", "--embed-model", "all-minilm",
+                                   "--json").stdout)
+    assert (explained["decision"]["miss_reason"], explained["decision"]["miss_detail"]) == (
+        "guard:negation", '"disable" vs "enable"')
+    assert explained["candidates"][0]["guard_words"] == '"disable" vs "enable"'
 
 
 # -- the margin rule ----------------------------------------------------------------------
