@@ -216,9 +216,13 @@ POSITIONS = (
 _OPPOSED = {frozenset(pair) for pair in POSITIONS}
 
 # A bare "on"/"off" is the switch's state when nothing it could govern follows it ("turn
-# the lights on", "is wifi off when ..."); "on Windows" is a place.
-_STATE_FOLLOWERS = frozenset({"when", "while", "and", "or", "at", "for", "during", "after", "before", "until", "by",
-                              "again", "automatically", "permanently", "please", "now", "in", "if", "so"})
+# the lights on", "switch wifi off on my laptop": another preposition, a conjunction or an
+# adverb); "on Windows" is a place.
+_STATE_FOLLOWERS = frozenset({
+    "when", "while", "and", "or", "at", "for", "during", "after", "before", "until", "by", "again", "automatically",
+    "permanently", "please", "now", "in", "if", "so", "on", "off", "from", "with", "to", "across", "everywhere",
+    "completely", "forever", "manually", "remotely", "then", "too", "also", "but",
+})
 
 
 def _signs_at(tokens: list[str], i: int) -> list[tuple[str, int]]:
