@@ -65,14 +65,12 @@ def main_guards(ref: str) -> Callable[..., guards.Finding | None] | None:
 
 
 @contextmanager
-def guarded_by(check: Callable[..., guards.Finding | None], timing: list[float] | None = None) -> Iterator[None]:
-    def timed(query: str, stored: str, enabled: tuple[str, ...]) -> guards.Finding | None:
-        start = time.perf_counter()
-        found = check(query, stored, enabled)
-        if timing is not None:
-            timing.append(time.perf_counter() - start)
-        return found
-    guards.check = timed  # type: ignore[assignment]  # the engine looks it up on every candidate
+def guarded_by(check: Callable[..., guards.Finding | None], seen: list[tuple[str, str]] | None = None) -> Iterator[None]:
+    def recorded(query: str, stored: str, enabled: tuple[str, ...]) -> guards.Finding | None:
+        if seen is not None:
+            seen.append((query, stored))
+        return check(query, stored, enabled)
+    guards.check = recorded  # type: ignore[assignment]  # the engine looks it up on every candidate
     try:
         yield
     finally:
@@ -96,13 +94,13 @@ def insert_on_miss(items: list[ReplayQuery], matrix: np.ndarray, guarded: bool,
 
 
 def compare(name: str, items: list[ReplayQuery], matrix: np.ndarray, before: Callable[..., Any] | None,
-            same: Callable[[ReplayQuery, ReplayQuery], bool] | None = None, timing: list[float] | None = None) -> bool:
+            same: Callable[[ReplayQuery, ReplayQuery], bool] | None = None, seen: list[tuple[str, str]] | None = None) -> bool:
     off = insert_on_miss(items, matrix, guarded=False, same=same)
     runs = {}
     if before is not None:
         with guarded_by(before):
             runs["before (main)"] = insert_on_miss(items, matrix, guarded=True, same=same)
-    with guarded_by(CHECK, timing):
+    with guarded_by(CHECK, seen):
         runs["after"] = insert_on_miss(items, matrix, guarded=True, same=same)
     print(f"\n{name}: {len(items):,} queries, insert on miss at the defaults")
     print(f"{'guards':<15}{'hits':>7}{'correct':>9}{'wrong':>7}{'fired':>7}  cost of correct hits  wrong answers net")
@@ -156,8 +154,8 @@ def main() -> None:
         print(f"no guards at {args.before!r}: after figures only")
     items, texts, matrix, index = clinc()
     per_item = matrix[[index[item.query] for item in items]].astype(np.float32)
-    timing: list[float] = []
-    ok = compare("CLINC150 (in scope)", items, per_item, before, timing=timing)
+    seen: list[tuple[str, str]] = []
+    ok = compare("CLINC150 (in scope)", items, per_item, before, seen=seen)
     if args.snips is not None and (args.snips / "snips2017.jsonl").exists():
         s_items, s_matrix, slots = snips(args.snips)
         ok &= compare("SNIPS 2017, same intent", s_items, s_matrix, before)
@@ -166,12 +164,30 @@ def main() -> None:
     else:
         print("\nSNIPS 2017: not found (python bench/snips.py CHECKOUT DIR, then --snips DIR)")
     ok &= pairs(before, matrix)
-    per_pair = sorted(timing)
-    mean = sum(per_pair) / max(1, len(per_pair))
-    p99 = per_pair[int(0.99 * (len(per_pair) - 1))] if per_pair else 0.0
-    print(f"\nguard cost: {mean * 1e3:.3f} ms per candidate pair (p99 {p99 * 1e3:.3f} ms) over {len(per_pair):,} pairs;"
-          f" target <= 0.2 ms: {'met' if mean <= 0.0002 else 'MISSED'}")
+    ok &= cost(seen, before)
     print("\nall targets met" if ok else "\nsome target MISSED")
+
+
+def cost(seen: list[tuple[str, str]], before: Callable[..., Any] | None) -> bool:
+    """Per candidate pair, over the pairs the CLINC run judged, each question new to the
+    caches (as a process meets them): the best of five rounds, beside main's guards."""
+    enabled = tuple(guards.GUARDS)
+    timed = {"after": CHECK, **({"before (main)": before} if before is not None else {})}
+    best: dict[str, float] = {}
+    for _ in range(5):
+        for label, check in timed.items():
+            guards.words.cache_clear()
+            guards._entities.cache_clear()
+            guards._quantities.cache_clear()
+            start = time.perf_counter()
+            for query, stored in seen:
+                check(query, stored, enabled)
+            best[label] = min(best.get(label, 1.0), (time.perf_counter() - start) / max(1, len(seen)))
+    print(f"\nguard cost per candidate pair over the {len(seen):,} pairs CLINC's run judged (best of 5): "
+          + ", ".join(f"{label} {t * 1e3:.3f} ms" for label, t in best.items()))
+    met = best["after"] <= 0.0002
+    print(f"  after <= 0.2 ms: {'met' if met else 'MISSED'}")
+    return met
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from difflib import SequenceMatcher
+from functools import lru_cache
 from typing import NamedTuple
 
 # -- words -------------------------------------------------------------------------------
@@ -79,7 +80,11 @@ def _base_verb(word: str) -> str:
     return word
 
 
-def words(text: str) -> list[str]:
+Words = tuple[str, ...]
+
+
+@lru_cache(maxsize=4096)  # a stored question meets many new ones, and every guard reads it
+def words(text: str) -> Words:
     """The question's words, lower case, contractions opened, number words as digits,
     particle verbs joined."""
     out: list[str] = []
@@ -105,7 +110,7 @@ def words(text: str) -> list[str]:
             joined[-1] = f"{_base_verb(joined[-1])}_{token}"
         else:
             joined.append(token)
-    return joined
+    return tuple(joined)
 
 
 def _shown(tokens: Iterable[str]) -> str:
@@ -225,7 +230,7 @@ _STATE_FOLLOWERS = frozenset({
 })
 
 
-def _signs_at(tokens: list[str], i: int) -> list[tuple[str, int]]:
+def _signs_at(tokens: Words, i: int) -> list[tuple[str, int]]:
     """The (action class, sign) pairs of the word at i."""
     token = tokens[i]
     if token in ("on", "off"):
@@ -234,7 +239,7 @@ def _signs_at(tokens: list[str], i: int) -> list[tuple[str, int]]:
     return _SIGN.get(token, [])
 
 
-def _negations(tokens: list[str]) -> list[int]:
+def _negations(tokens: Words) -> list[int]:
     """Positions of the negations that negate something asked (not "I don't know how")."""
     found = []
     for i, token in enumerate(tokens):
@@ -250,10 +255,7 @@ def polarity_differs(query: str, stored: str) -> Fired:
     positions in the same place, or a negation that is all that differs."""
     pair = _Pair(query, stored)
     a, b = pair.a, pair.b
-    if not ((set(a) ^ set(b)) & (_SIGN.keys() | _OPPOSITE_WORDS)):
-        flips = None
-    else:
-        flips = _flip(pair)
+    flips = _flip(pair) if _may_flip(set(a) - set(b), set(b) - set(a)) else None
     if flips is not None:
         return flips
     neg_a, neg_b = _negations(a), _negations(b)
@@ -265,10 +267,22 @@ def polarity_differs(query: str, stored: str) -> Fired:
     return _context(a, neg_a), _context(b, neg_b)
 
 
-_OPPOSITE_WORDS = frozenset(w for pair in POSITIONS for w in pair) | {"on", "off"}
+# Each word's poles, (class or opposed pair, sign): a flip needs one word on each side
+# with the same pole of opposite signs, which most pairs do not have, and are done at once.
+_POLES: dict[str, set[tuple[str, int]]] = {word: set(signs) for word, signs in _SIGN.items()}
+for _pair in POSITIONS:
+    for _sign, _word in zip((1, -1), _pair, strict=True):
+        _POLES.setdefault(_word, set()).add((" ".join(_pair), _sign))
+_POLES["on"].add(("switch", 1))
+_POLES["off"].add(("switch", -1))
 
 
-def _context(tokens: list[str], at: list[int]) -> str:
+def _may_flip(only_a: set[str], only_b: set[str]) -> bool:
+    poles_b = {(name, -sign) for word in only_b & _POLES.keys() for name, sign in _POLES[word]}
+    return bool(poles_b) and any(pole in poles_b for word in only_a & _POLES.keys() for pole in _POLES[word])
+
+
+def _context(tokens: Words, at: list[int]) -> str:
     """A negation with the word it negates ("not want"), or "" when there is none."""
     shown = []
     for i in at:
@@ -302,7 +316,7 @@ def _flip(pair: _Pair) -> Fired:
     return None
 
 
-def _signed(tokens: list[str], spans: list[tuple[int, int]]) -> dict[str, list[tuple[int, str]]]:
+def _signed(tokens: Words, spans: list[tuple[int, int]]) -> dict[str, list[tuple[int, str]]]:
     """Each action class met in the spans, with the signs and words it was met as."""
     found: dict[str, list[tuple[int, str]]] = {}
     for start, end in spans:
@@ -335,7 +349,8 @@ _UNIT_NAMES = {
 _AFTER_NUMBER_ONLY = {"am": "am", "pm": "pm", "c": "c", "f": "f", "k": "1000"}  # words too, when not after a number
 
 
-def _quantities(tokens: list[str]) -> tuple[Counter[str], Counter[str]]:
+@lru_cache(maxsize=4096)
+def _quantities(tokens: Words) -> tuple[Counter[str], Counter[str]]:
     numbers: Counter[str] = Counter()
     units: Counter[str] = Counter()
     for i, token in enumerate(tokens):
@@ -379,10 +394,10 @@ _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
 _FILE = re.compile(r"\b[\w-]+\.(?:[a-z0-9]{1,5})\b", re.IGNORECASE)
 _IDENT = re.compile(r"\b(?:[a-z]+_[a-z0-9_]+|[a-z]+[A-Z][A-Za-z0-9]*|[A-Za-z_]\w*\(\)|\w+(?:\.\w+){1,}\w*)\b")
 _CAPITALISED = re.compile(r"\b[A-Z][a-zA-Z0-9]+\b")
-_SENTENCE_START = re.compile(r"(?:^|[.!?]\s+)$")
 
 
-def _entities(text: str) -> set[str]:
+@lru_cache(maxsize=4096)
+def _entities(text: str) -> frozenset[str]:
     found: set[str] = set()
     for match in _QUOTED.finditer(text):
         found.add(next(g for g in match.groups() if g).strip().lower())
@@ -390,9 +405,10 @@ def _entities(text: str) -> set[str]:
         found |= {m.group(0).lower().rstrip(".,;:!?") for m in pattern.finditer(text)}
     text = text.strip()
     for match in _CAPITALISED.finditer(text):  # a capital not explained by a sentence start
-        if match.group(0) != "I" and not _SENTENCE_START.search(text[:match.start()]):
+        before = text[:match.start()].rstrip()
+        if match.group(0) != "I" and before and before[-1] not in ".!?":
             found.add(match.group(0).lower())
-    return found
+    return frozenset(found)
 
 
 def entities_differ(query: str, stored: str) -> Fired:
@@ -422,7 +438,7 @@ _NOT_GOVERNED = LIGHT | RELATIONS | frozenset({"what", "which", "who", "how", "w
                                                "get", "go", "not"})
 
 
-def _governed(tokens: list[str]) -> dict[str, set[str]]:
+def _governed(tokens: Words) -> dict[str, set[str]]:
     """Each relation word and the first content word after each of its uses."""
     roles: dict[str, set[str]] = {}
     for i, token in enumerate(tokens):
