@@ -152,7 +152,7 @@ Fired = tuple[str, str] | None  # (the query's words, the stored question's word
 
 # -- negation and polarity ---------------------------------------------------------------
 
-NEGATORS = frozenset({"not", "no", "never", "without", "none", "nobody", "nothing", "neither", "nor"})
+NEGATORS = frozenset({"not", "no", "never", "without", "none", "nobody", "nothing", "neither", "nor", "unable"})
 # "I don't know how to ...", "no idea why ...": a negated state of mind, not of the request.
 EPISTEMIC = frozenset({"know", "sure", "idea", "understand", "remember", "clue", "certain", "think"})
 _HEDGES = frozenset({"really", "quite", "even", "have", "any", "a", "the", "got"})
@@ -209,11 +209,11 @@ for _name, _plus, _minus in ACTIONS:
 # "right"), so they count only when aligned in the same place of the two questions.
 POSITIONS = (
     ("before", "after"), ("above", "below"), ("over", "under"), ("inside", "outside"), ("more", "less"),
-    ("more", "fewer"), ("most", "least"), ("higher", "lower"), ("first", "last"), ("left", "right"), ("up", "down"),
+    ("more", "fewer"), ("most", "least"), ("higher", "lower"), ("first", "last"), ("up", "down"),
     ("minimum", "maximum"), ("min", "max"), ("best", "worst"), ("hot", "cold"), ("cheap", "expensive"),
     ("cheapest", "expensive"), ("fast", "slow"), ("fastest", "slowest"), ("love", "hate"), ("like", "dislike"),
     ("yesterday", "tomorrow"), ("ascending", "descending"), ("true", "false"), ("plus", "minus"), ("on", "off"),
-    ("in", "out"), ("early", "late"), ("earliest", "latest"), ("oldest", "newest"), ("old", "new"), ("big", "small"),
+    ("early", "late"), ("earliest", "latest"), ("oldest", "newest"), ("old", "new"), ("big", "small"),
     ("biggest", "smallest"), ("largest", "smallest"), ("long", "short"), ("longest", "shortest"), ("high", "low"),
     ("highest", "lowest"), ("positive", "negative"), ("legal", "illegal"), ("safe", "unsafe"), ("with", "without"),
     ("possible", "impossible"), ("always", "never"), ("everyone", "nobody"), ("everything", "nothing"),
@@ -240,14 +240,39 @@ def _signs_at(tokens: Words, i: int) -> list[tuple[str, int]]:
 
 
 def _negations(tokens: Words) -> list[int]:
-    """Positions of the negations that negate something asked (not "I don't know how")."""
+    """Positions of the negations that negate something asked: not "I don't know how",
+    "... or not", "I can't ..." / "I am unable to ...", nor a "no" that answers rather than
+    asks ("no, that is ...", "... so no")."""
     found = []
     for i, token in enumerate(tokens):
         if token in NEGATORS:
             following = next((t for t in tokens[i + 1:i + 4] if t not in _HEDGES), None)
-            if following not in EPISTEMIC:
-                found.append(i)
+            if following in EPISTEMIC or (i and tokens[i - 1] == "or"):
+                continue
+            if token == "no" and (following is None or i == 0 and following in LIGHT):
+                continue
+            if tokens[i - 2:i] in (("i", "can"), ("i", "could"), ("i", "am")):  # "I can't find it": a
+                continue  # complaint of what the other question asks how to do, not its opposite
+            found.append(i)
     return found
+
+
+def _inserted(a: Words, b: Words, neg_a: list[int], neg_b: list[int]) -> bool:
+    """Whether a negation was put into a clause both questions share: the stretch of
+    words where the two differ around it holds nothing else but light words ("do not",
+    "is not"), not a clause of its own ("I have no checks and ...")."""
+    negators = set(neg_a) | {len(a) + j for j in neg_b}
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        here = [i for i in range(i1, i2) if i in negators] + [len(a) + j for j in range(j1, j2) if len(a) + j in negators]
+        if not here:
+            continue
+        others = [t for i, t in zip(range(i1, i2), a[i1:i2], strict=True) if i not in negators]
+        others += [t for j, t in zip(range(j1, j2), b[j1:j2], strict=True) if len(a) + j not in negators]
+        if all(t in LIGHT for t in others):
+            return True
+    return False
 
 
 def polarity_differs(query: str, stored: str) -> Fired:
@@ -262,7 +287,7 @@ def polarity_differs(query: str, stored: str) -> Fired:
     if len(neg_a) % 2 == len(neg_b) % 2:
         return None
     # The negation must be all that differs: dropped, the two questions say the same.
-    if pair.rest_differs({a[i] for i in neg_a}, {b[i] for i in neg_b}, paired=False):
+    if pair.rest_differs({a[i] for i in neg_a}, {b[i] for i in neg_b}, paired=False) or not _inserted(a, b, neg_a, neg_b):
         return None
     return _context(a, neg_a), _context(b, neg_b)
 
@@ -300,8 +325,8 @@ def _flip(pair: _Pair) -> Fired:
             continue
         diff_a.append((i1, i2))
         diff_b.append((j1, j2))
-        if tag == "replace":  # opposed positions, aligned
-            for x in a[i1:i2]:
+        if tag == "replace" and not (i1 and a[i1 - 1] == "how"):  # opposed positions, aligned; "how high" and
+            for x in a[i1:i2]:                                         # "how low" ask for one measure
                 for y in b[j1:j2]:
                     if frozenset((x, y)) in _OPPOSED and x != y:
                         return x, y
@@ -377,7 +402,7 @@ def numbers_differ(query: str, stored: str) -> Fired:
             return None
         only_a = [t for t in pair.a if _UNIT_NAMES.get(t, "") in ua - ub]
         only_b = [t for t in pair.b if _UNIT_NAMES.get(t, "") in ub - ua]
-        if not only_a and not only_b:
+        if not only_a or not only_b:  # a unit said on one side only says the same amount
             return None
     drop_a = set(only_a) | {t for t in pair.a if _UNIT_NAMES.get(t) in ua or t in _AFTER_NUMBER_ONLY}
     drop_b = set(only_b) | {t for t in pair.b if _UNIT_NAMES.get(t) in ub or t in _AFTER_NUMBER_ONLY}
@@ -436,31 +461,62 @@ def entities_differ(query: str, stored: str) -> Fired:
 RELATIONS = frozenset({"from", "to", "into", "than", "vs", "versus", "onto", "towards", "toward", "in", "per", "against"})
 _NOT_GOVERNED = LIGHT | RELATIONS | frozenset({"what", "which", "who", "how", "when", "where", "why", "much", "many",
                                                "get", "go", "not"})
+# "to" is mostly "want to ...": a relation only in a question of moving or converting;
+# "in" mostly a place: a relation only after an amount ("100 EUR in USD", "5 feet in inches").
+CONVERSIONS = frozenset({"from", "convert", "converting", "conversion", "translate", "translation", "exchange",
+                         "transfer", "move", "switch", "flight", "flights", "fly", "train", "bus", "drive", "send"})
 
 
-def _governed(tokens: Words) -> dict[str, set[str]]:
+def _relations(tokens: Words, moving: bool) -> list[int]:
+    """Positions of the words that give the next one a role."""
+    found = []
+    for i, token in enumerate(tokens):
+        if token not in RELATIONS or (token == "to" and not moving):
+            continue
+        if token in ("in", "into") and not (i and tokens[i - 1] in _UNIT_NAMES
+                                             or i > 1 and _NUMBER.fullmatch(tokens[i - 2])):
+            continue
+        found.append(i)
+    return found
+
+
+def _governed(tokens: Words, at: list[int]) -> dict[str, set[str]]:
     """Each relation word and the first content word after each of its uses."""
     roles: dict[str, set[str]] = {}
-    for i, token in enumerate(tokens):
-        if token in RELATIONS:
-            following = next((t for t in tokens[i + 1:] if t not in _NOT_GOVERNED), None)
-            if following is not None:
-                roles.setdefault(token, set()).add(following)
+    for i in at:
+        following = next((t for t in tokens[i + 1:] if t not in _NOT_GOVERNED), None)
+        if following is not None:
+            roles.setdefault(tokens[i], set()).add(following)
     return roles
+
+
+def _apart(tokens: Words, at: list[int], x: str, y: str) -> int:
+    """+1 when x comes first with a relation word between them, -1 when y does, else 0."""
+    i, j = tokens.index(x), tokens.index(y)
+    if not any(min(i, j) < r < max(i, j) for r in at):
+        return 0
+    return 1 if i < j else -1
 
 
 def direction_differs(query: str, stored: str) -> Fired:
     """The same words in swapped roles: "flights from Paris to Rome" vs "from Rome to
     Paris", "is A bigger than B" vs "is B bigger than A", "100 EUR in USD" vs "100 USD
-    in EUR". A different order with the same roles ("to Rome from Paris") is fine."""
+    in EUR": each question has a relation word between the two, in the other order, and
+    the relation takes another of them. A different order with the same roles ("to Rome
+    from Paris") is fine, and so is "change to British male" / "to the male British one"."""
     a, b = words(query), words(stored)
-    ra, rb = _governed(a), _governed(b)
+    if not RELATIONS.intersection(a) or not RELATIONS.intersection(b):
+        return None
+    moving = not CONVERSIONS.isdisjoint(a) or not CONVERSIONS.isdisjoint(b)
+    at_a, at_b = _relations(a, moving), _relations(b, moving)
+    ra, rb = _governed(a, at_a), _governed(b, at_b)
     shared = set(a) & set(b)
     for relation in sorted(ra.keys() & rb.keys()):
-        x = sorted((ra[relation] - rb[relation]) & shared)
-        y = sorted((rb[relation] - ra[relation]) & shared)
-        if x and y:
-            return f"{relation} {_shown(x)}", f"{relation} {_shown(y)}"
+        for x in sorted((ra[relation] - rb[relation]) & shared):
+            for y in sorted((rb[relation] - ra[relation]) & shared):
+                order_a, order_b = _apart(a, at_a, x, y), _apart(b, at_b, x, y)
+                if order_a and order_b and order_a != order_b:
+                    return f"{relation} {x}", f"{relation} {y}"
     return None
 
 
