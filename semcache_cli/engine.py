@@ -83,6 +83,7 @@ class Outcome:
     timings_ms: dict[str, float] = field(default_factory=dict)
     cosine: float | None = None  # the raw cosine beside `similarity`
     calibration: Scale | None = None  # the embedding model's scale, as the lookup found it
+    miss_detail: str | None = None  # a guard's words, when one explains the miss
 
     @property
     def hit(self) -> bool:
@@ -141,6 +142,7 @@ class Decision(NamedTuple):
     similarity: float | None  # of the served entry, or what explains the miss
     confidence: float | None
     cosine: float | None = None
+    detail: str | None = None  # a guard's words, when one explains the miss
 
 
 class Scale(NamedTuple):
@@ -185,7 +187,7 @@ def decide(candidates: Iterable[Judged], margin: float = 0.0) -> Decision:
         rejected = rejected or judged
     if rejected is not None:
         return Decision(None, rejected.verdict.reason, rejected.similarity, rejected.verdict.confidence,
-                        rejected.cosine)
+                        rejected.cosine, rejected.verdict.detail)
     if best_semantic is not None:
         return Decision(None, policy.NO_MATCH, best_semantic.similarity, None, best_semantic.cosine)
     return Decision(None, policy.NO_MATCH, None, None)
@@ -209,13 +211,14 @@ def judge(source: str, entry: Entry, similarity: float, req: AskRequest, now: fl
     cosine rides along), with the answer-safety guards on the two questions for a
     semantic one: the same for ask, inspect and replay's simulation."""
     candidate = policy.Candidate(entry.id, similarity, entry.created_at, entry.ttl, entry.response, entry.done_reason)
-    guard = None
+    finding = None
     if source == "semantic" and req.guards and similarity >= req.threshold:
         from semcache_cli import guards
 
-        guard = guards.check(req.query, entry.query, req.guards)
-    return Judged(source, entry, similarity, policy.judge(candidate, now, req.min_confidence, req.threshold, guard),
-                  similarity if cosine is None else cosine)
+        finding = guards.check(req.query, entry.query, req.guards)
+    verdict = policy.judge(candidate, now, req.min_confidence, req.threshold, finding.guard if finding else None,
+                           finding.words if finding else None)
+    return Judged(source, entry, similarity, verdict, similarity if cosine is None else cosine)
 
 
 def rescore(neighbours: Iterable[Neighbour], query: Sequence[float], scale: Calibration,
@@ -246,7 +249,7 @@ class _Asking:
     a dataclass costs every process ~0.3 ms to define."""
 
     __slots__ = ("req", "query", "scope_hash", "key", "now", "log", "on_token", "vector", "warnings", "timer", "scale",
-                 "unembedded")
+                 "unembedded", "detail")
 
     def __init__(self, req: AskRequest, query: str, scope_hash: str, key: str, now: float, log: LogRow,
                  on_token: Callable[[str], None], vector: Any = None) -> None:
@@ -258,6 +261,7 @@ class _Asking:
         self.timer = _Timer()
         self.scale: Scale | None = None
         self.unembedded: str | None = None  # why the question has no vector: a miss reason of its own
+        self.detail: str | None = None  # the words of a guard that explains the miss
 
     def log_row(self, path: str, **values: Any) -> LogRow:
         return self.log._replace(path=path, latency_ms=self.timer.total()["total"], **values)
@@ -343,6 +347,7 @@ class Engine:
             miss_reason = ask.unembedded  # not "nothing near enough": the semantic layer could not look
         ask.log = ask.log._replace(miss_reason=miss_reason, similarity=decision.similarity,
                                    confidence=decision.confidence, cosine=decision.cosine)
+        ask.detail = decision.detail
         if req.cache_only:
             self.store.log_request(ask.log_row("miss"))
             raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set", miss_reason)
@@ -400,7 +405,7 @@ class Engine:
         created = self.clock()
         outcome = self._outcome(ask, generation.text, "model", None, ask.log.similarity, ask.log.confidence,
                                 ask.log.miss_reason)
-        outcome.cosine = ask.log.cosine
+        outcome.cosine, outcome.miss_detail = ask.log.cosine, ask.detail
         outcome.created_at = created
         outcome.expires_at = policy.expires_at(created, req.ttl)
         request_row = ask.log._replace(path="model", latency_ms=outcome.timings_ms["total"])

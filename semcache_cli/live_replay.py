@@ -255,7 +255,7 @@ def _ask_in_worker(item: ReplayQuery, vector: bytes | None) -> tuple[Row, list[s
                   matched=outcome.entry_id if outcome.hit else None,
                   matched_label=outcome.metadata.get("label") if outcome.hit else None,
                   similarity=outcome.similarity, confidence=outcome.confidence, cosine=outcome.cosine,
-                  saved_s=outcome.saved_s, saved_tokens=outcome.saved_tokens)
+                  saved_s=outcome.saved_s, saved_tokens=outcome.saved_tokens, miss_detail=outcome.miss_detail)
     finally:
         _worker["asking"] = False
         if _worker.get("terminated"):

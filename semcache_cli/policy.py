@@ -148,10 +148,11 @@ class Verdict(NamedTuple):
     serve: bool
     reason: str | None  # miss reason when not served
     confidence: float
+    detail: str | None = None  # a guard's: the words of the two questions it fired on
 
 
 def judge(candidate: Candidate, now: float, min_confidence: float, threshold: float = 0.0,
-          guard: str | None = None) -> Verdict:
+          guard: str | None = None, guard_words: str | None = None) -> Verdict:
     """The reuse gate, the same for both layers: similarity threshold, the answer-safety
     guard that fired on the two questions (semantic candidates only), expiry, poisoning,
     then confidence."""
@@ -160,7 +161,7 @@ def judge(candidate: Candidate, now: float, min_confidence: float, threshold: fl
     if candidate.similarity < threshold:
         return Verdict(False, NO_MATCH, score)
     if guard is not None:
-        return Verdict(False, f"{GUARD_PREFIX}{guard}", score)
+        return Verdict(False, f"{GUARD_PREFIX}{guard}", score, guard_words)
     exp = expires_at(candidate.created_at, candidate.ttl)
     if exp is not None and now >= exp:
         return Verdict(False, EXPIRED, score)

@@ -89,7 +89,7 @@ def status_line(outcome: Outcome) -> str:
             f"{similarity_text(outcome.similarity or 0.0, outcome.cosine, outcome.source)} · "
             f"confidence {outcome.confidence:.3f} · {total}"
         )
-    reason = outcome.miss_reason or ""
+    reason = with_detail(outcome.miss_reason or "", outcome.miss_detail)
     if reason == policy.CALIBRATING and outcome.calibration is not None:
         reason = calibrating_text(outcome.calibration, outcome.embed_model)
     elif outcome.similarity is not None:
@@ -154,6 +154,7 @@ def outcome_json(outcome: Outcome, question: str | None = None) -> str:
         "cosine": _rounded(outcome.cosine),
         "confidence": _rounded(outcome.confidence),
         "miss_reason": outcome.miss_reason,
+        "miss_detail": outcome.miss_detail,
         "entry_id": outcome.entry_id,
         "stored": outcome.stored,
         "model": outcome.model,
@@ -337,7 +338,12 @@ def verdict_text(judged: Judged, served: Judged | None, rank: int, considered: i
         return "ok, not reached" if rank > considered or served is not None else "ok"
     if judged.verdict.reason == policy.NO_MATCH:
         return "below threshold"
-    return judged.verdict.reason or ""
+    return with_detail(judged.verdict.reason or "", judged.verdict.detail)
+
+
+def with_detail(reason: str, detail: str | None) -> str:
+    """A miss reason with the words a guard fired on: `guard:negation: "off" vs "on"`."""
+    return f"{reason}: {detail}" if detail else reason
 
 
 SIMILAR_COLUMNS = ("#", "layer", "id", "similarity", "cosine", "freshness", "confidence", "verdict", "query")
@@ -362,6 +368,7 @@ def candidate_dict(judged: Judged, served: Judged | None, rank: int, considered:
         "freshness": _rounded(policy.freshness(entry.created_at, entry.ttl, now)),
         "confidence": _rounded(judged.verdict.confidence),
         "verdict": verdict_text(judged, served, rank, considered),
+        "guard_words": judged.verdict.detail,
         "served": judged is served,
         "entry": entry_dict(entry, now, vector, with_vectors),
     }
@@ -374,7 +381,7 @@ def decision_line(explanation: Explanation, request: AskRequest) -> str:
         return (f"ask would serve entry {served.entry.id} ({served.source} hit, "
                 f"{similarity_text(served.similarity, served.cosine, served.source)}, "
                 f"confidence {served.verdict.confidence:.3f})")
-    why = decision.miss_reason or policy.NO_MATCH
+    why = with_detail(decision.miss_reason or policy.NO_MATCH, decision.detail)
     if why == policy.CALIBRATING and explanation.scale is not None:
         why = calibrating_text(explanation.scale, request.embed_model)
     elif decision.similarity is not None and why == policy.NO_MATCH:
@@ -401,6 +408,7 @@ def explanation_dict(explanation: Explanation, request: AskRequest, candidates: 
             "source": served.source if served else "model",
             "entry_id": served.entry.id if served else None,
             "miss_reason": decision.miss_reason,
+            "miss_detail": decision.detail,
             "similarity": _rounded(decision.similarity),
             "cosine": _rounded(decision.cosine),
             "confidence": _rounded(decision.confidence),

@@ -288,7 +288,8 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
             served = decision.served
             row = Row(item.line, item.query, item.label, served.source if served else "miss",
                       miss_reason=miss_reason, matched=served.entry.id if served else None,
-                      similarity=decision.similarity, confidence=decision.confidence, cosine=decision.cosine)
+                      similarity=decision.similarity, confidence=decision.confidence, cosine=decision.cosine,
+                      miss_detail=decision.detail)
             if served is None:
                 own.exact[keys[index]] = index
                 if has_vector[index]:  # stored without a vector: the exact layer finds it, nothing else
@@ -411,7 +412,8 @@ def run_dry(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray | 
                        matched_label=served.entry.metadata.get("label") if served else None,
                        similarity=decision.similarity, confidence=decision.confidence,
                        saved_s=served.entry.generation_s if served else None,
-                       saved_tokens=served.entry.saved_tokens if served else None, cosine=decision.cosine))
+                       saved_tokens=served.entry.saved_tokens if served else None, cosine=decision.cosine,
+                       miss_detail=decision.detail))
 
 
 def parse_thresholds(text: str) -> list[float]:

@@ -52,6 +52,7 @@ class Row:
     saved_tokens: int | None = None
     threshold: float | None = None
     cosine: float | None = None  # the raw cosine beside `similarity`, the calibrated score
+    miss_detail: str | None = None  # a guard's words, when one explains the miss
 
     @property
     def hit(self) -> bool:

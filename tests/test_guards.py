@@ -42,6 +42,19 @@ MUST_DIFFER = [
     ("convert km to miles", "convert miles to km", "direction"),
     ("translate from spanish to english", "translate from english to spanish", "direction"),
     ("python vs java for beginners", "java vs python for beginners", "direction"),
+    # issue 22: each was served the other's answer when guards looked at each question alone
+    ("How do I turn on dark mode in Windows?", "How do I turn off dark mode on Windows?", "negation"),
+    ("How do I disable dark mode in Windows?", "How do I turn on dark mode in Windows?", "negation"),
+    ("How do I deactivate dark mode in Windows?", "How do I turn on dark mode in Windows?", "negation"),
+    ("How much is 100 EUR in USD?", "How much is 100 USD in EUR?", "direction"),
+    ("Book a flight Rome to Paris", "Flights from Paris to Rome", "direction"),
+    ("turn the lights off", "turn on the lights", "negation"),
+    ("how do I switch bluetooth off on my laptop", "how do I turn on bluetooth on my laptop", "negation"),
+    ("how do I raise my credit limit", "how do I lower my credit limit", "negation"),
+    ("how do I sign in to my account", "how do I sign out of my account", "negation"),
+    ("which plants are toxic to cats", "which plants are not toxic to cats", "negation"),
+    ("set a timer for 10 minutes", "set a timer for 10 seconds", "number"),
+    ("move money from savings to checking", "move money from checking to savings", "direction"),
 ]
 
 MUST_SHARE = [
@@ -55,6 +68,19 @@ MUST_SHARE = [
     ("I want to book a table for 4", "book me a table for four"),
     ("what is the capital of France", "tell me the capital of France"),
     ("no idea why my account is locked", "why is my account locked"),
+    # negations and numbers that both share, or that sit in a different wording
+    ("I can't find the code anywhere", "where can I find the code"),
+    ("I can't find the code anywhere", "where is my code"),
+    ("my card hasn't arrived", "when will my card arrive"),
+    ("it hasn't arrived yet, where is my card", "where is my card"),
+    ("my card isn't working", "my card is broken"),
+    ("my card isn't working", "why does my card not work"),
+    ("I paid 20 dollars and the payment failed", "why did my payment fail"),
+    ("my 6pm flight got cancelled", "my flight at 6pm was cancelled"),
+    ("how do I turn off notifications", "how can I switch off notifications"),
+    ("disable autoplay on youtube", "how do I turn off autoplay on youtube"),
+    ("turn on dark mode in windows", "how do I turn on dark mode on windows"),
+    ("what is the weather in paris in june", "what is the weather in june in paris"),
 ]
 
 
@@ -67,6 +93,19 @@ def test_pairs_that_must_not_share_an_answer(a: str, b: str, name: str) -> None:
 @pytest.mark.parametrize(("a", "b"), MUST_SHARE)
 def test_paraphrases_pass_every_guard(a: str, b: str) -> None:
     assert guards.check(a, b, ALL) is None and guards.check(b, a, ALL) is None
+
+
+def test_a_guard_says_on_which_words_it_fired() -> None:
+    found = guards.check("How do I turn on dark mode in Windows?", "How do I turn off dark mode on Windows?", ALL)
+    assert found == ("negation", "turn on", "turn off")  # not the "on" of "on Windows"
+    assert found is not None and found.words == '"turn on" vs "turn off"'
+    assert guards.check("How much is 100 EUR in USD?", "How much is 100 USD in EUR?", ALL) == (
+        "direction", "in usd", "in eur")
+    assert guards.check("top 3 movies", "top 10 movies", ALL) == ("number", "3", "10")
+    assert guards.check("i want to cancel my order", "i do not want to cancel my order", ALL) == (
+        "negation", "", "not want")
+    assert guards.Finding("negation", "", "not want").words == 'nothing vs "not want"'
+    assert guards.check("weather in Paris", "weather in London", ALL) == ("entity", "paris", "london")
 
 
 def test_choosing_guards() -> None:
@@ -100,8 +139,9 @@ def test_ask_misses_with_the_guard_as_reason(twofa: FakeOllama) -> None:
     result = run_cli("ask", "how do I disable 2FA", "--embed-model", "all-minilm", "--json", "--no-store")
     outcome = json.loads(result.stdout)
     assert (outcome["source"], outcome["miss_reason"]) == ("model", "guard:negation")
+    assert outcome["miss_detail"] == '"disable" vs "enable"'  # the words it fired on, the new question's first
     assert outcome["response"] == "This is the answer to: how do I disable 2FA"
-    assert "miss (guard:negation, best similarity 0.960, cosine 0.960)" in run_cli(
+    assert 'miss (guard:negation: "disable" vs "enable", best similarity 0.960, cosine 0.960)' in run_cli(
         "ask", "how do I disable 2FA", "--embed-model", "all-minilm", "--no-store").stderr
 
 
@@ -120,8 +160,14 @@ def test_inspect_similar_shows_which_guard_fired(twofa: FakeOllama) -> None:
     result = run_cli("inspect", "--similar", "how do I disable 2FA", "--embed-model", "all-minilm")
     lines = result.stdout.splitlines()
     verdict = lines[0].split("\t").index("verdict")
-    assert lines[1].split("\t")[verdict] == "guard:negation"
-    assert lines[-1] == "ask would miss (guard:negation, similarity 0.960, cosine 0.960) and call the model"
+    assert lines[1].split("\t")[verdict] == 'guard:negation: "disable" vs "enable"'
+    assert lines[-1] == ('ask would miss (guard:negation: "disable" vs "enable", similarity 0.960, cosine 0.960) '
+                         "and call the model")
+    explained = json.loads(run_cli("inspect", "--similar", "how do I disable 2FA", "--embed-model", "all-minilm",
+                                   "--json").stdout)
+    assert (explained["decision"]["miss_reason"], explained["decision"]["miss_detail"]) == (
+        "guard:negation", '"disable" vs "enable"')
+    assert explained["candidates"][0]["guard_words"] == '"disable" vs "enable"'
 
 
 # -- the margin rule ----------------------------------------------------------------------

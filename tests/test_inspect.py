@@ -226,7 +226,7 @@ def test_similar_explains_the_decision(neighbours: Path) -> None:
 
 def test_similar_json_agrees_with_what_ask_then_does(neighbours: Path) -> None:
     explained = json.loads(run_cli("inspect", "--similar", "the probe", "--embed-model", "all-minilm", "--json").stdout)
-    assert explained["decision"] == {"hit": True, "source": "semantic", "entry_id": 2, "miss_reason": None,
+    assert explained["decision"] == {"hit": True, "source": "semantic", "entry_id": 2, "miss_reason": None, "miss_detail": None,
                                      "similarity": 0.93, "cosine": 0.93, "confidence": pytest.approx(0.908, abs=1e-3)}
     assert [c["verdict"] for c in explained["candidates"]] == ["expired", "served", "below threshold"]
     hits_before = sum(entry.hits for entry in stored(neighbours))

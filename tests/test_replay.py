@@ -281,6 +281,17 @@ def test_simulate_applies_the_guards_as_ask_does(ollama: FakeOllama, tmp_path: P
     assert (guarded["correct_hits"], guarded["wrong_hits"]) == (1, 0)
 
 
+def test_out_rows_say_which_words_a_guard_fired_on(ollama: FakeOllama, tmp_path: Path) -> None:
+    ollama.table.update({"how do I enable 2FA": at_angle(1.0), "how do I disable 2FA": at_angle(0.96)})
+    path = write(tmp_path / "q.txt", ["how do I enable 2FA", "how do I disable 2FA"])
+    for mode in ("simulate", "live"):  # the throw-away cache's rows, and a real cache's
+        out = tmp_path / f"rows-{mode}.jsonl"
+        flags = ("--simulate",) if mode == "simulate" else ("--jobs", "1")  # in order
+        assert run_cli("replay", str(path), *flags, "--out", str(out), *MINILM, *COSINE).exit_code == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [(r["miss_reason"], r["miss_detail"]) for r in rows][1] == ("guard:negation", '"disable" vs "enable"')
+
+
 def test_shuffle_fixes_an_order(ollama: FakeOllama, tmp_path: Path) -> None:
     path = write(tmp_path / "q.txt", [f"shuffled {n}x{n}" for n in range(20)])
     out1, out2 = tmp_path / "1.jsonl", tmp_path / "2.jsonl"
