@@ -325,10 +325,11 @@ def estimate(sample: Any, vectors: int, checked_at: int, reference: int = 0) -> 
 # reference questions shipped with semcache (reference_questions.txt), embedded once; each
 # later one from those and the cache's own distinct vectors together, until the cache has
 # REFERENCE_TAKEOVER distinct vectors of its own, then from its own alone. Measured on
-# CLINC150 (bench/cold_start.py): the reference alone serves a narrow cache too freely;
-# mixed with the cache's own vectors it stays as safe as a scale made from the cache's
-# data beforehand; kept forever it costs the full run wrong answers (0.44% -> 0.49%).
-REFERENCE_TAKEOVER = 640
+# CLINC150 (bench/cold_start.py, docs/calibration.md): the reference alone serves a narrow
+# cache too freely; mixed with the cache's own vectors, it stays as safe as a scale made
+# beforehand from 2,048 of the cache's data; kept on past 128 of the cache's own, it
+# costs the full 22,500-query run wrong answers (0.44% -> 0.48% at 256, 0.49% forever).
+REFERENCE_TAKEOVER = 128
 REFERENCE_LEAST = 64  # usable reference vectors a model must give for them to be used
 
 
