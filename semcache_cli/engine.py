@@ -157,6 +157,7 @@ class Scale(NamedTuple):
     estimated_from: int | None = None  # the vectors the scale was made from
     median: float | None = None
     problem: str | None = None
+    made_from: dict[str, int] | None = None  # reference questions and the cache's own distinct vectors
 
     @property
     def semantic(self) -> bool:
@@ -218,6 +219,11 @@ def judge(source: str, entry: Entry, similarity: float, req: AskRequest, now: fl
         finding = guards.check(req.query, entry.query, req.guards)
     verdict = policy.judge(candidate, now, req.min_confidence, req.threshold, finding.guard if finding else None,
                            finding.words if finding else None)
+    if source == "semantic" and cosine is not None and verdict.serve and req.scale != "cosine":
+        from semcache_cli.vectors import COSINE_FLOOR
+
+        if cosine < COSINE_FLOOR:
+            verdict = policy.Verdict(False, policy.NO_MATCH, verdict.confidence)  # whatever the scale says
     return Judged(source, entry, similarity, verdict, similarity if cosine is None else cosine)
 
 
@@ -288,6 +294,8 @@ class Engine:
         self._unreadable: set[int] = set()  # entries already warned about
         self._scales: dict[tuple[str, int], Calibration | None] = {}  # per (embedding model, dims)
         self._said_unusable: set[tuple[str, int]] = set()
+        self._checked: set[tuple[str, int]] = set()  # kept scales checked against the store
+        self._reference_failed: set[tuple[str, int]] = set()  # said once, not tried again
 
     @property
     def client(self) -> OllamaClient:
@@ -524,40 +532,104 @@ class Engine:
                 yield judge("semantic", entry, similarity, req, now, cosine)
 
     def _scale(self, embed_model: str, dims: int, mode: str) -> Scale:
-        """The embedding model's calibrated scale, read once per engine: ready, still
-        calibrating (too few of its vectors stored), or unusable (said once). The mode
-        "cosine" needs no scale, but a model known to be unusable stays off."""
+        """The embedding model's calibrated scale, read once per engine and checked against
+        the store: ready, still calibrating (no reference vectors and too few of its own
+        stored), or unusable (said once). Made at the model's first semantic lookup, from
+        the reference questions (embedded then, once). The mode "cosine" needs no scale,
+        but a model known to be unusable stays off."""
         from semcache_cli import vectors
+        from semcache_cli.storage import scales
 
         key = (policy.canonical_model(embed_model), dims)
-        scale = self._kept(key)
+        kept = scale = self._kept(key)
         needed = vectors.CALIBRATION_MIN_VECTORS
-        if scale is None or not scale.ready:  # a small cache of this model: count it (the index makes it cheap)
+        if scale is not None and scale.ready and key not in self._checked:
+            self._checked.add(key)
+            top = self.store.top_entry_id()
+            if scale.vectors > top or scale.checked_at > top:  # counts the store cannot have: made again
+                scale = None
+        if scale is None or not scale.ready:
             count = self.store.vector_count(*key)
-            if count < needed:
+            if mode == "cosine" and count < needed:
+                return Scale("cosine", count, needed)
+            scale = self._scales[key] = self._catch_up(key, kept, count, bootstrap=mode != "cosine")
+            if not scale.ready:
                 return Scale("cosine" if mode == "cosine" else "calibrating", count, needed)
-            scale = self._scales[key] = self._catch_up(key, scale, count)
+        made_from = scales.made_from(scale)
         if scale.problem is not None:
             if key not in self._said_unusable:
                 self._said_unusable.add(key)
                 self.warn(f"{key[0]} cannot tell questions apart ({scale.problem}): semantic layer off for it "
                           "(exact hits only); choose another embedding model")
-            return Scale("unusable", None, needed, scale.vectors, scale.median, scale.problem)
-        return Scale("cosine" if mode == "cosine" else "ready", None, needed, scale.vectors, scale.median)
+            return Scale("unusable", None, needed, scale.vectors, scale.median, scale.problem, made_from)
+        return Scale("cosine" if mode == "cosine" else "ready", None, needed, scale.vectors, scale.median, None,
+                     made_from)
 
-    def _catch_up(self, key: tuple[str, int], stored: Calibration | None, count: int) -> Calibration:
-        """A scale for a model that has enough vectors but none kept (bulk-loaded, its
-        row lost or damaged): made now, and kept unless this engine only reads."""
+    def _catch_up(self, key: tuple[str, int], stored: Calibration | None, count: int,
+                  bootstrap: bool = True) -> Calibration:
+        """A scale for a model that has none kept, or none usable (a new model, its row
+        lost or damaged, too few vectors before the reference questions): made now from
+        the reference vectors (embedded first if none are kept, when `bootstrap`) and the
+        cache's own, and kept unless this engine only reads."""
+        from semcache_cli import vectors
         from semcache_cli.storage import scales
 
-        top = next((g.top_id for g in self.store.vector_groups() if (g.embed_model, g.dims) == key), 0)
-        scale = scales.estimated(self.store, *key, top, count)
+        reference = scales.reference_rows(self.store, *key)
+        if reference is None and bootstrap and not scales.reference_failed(self.store, *key):
+            reference = self._reference(key)
+        if reference is None and count < vectors.CALIBRATION_MIN_VECTORS:
+            return scales.cold(key[1], count, 0)
+        top = self.store.top_entry_id()
+        scale = scales.estimated(self.store, *key, top, count, reference)
         if not self.read_only and not self.store.advance_calibration(key[0], scale, stored):
             latest = self.store.calibration(*key)
             if latest is not None and latest.ready:
                 return latest  # another process's, made meanwhile
             self.store.save_calibration(key[0], scale)  # the row there could not be read: replaced
         return scale
+
+    def _reference(self, key: tuple[str, int]) -> Any:
+        """The reference questions embedded with the model, in one batched call, and kept
+        (unless this engine only reads); None, said once, when the embedding model fails
+        on them: the model then calibrates from its own vectors, as before them."""
+        from semcache_cli import vectors
+        from semcache_cli.storage import scales
+
+        if key in self._reference_failed:
+            return None
+        fallback = f"its semantic hits start at {vectors.CALIBRATION_MIN_VECTORS} stored questions"
+        started = time.perf_counter()
+        questions = scales.reference_questions()
+        try:
+            matrix = scales.reference_matrix(
+                self.client.embed(key[0], [embedding_text(key[0], q) for q in questions]), key[1])
+            problem = None if matrix is not None else "it gave them too few usable vectors"
+        except SemcacheError as exc:
+            matrix, problem = None, str(exc)
+        if matrix is None:  # kept as failed: not tried again by every ask, until `semcache calibrate`
+            self._reference_failed.add(key)
+            if not self.read_only:
+                scales.keep_reference(self.store, *key, None)
+            self.warn(f"could not calibrate {key[0]} on the reference questions ({problem}); {fallback}")
+            return None
+        if not self.read_only:
+            scales.keep_reference(self.store, *key, matrix)
+        self.warn(f"calibrated {key[0]} from {len(questions)} reference questions, embedded once in "
+                  f"{time.perf_counter() - started:.1f} s")
+        return matrix
+
+    def recalibrate(self) -> list[tuple[str, Calibration]]:
+        """Every model's reference questions embedded again (kept ones stand when the model
+        fails on them now) and its scale made again: `semcache calibrate`."""
+        from semcache_cli.storage import scales
+
+        made = []
+        for group in self.store.vector_groups():
+            self._reference((group.embed_model, group.dims))
+            made.append((group.embed_model, scales.rebuild(self.store, group.embed_model, group.dims, group.top_id,
+                                                           group.vectors)))
+        self._scales.clear()
+        return made
 
     def _grown(self, embed_model: str, dims: int, entry_id: int) -> None:
         """The model's scale again when the store may have grown to its next milestone."""
@@ -632,12 +704,14 @@ class Engine:
         return generation
 
 
-def open_engine(settings: Settings, warn: Callable[[str], None] = lambda _: None, read_only: bool = False) -> Engine:
+def open_engine(settings: Settings, warn: Callable[[str], None] = lambda _: None, read_only: bool = False,
+                create: bool = True) -> Engine:
     """The settings' store and (lazily) the Ollama client, wired into an engine that owns
-    both. read_only: for explanations, which never create or change a store."""
+    both. read_only: for explanations, which never create or change a store; create=False:
+    a store that must exist."""
     from semcache_cli.storage import open_store
 
-    store = open_store(settings, warn=warn, read_only=read_only)
+    store = open_store(settings, warn=warn, create=create, read_only=read_only)
 
     def client() -> OllamaClient:
         from semcache_cli.ollama import OllamaClient

@@ -77,8 +77,21 @@ def similarity_text(similarity: float, cosine: float | None, source: str = "sema
 
 
 def calibrating_text(scale: Scale, embed_model: str) -> str:
+    """Why a cache has no semantic hit yet (its model gave no reference vectors), and how
+    to have them now."""
     return (f"calibrating: semantic hits start at {scale.needed} questions stored with "
-            f"{policy.canonical_model(embed_model)}, {scale.vectors} so far")
+            f"{policy.canonical_model(embed_model)}, {scale.vectors} so far; for hits now, `semcache calibrate` "
+            "embeds the reference questions again, or `semcache replay FILE` warms the cache, or --scale cosine")
+
+
+def made_from_text(made_from: dict[str, int] | None) -> str | None:
+    """What a scale was made from, in words."""
+    if made_from is None:
+        return None
+    own = f"{made_from['cache_vectors']:,} of the cache's distinct vectors"
+    if not made_from["reference_questions"]:
+        return own
+    return f"{made_from['reference_questions']} reference questions and {own}"
 
 
 def status_line(outcome: Outcome) -> str:
@@ -195,7 +208,8 @@ def scale_dict(scale: Scale | None) -> dict[str, Any] | None:
     if scale is None:
         return None
     return {"state": scale.state, "vectors": scale.vectors, "needed": scale.needed,
-            "estimated_from": scale.estimated_from, "median": _rounded(scale.median), "problem": scale.problem}
+            "estimated_from": scale.estimated_from, "median": _rounded(scale.median), "problem": scale.problem,
+            "made_from": scale.made_from}
 
 
 def _rounded(value: float | None) -> float | None:
@@ -393,6 +407,13 @@ def decision_line(explanation: Explanation, request: AskRequest) -> str:
     return f"ask would miss ({why}) and call the model"
 
 
+def scale_line(explanation: Explanation) -> str | None:
+    """The similarity scale inspect --similar judged on, and what it was made from."""
+    scale = explanation.scale
+    made = made_from_text(scale.made_from) if scale is not None else None
+    return None if scale is None or made is None else f"similarity scale ({scale.state}) made from {made}"
+
+
 def explanation_dict(explanation: Explanation, request: AskRequest, candidates: list[dict[str, Any]]) -> dict[str, Any]:
     decision = explanation.decision
     served = decision.served
@@ -482,8 +503,12 @@ def scale_text(row: dict[str, Any]) -> str:
         return head + f"calibrating (semantic hits from {row['needed']} vectors)"
     if row["state"] == "unusable":
         return head + f"semantic layer off: {row['problem']}"
-    return head + (f"scale estimated from {row['estimated_from']:,}, {row['directions']} directions removed, "
+    text = head + (f"scale estimated from {row['estimated_from']:,}, {row['directions']} directions removed, "
                    f"unrelated pairs at cosine {row['median_cosine']:.2f}")
+    made = made_from_text(row.get("made_from"))
+    if made is not None:
+        text += f"; made from {made}"
+    return text + (f"; {row['degraded']}" if row.get("degraded") else "")
 
 
 def stats_json(figures: dict[str, Any]) -> str:

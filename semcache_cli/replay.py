@@ -44,7 +44,8 @@ from semcache_cli.vectors import (
     RERANK,
     Calibration,
     calibrated_many,
-    estimate,
+    distinct_rows,
+    estimate_from,
     next_estimate_at,
 )
 
@@ -228,10 +229,13 @@ def embed_all(client: Any, embed_model: str, texts: list[str], progress: Callabl
 # -- simulate ------------------------------------------------------------------------------
 
 def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, threshold: float,
-             progress: Callable[[int], None] = lambda _: None) -> tuple[Report, list[Row]]:
+             progress: Callable[[int], None] = lambda _: None,
+             reference: np.ndarray | None = None) -> tuple[Report, list[Row]]:
     """Insert on miss, in the given order, per scope; nothing outside memory. Each query's
     candidates (the exact match, then its nearest stored queries) are judged and decided
-    by the engine's own `judge` and `decide`, as `ask` would."""
+    by the engine's own `judge` and `decide`, as `ask` would; the scale made from the
+    model's `reference` vectors (storage.scales.reference_matrix), as ask makes it, or
+    from the cache's own alone (None)."""
     import numpy as np
 
     report = Report("simulate", threshold)
@@ -251,7 +255,8 @@ def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, t
         return entries[index]
 
     has_vector = usable(matrix) if len(matrix) else np.zeros(0, dtype=bool)
-    scale = _OnlineScale(matrix)  # one per embedding model, across scopes, as the store keeps it
+    # One per embedding model, across scopes, as the store keeps it; none on the raw cosine.
+    scale = _OnlineScale(matrix, reference if settings.scale != "cosine" else None)
     scopes = {key: _SimulatedScope(np.empty((size, matrix.shape[1]), dtype=np.float32))
               for key, size in Counter(scope_of).items()}
     # In input order, so the scale grows as a real cache's would; the similarities of a
@@ -339,27 +344,36 @@ class _SimulatedScope:
 
 class _OnlineScale:
     """The embedding model's scale as the store would keep it while the replay fills it:
-    estimated (vectors.estimate, as scales.rebuild does) when the stored vectors first
-    number CALIBRATION_MIN_VECTORS and each time they double, from a uniform sample."""
+    made from the reference vectors at the start (when there are some), estimated again
+    (vectors.estimate_from, as scales.estimated does) when the stored vectors first number
+    CALIBRATION_MIN_VECTORS and each time they double, from a uniform sample of their
+    distinct rows."""
 
-    def __init__(self, matrix: np.ndarray) -> None:
+    def __init__(self, matrix: np.ndarray, reference: np.ndarray | None = None) -> None:
         import numpy as np
 
         self.matrix = matrix
+        self.reference = reference
         self.members: list[int] = []  # item index of every stored vector, across scopes
         self.current: Calibration | None = None
         self.projections: np.ndarray | None = None  # of every item's vector, on current's directions
         self._rng = np.random.default_rng(0)
+        if reference is not None and len(matrix):
+            self._made(estimate_from(reference, np.empty((0, matrix.shape[1])), 0, 0))
 
     def stored(self, index: int) -> None:
-        import numpy as np
-
         self.members.append(index)
         count = len(self.members)
         if count >= next_estimate_at(self.current):
-            picked = self._rng.choice(count, size=min(count, CALIBRATION_SAMPLE), replace=False)
-            self.current = estimate(self.matrix[[self.members[i] for i in picked]], count, 0)
-            self.projections = self.matrix.astype(np.float64) @ np.asarray(self.current.directions, np.float64).T
+            picked = self._rng.choice(count, size=min(count, 2 * CALIBRATION_SAMPLE), replace=False)
+            own = distinct_rows(self.matrix[[self.members[i] for i in picked]].astype("f8"), CALIBRATION_SAMPLE)
+            self._made(estimate_from(self.reference, own, count, 0))
+
+    def _made(self, scale: Calibration) -> None:
+        import numpy as np
+
+        self.current = scale
+        self.projections = self.matrix.astype(np.float64) @ np.asarray(scale.directions, np.float64).T
 
     def rescore(self, index: int, pool: list[tuple[int, float]], limit: int) -> list[tuple[int, float, float]]:
         """engine.rescore, on arrays: (item index, calibrated similarity, cosine), best first."""
@@ -465,9 +479,10 @@ def execute(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: 
         import numpy as np
 
         matrix = vectors if vectors is not None else np.empty((0, 0), dtype=np.float32)  # no queries
+        reference = _reference_for(settings, matrix.shape[1], warn) if len(matrix) else None
         for threshold in plan.thresholds:
             report, rows = simulate(items, matrix, settings, threshold,
-                                    progress(f"simulating at {threshold:.2f}", len(items)))
+                                    progress(f"simulating at {threshold:.2f}", len(items)), reference)
             for row in rows:
                 on_row(row)
             reports.append(report)
@@ -504,6 +519,30 @@ def _checkpoint(settings: Settings) -> None:
 
     with open_store(settings) as store:
         store.checkpoint()
+
+
+def _reference_for(settings: Settings, dims: int, warn: Callable[[str], None]) -> np.ndarray | None:
+    """The reference questions' vectors, as ask embeds them at a model's first semantic
+    lookup (None: the model failed on them, and the simulated cache calibrates as ask
+    would then, from its own vectors)."""
+    import numpy as np
+
+    from semcache_cli.errors import SemcacheError
+    from semcache_cli.ollama import OllamaClient
+    from semcache_cli.storage import scales
+
+    if settings.scale == "cosine":
+        return None
+    client = OllamaClient(settings.ollama_url, settings.timeout)
+    try:
+        embedded = embed_all(client, settings.embed_model, list(scales.reference_questions()), lambda _: None)
+    except SemcacheError as exc:
+        warn(f"could not embed the reference questions ({exc}); the simulated scale starts at the cache's own vectors")
+        return None
+    finally:
+        client.close()
+    rows = [row if np.isfinite(row).all() else None for row in embedded]
+    return scales.reference_matrix(rows, dims)
 
 
 def _embed_for(settings: Settings, items: list[ReplayQuery], progress: ProgressFactory) -> np.ndarray | None:

@@ -190,7 +190,7 @@ def _scores_python(query: Sequence[float], blob: bytes, count: int) -> list[floa
 # (methods compared on real intent data and anisotropic variants of it) is summarised in
 # docs/calibration.md.
 
-CALIBRATION_MIN_VECTORS = 32  # under this many stored vectors of a model: no semantic hits
+CALIBRATION_MIN_VECTORS = 32  # without reference vectors, under this many stored vectors of a model: no semantic hits
 CALIBRATION_SAMPLE = 2_048  # stored vectors an estimate is made from
 CALIBRATION_PAIRS = 4_096  # random pairs of them the median is taken over
 RERANK = 32  # raw-cosine candidates whose calibrated score is computed
@@ -198,6 +198,11 @@ _IDENTICAL = 0.9999  # a pair this close is the same vector
 DEGENERATE_IDENTICAL_SHARE = 0.02
 DEGENERATE_SPREAD = 0.02
 DEGENERATE_EFFECTIVE_DIMS = 3.0
+# Nothing is served below this raw cosine, whatever a scale says: the calibrated score of
+# a pair this far apart is never a paraphrase's on any model measured (bench/cold_start.py),
+# so a scale made wrong (edited, damaged, or from vectors unlike the questions) cannot
+# turn unrelated questions into hits.
+COSINE_FLOOR = 0.5
 
 
 class Calibration(NamedTuple):
@@ -212,6 +217,8 @@ class Calibration(NamedTuple):
     spread: float  # 1 - the median raw cosine of random pairs
     effective_dims: float  # (sum of eigenvalues)^2 / sum of their squares
     identical: float  # share of random pairs that are the same vector
+    reference: int = 0  # reference questions' vectors in the sample it was made from
+    distinct: int = 0  # the cache's own distinct vectors in that sample (0 before the reference questions)
 
     @property
     def ready(self) -> bool:
@@ -234,17 +241,43 @@ class Calibration(NamedTuple):
 
 def next_estimate_at(current: Calibration | None) -> int:
     """How many stored vectors of a model call for its next scale: the first
-    CALIBRATION_MIN_VECTORS, then twice those the current one was made from."""
-    return 2 * current.vectors if current is not None and current.ready else CALIBRATION_MIN_VECTORS
+    CALIBRATION_MIN_VECTORS, then twice those the current one was made from (a scale
+    made from the reference questions and fewer of the cache's own: at the first)."""
+    if current is None or not current.ready:
+        return CALIBRATION_MIN_VECTORS
+    return max(CALIBRATION_MIN_VECTORS, 2 * current.vectors)
+
+
+def flaw(scale: Calibration) -> str | None:
+    """What makes a kept scale impossible (a damaged or edited row), or None. A scale
+    estimate() made has a median in [-1, 1) (a cosine), unit directions (lengths only:
+    D dot products, where orthogonality would cost D^2 on every ask), offsets (the
+    projections of a mean of unit vectors) within [-1, 1], shares within [0, 1], and no
+    more of the cache's distinct vectors than it counted."""
+    if not scale.ready:
+        return None
+    if not -1.0 <= scale.median < 1.0:
+        return f"median {scale.median:g} outside [-1, 1)"
+    if not (0.0 <= scale.spread <= 2.0 and 0.0 <= scale.identical <= 1.0 and 0.0 <= scale.effective_dims <= scale.dims):
+        return "spread, share of identical pairs or effective dimensions out of range"
+    if any(abs(p) > 1.0 + 1e-4 for p in scale.offsets) or len(scale.offsets) != len(scale.directions):
+        return "offsets out of range"
+    if scale.reference < 0 or scale.distinct < 0 or scale.distinct > scale.vectors:
+        return "counts that do not add up"
+    if scale.reference == 0 and scale.vectors < CALIBRATION_MIN_VECTORS:
+        return f"made from {scale.vectors} vectors alone, fewer than {CALIBRATION_MIN_VECTORS}"
+    if any(abs(sum(map(mul, row, row)) - 1.0) > 1e-3 for row in scale.directions):
+        return "directions that are not unit vectors"
+    return None
 
 
 def directions_for(dims: int) -> int:
     return max(1, round(dims / 100))
 
 
-def estimate(sample: Any, vectors: int, checked_at: int) -> Calibration:
+def estimate(sample: Any, vectors: int, checked_at: int, reference: int = 0) -> Calibration:
     """The scale from a sample of stored unit vectors, rows of a matrix or a list of
-    them (numpy: an estimate is rare)."""
+    them (numpy: an estimate is rare); `reference` of them are the reference questions'."""
     import numpy as np
 
     x = np.asarray(sample, dtype=np.float64)
@@ -284,7 +317,57 @@ def estimate(sample: Any, vectors: int, checked_at: int) -> Calibration:
         spread=float(1 - np.median(raw)) if len(raw) else 0.0,
         effective_dims=effective,
         identical=float((raw > _IDENTICAL).mean()) if len(raw) else 1.0,
+        reference=reference, distinct=count - reference,
     )
+
+
+# The cold start (issue 22): a model's first scale is made from the vectors of the
+# reference questions shipped with semcache (reference_questions.txt), embedded once; each
+# later one from those and the cache's own distinct vectors together, until the cache has
+# REFERENCE_TAKEOVER distinct vectors of its own, then from its own alone. Measured on
+# CLINC150 (bench/cold_start.py, docs/calibration.md): the reference alone serves a narrow
+# cache too freely; mixed with the cache's own vectors, it stays as safe as a scale made
+# beforehand from 2,048 of the cache's data; kept on past 128 of the cache's own, it
+# costs the full 22,500-query run wrong answers (0.44% -> 0.48% at 256, 0.49% forever).
+REFERENCE_TAKEOVER = 128
+REFERENCE_LEAST = 64  # usable reference vectors a model must give for them to be used
+
+
+def distinct_rows(x: Any, limit: int) -> Any:
+    """The first `limit` distinct rows of a matrix, in their order: the same text asked in
+    many scopes is one vector, and must count once (a flood of one question in a thousand
+    namespaces would otherwise read as a model whose vectors are all alike)."""
+    import numpy as np
+
+    if not len(x):
+        return x
+    _, first = np.unique(np.round(x, 5), axis=0, return_index=True)
+    return x[np.sort(first)][:limit]
+
+
+def scale_sample(reference: Any, own: Any) -> tuple[Any, int]:
+    """What a scale is made from, and how many of its rows are the reference's: the
+    reference vectors (or None) and the cache's own distinct vectors (a sample of them)."""
+    import numpy as np
+
+    if reference is None or not len(reference) or len(own) >= REFERENCE_TAKEOVER:
+        return own, 0
+    rows = np.asarray(reference, np.float64)
+    return np.vstack([rows, np.asarray(own, np.float64).reshape(-1, rows.shape[1])]), len(rows)
+
+
+def estimate_from(reference: Any, own: Any, vectors: int, checked_at: int) -> Calibration:
+    """The scale from the reference vectors (or None) and a sample of the cache's own
+    distinct vectors (at least one of them non-empty). The reference must not hide a
+    model that fails on the cache's own questions: with CALIBRATION_MIN_VECTORS of them,
+    their own degeneracy decides."""
+    sample, from_reference = scale_sample(reference, own)
+    scale = estimate(sample, vectors, checked_at, from_reference)
+    if from_reference and len(own) >= CALIBRATION_MIN_VECTORS:
+        alone = estimate(own, vectors, checked_at)
+        if alone.problem is not None:
+            return alone
+    return scale
 
 
 def _canonical_order(x: Any) -> Any:

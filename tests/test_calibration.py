@@ -17,6 +17,7 @@ from fake_ollama import FakeOllama, load_clinc_table
 from variants import BASE, Transform, by_name
 
 from semcache_cli import vectors
+from semcache_cli.storage import scales as scales_module
 
 Q = "How do I reset my password?"
 PARAPHRASE = "how do I reset my password please"
@@ -45,24 +46,34 @@ def scales(*args: str) -> list[dict]:
 
 # -- the cold start ------------------------------------------------------------------------
 
-def test_a_new_cache_says_it_is_calibrating_until_it_holds_enough_questions(ollama: FakeOllama, tmp_path: Path,
-                                                                            isolated_env: Path) -> None:
-    assert run_cli("ask", "-q", Q).exit_code == 0
+def test_a_model_without_reference_vectors_calibrates_from_its_own_32_and_says_how_to_get_hits_now(
+        ollama: FakeOllama, tmp_path: Path, isolated_env: Path) -> None:
+    for question in scales_module.reference_questions():  # a model that fails on every reference question
+        ollama.table[f"search_query: {question}"] = np.zeros(768)
+    first = run_cli("ask", "-q", Q)
+    assert first.exit_code == 0
+    assert (f"could not calibrate {NOMIC} on the reference questions (it gave them too few usable vectors); its "
+            "semantic hits start at 32 stored questions") in first.stderr
     result = run_cli("ask", PARAPHRASE, "--no-store")
     assert result.stderr.startswith(f"semcache: miss (calibrating: semantic hits start at 32 questions stored with "
-                                    f"{NOMIC}, 1 so far) · answered by llama3.2:latest")
+                                    f"{NOMIC}, 1 so far; for hits now, `semcache calibrate` embeds the reference "
+                                    "questions again, or `semcache replay FILE` warms the cache, or --scale cosine) "
+                                    "· answered by llama3.2:latest")
     cold = json.loads(run_cli("ask", PARAPHRASE, "--json", "--no-store").stdout)
     assert (cold["source"], cold["miss_reason"]) == ("model", "calibrating")
     assert cold["calibration"] == {"state": "calibrating", "vectors": 1, "needed": 32, "estimated_from": None,
-                                   "median": None, "problem": None}
+                                   "median": None, "problem": None, "made_from": None}
     explained = run_cli("inspect", "--similar", PARAPHRASE).stdout.splitlines()
-    assert explained[-1] == (f"ask would miss (calibrating: semantic hits start at 32 questions stored with {NOMIC}, "
-                             "1 so far) and call the model")
+    assert explained[-1].startswith(f"ask would miss (calibrating: semantic hits start at 32 questions stored with "
+                                    f"{NOMIC}, 1 so far; for hits now")
     assert scales()[0]["state"] == "calibrating"
+    assert "semantic" in json.loads(run_cli("ask", PARAPHRASE, "--json", "--no-store", "--scale", "cosine",
+                                            "--threshold", "0.9").stdout)["source"]
 
     fill(tmp_path, questions(31))  # the 32nd question stored estimates the scale
     (scale,) = scales()
     assert (scale["state"], scale["vectors"], scale["estimated_from"], scale["directions"]) == ("ready", 32, 32, 8)
+    assert scale["made_from"] == {"reference_questions": 0, "cache_vectors": 32}
     hit = json.loads(run_cli("ask", PARAPHRASE, "--json").stdout)
     assert (hit["source"], hit["entry_id"]) == ("semantic", 1)
     assert hit["calibration"]["state"] == "ready" and hit["calibration"]["estimated_from"] == 32
@@ -106,26 +117,33 @@ def test_a_purge_that_halves_a_model_estimates_its_scale_again(ollama: FakeOllam
     assert run_cli("purge", "--all", "--yes", "-q").exit_code == 0
     assert scales() == []  # no vector of any model left
     assert run_cli("ask", "-q", Q).exit_code == 0
-    assert scales()[0]["state"] == "calibrating"  # the next question starts from the cold state again
+    (scale,) = scales()  # the next question starts from the reference questions alone again
+    assert (scale["state"], scale["made_from"]) == ("ready", {"reference_questions": 320, "cache_vectors": 0})
 
 
 def test_calibrate_estimates_every_model_again(ollama: FakeOllama, tmp_path: Path, isolated_env: Path) -> None:
     fill(tmp_path, questions(40))
     fill(tmp_path, questions(5, 50), "--embed-model", "all-minilm")
-    conn = sqlite3.connect(isolated_env)  # a store changed by other means: its scales gone
+    conn = sqlite3.connect(isolated_env)  # a store changed by other means: its scales and reference vectors gone
     conn.execute("DELETE FROM calibrations")
+    conn.execute("DELETE FROM reference_vectors")
     conn.commit()
     conn.close()
+    embedded = ollama.counts["/api/embed"]
     result = run_cli("calibrate")
     assert result.exit_code == 0, result.stderr
+    assert ollama.counts["/api/embed"] == embedded + 2  # one batch of reference questions per model
     lines = result.stdout.splitlines()
-    assert lines[0] == "all-minilm:latest (384 dims): 5 vectors, calibrating (semantic hits from 32 vectors)"
+    assert lines[0].startswith("all-minilm:latest (384 dims): 5 vectors, scale estimated from 5, 4 directions removed")
+    assert lines[0].endswith("; made from 320 reference questions and 5 of the cache's distinct vectors; made mostly "
+                             "from reference questions (5 of the cache's own vectors)")
     assert lines[1].startswith(f"{NOMIC} (768 dims): 40 vectors, scale estimated from 40, 8 directions removed, "
                                "unrelated pairs at cosine ")
+    assert "made from 320 reference questions and 40 of the cache's distinct vectors" in lines[1]
     report = json.loads(run_cli("calibrate", "--json").stdout)
     assert report["database"] == str(isolated_env)
     assert [(r["embed_model"], r["state"], r["estimated_from"]) for r in report["scales"]] == [
-        ("all-minilm:latest", "calibrating", None), (NOMIC, "ready", 40)]
+        ("all-minilm:latest", "ready", 5), (NOMIC, "ready", 40)]
     assert "similarity scales" in run_cli("stats").stdout
 
 
@@ -172,13 +190,17 @@ def test_a_model_of_many_dimensions_is_calibrated_from_its_first_vectors(ollama:
     # leave every vector the mean, every pair "identical".
     ollama.embed_models["big:latest"] = 3072
     fill(tmp_path, [Q, *questions(31)], "--embed-model", "big")
-    (scale,) = scales()
-    assert (scale["state"], scale["directions"]) == ("ready", 8) and scale["median"] < 0.5
-    assert json.loads(run_cli("ask", PARAPHRASE, "--embed-model", "big", "--json", "--no-store").stdout)["source"] \
-        == "semantic"
+    (scale,) = scales()  # made from the reference questions too: as many directions as the dims suggest
+    assert (scale["state"], scale["directions"]) == ("ready", 31) and scale["median"] < 0.5
+    # The test server's bag-of-words vectors, with the 31 directions a full sample removes
+    # at 3,072 dims (the reference questions make one from the start), put this paraphrase
+    # at 0.82: served at 0.80, where the unrelated questions below stay far off.
+    hit = json.loads(run_cli("ask", PARAPHRASE, "--embed-model", "big", "--json", "--no-store", "--threshold",
+                             "0.8").stdout)
+    assert hit["source"] == "semantic", hit
     for other in ("how do fish breathe", "why is the sky blue"):
         miss = json.loads(run_cli("ask", other, "--embed-model", "big", "--no-store", "--json").stdout)
-        assert (miss["source"], miss["miss_reason"]) == ("model", "no_match") and -1 <= miss["similarity"] < 0.84
+        assert (miss["source"], miss["miss_reason"]) == ("model", "no_match") and -1 <= miss["similarity"] < 0.5
 
 
 # -- a model that cannot tell questions apart ----------------------------------------------
@@ -188,7 +210,8 @@ def test_a_model_whose_vectors_are_all_alike_gets_no_semantic_hits_and_one_warni
     rng = np.random.default_rng(5)
     common = rng.standard_normal(384)
     texts = questions(40)
-    for text in [*texts, Q, PARAPHRASE]:  # a broken model: every question the same vector, give or take noise
+    # A broken model: every question the same vector, give or take noise (the reference questions too).
+    for text in [*texts, Q, PARAPHRASE, *scales_module.reference_questions()]:
         ollama.table[text] = common + 0.03 * rng.standard_normal(384)
     fill(tmp_path, texts, "--embed-model", "all-minilm")
     (scale,) = scales()

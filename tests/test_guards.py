@@ -141,8 +141,9 @@ def test_ask_misses_with_the_guard_as_reason(twofa: FakeOllama) -> None:
     assert (outcome["source"], outcome["miss_reason"]) == ("model", "guard:negation")
     assert outcome["miss_detail"] == '"disable" vs "enable"'  # the words it fired on, the new question's first
     assert outcome["response"] == "This is the answer to: how do I disable 2FA"
-    assert 'miss (guard:negation: "disable" vs "enable", best similarity 0.960, cosine 0.960)' in run_cli(
-        "ask", "how do I disable 2FA", "--embed-model", "all-minilm", "--no-store").stderr
+    status = (f'miss (guard:negation: "disable" vs "enable", best similarity {outcome["similarity"]:.3f}, '
+              f'cosine {outcome["cosine"]:.3f})')  # the status line says what --json says
+    assert status in run_cli("ask", "how do I disable 2FA", "--embed-model", "all-minilm", "--no-store").stderr
 
 
 def test_guards_none_serves_the_neighbour(twofa: FakeOllama) -> None:

@@ -225,6 +225,32 @@ def test_a_scale_advances_only_over_the_one_it_was_made_from(backend_store: Stor
     assert kept.median == pytest.approx(newer.median)
 
 
+def test_a_scale_no_estimate_could_have_made_reads_as_none(backend_store: Store) -> None:
+    rng = np.random.default_rng(7)
+    scale = vectors.estimate([unit(v) for v in rng.standard_normal((64, 16))], 64, 70)
+    for damaged in (scale._replace(median=-50.0), scale._replace(offsets=(3.0,)),
+                    scale._replace(directions=(array("f", [2.0] * 16),)), scale._replace(distinct=65),
+                    scale._replace(vectors=20, distinct=20)):
+        backend_store.save_calibration(MODEL, damaged)
+        assert backend_store.calibration(MODEL, 16) is None, damaged  # the next ask makes it again
+    backend_store.save_calibration(MODEL, scale._replace(reference=320, distinct=64))
+    kept = backend_store.calibration(MODEL, 16)
+    assert kept is not None and (kept.reference, kept.distinct) == (320, 64)
+
+
+def test_reference_vectors_are_kept_per_model_apart_from_entries(backend_store: Store) -> None:
+    assert backend_store.reference_vectors(MODEL, 8) is None and backend_store.top_entry_id() == 0
+    blob = np.random.default_rng(8).standard_normal((70, 8)).astype("<f4").tobytes()
+    backend_store.save_reference_vectors(MODEL, 8, "abc", blob)
+    assert backend_store.reference_vectors(MODEL, 8) == ("abc", blob)
+    backend_store.save_reference_vectors(MODEL, 8, "def", b"")  # replaced whole: a model that failed on them
+    assert backend_store.reference_vectors(MODEL, 8) == ("def", b"")
+    assert backend_store.reference_vectors(MODEL, 16) is None and backend_store.reference_vectors("x:latest", 8) is None
+    assert backend_store.count() == 0 and backend_store.vector_groups() == []  # no entry, no vector of one
+    ids = backend_store.store_many([answer(f"a{i}") for i in range(3)])
+    assert backend_store.top_entry_id() == max(ids)
+
+
 def test_the_vectors_of_each_model_are_counted_and_sampled(backend_store: Store) -> None:
     rng = np.random.default_rng(6)
     rows = [unit(v) for v in rng.standard_normal((40, 8))]

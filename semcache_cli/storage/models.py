@@ -249,19 +249,26 @@ def calibration_columns(scale: Any) -> tuple[Any, ...]:
     from semcache_cli import vectors
 
     return (scale.dims, scale.vectors, scale.checked_at, b"".join(vectors.encode(d) for d in scale.directions),
-            vectors.encode(scale.offsets), scale.median, scale.spread, scale.effective_dims, scale.identical)
+            vectors.encode(scale.offsets), scale.median, scale.spread, scale.effective_dims, scale.identical,
+            scale.reference, scale.distinct)
+
+
+# The columns calibration_columns fills, in order, after embed_model.
+CALIBRATION_COLUMNS = ("dims", "vectors", "checked_at", "directions", "offsets", "median", "spread", "effective_dims",
+                       "identical", "reference", "distinct_vectors")
 
 
 def calibration_from_columns(row: Sequence[Any]) -> Any:
     """The columns of `calibrations` after embed_model as a vectors.Calibration, or None
-    when they are not one (a damaged row reads as no scale: the next ask makes it again)."""
+    when they are not one, or not one estimate() could have made (vectors.flaw): a
+    damaged or edited row reads as no scale, and the next ask makes it again."""
     import math
 
     from semcache_cli import vectors
 
-    dims, count, checked_at, directions, offsets, median, spread, effective, identical = row
+    dims, count, checked_at, directions, offsets, median, spread, effective, identical, reference, distinct = row
     if not (type(dims) is int and 0 < dims <= 1_000_000 and _count(count) and count is not None
-            and type(checked_at) is int and checked_at >= 0
+            and type(checked_at) is int and checked_at >= 0 and type(reference) is int and type(distinct) is int
             and isinstance(directions, bytes | bytearray | memoryview) and isinstance(offsets, bytes | bytearray | memoryview)
             and all(type(v) in (int, float) and math.isfinite(v) for v in (median, spread, effective, identical))):
         return None
@@ -275,5 +282,6 @@ def calibration_from_columns(row: Sequence[Any]) -> Any:
     rows = tuple(flat[i:i + dims] for i in range(0, len(flat), dims))
     if rows and (len(rows) > vectors.directions_for(dims) or median >= 1):
         return None
-    return vectors.Calibration(dims, count, checked_at, rows, tuple(shifts), float(median), float(spread),
-                               float(effective), float(identical))
+    scale = vectors.Calibration(dims, count, checked_at, rows, tuple(shifts), float(median), float(spread),
+                                float(effective), float(identical), reference, distinct)
+    return None if vectors.flaw(scale) else scale

@@ -5,7 +5,8 @@ it; nothing above storage/ sees SQL, a connection or a backend's exception.
 Shaped by what the callers do, not by tables:
 - ask: find_exact, nearest (the search index is the backend's own), get, store_answer,
   record_hit, log_request, the single-flight claims, and the calibrated scale of each
-  embedding model (calibration, save_calibration, vector_count, sample_vectors);
+  embedding model (calibration, save_calibration, vector_count, sample_vectors, and the
+  reference questions' vectors its cold start is made from);
 - inspect: entries (streamed), vector_of;
 - purge: select_ids, lru_ids, delete, delete_log_before, the size accounting
   (used_bytes, entry_sizes, log_bytes), compact, vacuum;
@@ -87,6 +88,16 @@ class Store(Protocol):
         """Keep it only if the stored one is still `replacing` (the same vectors and
         checked_at; None: none stored), so what another process saved meanwhile stands.
         True when it was kept."""
+
+    def reference_vectors(self, embed_model: str, dims: int) -> tuple[str, bytes] | None:
+        """The model's reference questions' vectors (scales.py): the fingerprint of the
+        questions they embed, and the vectors as concatenated little-endian float32."""
+
+    def save_reference_vectors(self, embed_model: str, dims: int, fingerprint: str, blob: bytes) -> None:
+        """Keep them, replacing any kept before, in one write: all or none."""
+
+    def top_entry_id(self) -> int:
+        """The highest entry id in use (0: none), read off the primary key."""
 
     def vector_groups(self) -> list[VectorGroup]:
         """Every (embedding model, dims) with stored vectors, and how many."""

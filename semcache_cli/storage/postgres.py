@@ -42,6 +42,7 @@ from semcache_cli import policy
 from semcache_cli.config import MASK, SECRET_PARAMETERS, masked_url, url_secrets
 from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, StoreUnreachable, UsageError
 from semcache_cli.storage.models import (
+    CALIBRATION_COLUMNS,
     ENTRY_FIELDS,
     LOG_FIELDS,
     STORED_FIELDS,
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from semcache_cli.storage.selector import Selector
     from semcache_cli.vectors import Calibration
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_SCHEMA = "semcache"
 EXACT_UP_TO = 5_000  # vectors in a scope searched exactly, without the index
 CODE_CANDIDATES = 256  # nearest sign codes whose vectors are ranked exactly, as in the SQLite backend
@@ -448,29 +449,44 @@ class PostgresStore:
 
     @_reconnecting
     def calibration(self, embed_model: str, dims: int) -> Calibration | None:
-        row = self._conn.execute(f"SELECT dims, vectors, checked_at, directions, offsets, median, spread, "
-                                 f"effective_dims, identical FROM {self._s}.calibrations "
+        row = self._conn.execute(f"SELECT {', '.join(CALIBRATION_COLUMNS)} FROM {self._s}.calibrations "
                                  "WHERE embed_model = %s AND dims = %s", (embed_model, dims)).fetchone()
         return calibration_from_columns(row) if row else None
 
     def save_calibration(self, embed_model: str, calibration: Calibration) -> None:
+        changed = ", ".join(f"{c} = excluded.{c}" for c in CALIBRATION_COLUMNS[1:])
         self._conn.execute(
-            f"INSERT INTO {self._s}.calibrations VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (embed_model, dims) DO UPDATE SET vectors = excluded.vectors, checked_at = excluded.checked_at, "
-            "directions = excluded.directions, offsets = excluded.offsets, median = excluded.median, "
-            "spread = excluded.spread, effective_dims = excluded.effective_dims, identical = excluded.identical",
+            f"INSERT INTO {self._s}.calibrations (embed_model, {', '.join(CALIBRATION_COLUMNS)}) "
+            f"VALUES (%s{', %s' * len(CALIBRATION_COLUMNS)}) ON CONFLICT (embed_model, dims) DO UPDATE SET {changed}",
             (embed_model, *calibration_columns(calibration)))
 
     def advance_calibration(self, embed_model: str, calibration: Calibration, replacing: Calibration | None) -> bool:
         values = (embed_model, *calibration_columns(calibration))
         if replacing is None:
-            return self._conn.execute(f"INSERT INTO {self._s}.calibrations VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                                      "%s) ON CONFLICT DO NOTHING", values).rowcount == 1
+            return self._conn.execute(
+                f"INSERT INTO {self._s}.calibrations (embed_model, {', '.join(CALIBRATION_COLUMNS)}) "
+                f"VALUES (%s{', %s' * len(CALIBRATION_COLUMNS)}) ON CONFLICT DO NOTHING", values).rowcount == 1
+        changed = ", ".join(f"{c} = %s" for c in CALIBRATION_COLUMNS[1:])
         return self._conn.execute(
-            f"UPDATE {self._s}.calibrations SET vectors = %s, checked_at = %s, directions = %s, offsets = %s, "
-            "median = %s, spread = %s, effective_dims = %s, identical = %s WHERE embed_model = %s AND dims = %s "
+            f"UPDATE {self._s}.calibrations SET {changed} WHERE embed_model = %s AND dims = %s "
             "AND vectors = %s AND checked_at = %s",
             (*values[2:], embed_model, calibration.dims, replacing.vectors, replacing.checked_at)).rowcount == 1
+
+    @_reconnecting
+    def reference_vectors(self, embed_model: str, dims: int) -> tuple[str, bytes] | None:
+        row = self._conn.execute(f"SELECT fingerprint, vectors FROM {self._s}.reference_vectors "
+                                 "WHERE embed_model = %s AND dims = %s", (embed_model, dims)).fetchone()
+        return (row[0], bytes(row[1])) if row else None
+
+    @_reconnecting
+    def save_reference_vectors(self, embed_model: str, dims: int, fingerprint: str, blob: bytes) -> None:
+        self._conn.execute(f"INSERT INTO {self._s}.reference_vectors VALUES (%s, %s, %s, %s) ON CONFLICT "
+                           "(embed_model, dims) DO UPDATE SET fingerprint = excluded.fingerprint, "
+                           "vectors = excluded.vectors", (embed_model, dims, fingerprint, blob))
+
+    @_reconnecting
+    def top_entry_id(self) -> int:
+        return int(_one(self._conn.execute(f"SELECT coalesce(max(id), 0) FROM {self._s}.entries"))[0])
 
     def vector_groups(self) -> list[VectorGroup]:
         return [VectorGroup(r[0], r[1], int(r[2]), int(r[3])) for r in self._conn.execute(
@@ -876,6 +892,20 @@ def _m004_padded_codes(s: str, vector: str) -> list[str]:
             BEGIN NEW.code := {padded('NEW.code')}; RETURN NEW; END $f$""",
         f"CREATE TRIGGER padded_code BEFORE INSERT OR UPDATE OF code ON {s}.entry_codes FOR EACH ROW "
         f"WHEN (length(NEW.code) < {CODE_BITS_AT_LEAST:d}) EXECUTE FUNCTION {s}.padded_code()",
+    ]
+
+
+@_migration
+def _m005_reference_vectors(s: str, vector: str) -> list[str]:
+    # The reference questions' vectors of each embedding model (one row: all or none),
+    # the cold start of its scale; and what each scale was made from. Apart from
+    # entries: never served, listed or counted as one.
+    return [
+        f"""CREATE TABLE {s}.reference_vectors (
+            embed_model text NOT NULL, dims integer NOT NULL, fingerprint text NOT NULL, vectors bytea NOT NULL,
+            PRIMARY KEY (embed_model, dims))""",
+        f"ALTER TABLE {s}.calibrations ADD COLUMN reference integer NOT NULL DEFAULT 0",
+        f"ALTER TABLE {s}.calibrations ADD COLUMN distinct_vectors integer NOT NULL DEFAULT 0",
     ]
 
 

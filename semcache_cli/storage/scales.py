@@ -1,13 +1,22 @@
-"""Each embedding model's calibrated scale (vectors.Calibration), estimated from a
-store's own vectors through the port: when a cache reaches CALIBRATION_MIN_VECTORS
-vectors of a model, each time their number doubles (or halves after a purge), after a
-migration that brought the table, and on demand (`semcache calibrate`)."""
+"""Each embedding model's calibrated scale (vectors.Calibration), estimated through the
+port from the vectors of the reference questions shipped with semcache (embedded once
+per model, kept apart from entries) and the store's own distinct vectors: at the first
+semantic lookup of a model, when the cache reaches CALIBRATION_MIN_VECTORS vectors of
+it, each time their number doubles (or halves after a purge), after a migration that
+brought the table, and on demand (`semcache calibrate`). Without reference vectors (the
+embedding model failed on them) the cache's own vectors alone, from the first
+CALIBRATION_MIN_VECTORS, as before."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semcache_cli import vectors
+
+REFERENCE_FILE = Path(__file__).resolve().parents[1] / "reference_questions.txt"
 
 if TYPE_CHECKING:
     from semcache_cli.storage.models import VectorGroup
@@ -19,11 +28,87 @@ def cold(dims: int, count: int, checked_at: int) -> vectors.Calibration:
     return vectors.Calibration(dims, count, checked_at, (), (), 0.0, 0.0, 0.0, 0.0)
 
 
-def estimated(store: Store, embed_model: str, dims: int, checked_at: int, count: int) -> vectors.Calibration:
-    """The model's scale from its `count` stored vectors now, or its cold state."""
-    if count < vectors.CALIBRATION_MIN_VECTORS:
+@functools.cache
+def reference_questions() -> tuple[str, ...]:
+    """The shipped reference questions: generic questions on many subjects, written for
+    semcache, one a line (# comments)."""
+    lines = REFERENCE_FILE.read_text(encoding="utf-8").splitlines()
+    return tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def fingerprint() -> str:
+    """Which reference questions kept vectors embed: another semcache's are embedded again."""
+    return hashlib.sha256("\n".join(reference_questions()).encode()).hexdigest()[:16]
+
+
+def reference_rows(store: Store, embed_model: str, dims: int) -> Any:
+    """The model's kept reference vectors as a matrix, or None: none kept, kept for other
+    questions, or not readable as unit vectors of these dims (then embedded again)."""
+    import numpy as np
+
+    kept = store.reference_vectors(embed_model, dims)
+    if kept is None or kept[0] != fingerprint() or not kept[1] or len(kept[1]) % (4 * dims):
+        return None
+    rows = np.frombuffer(kept[1], dtype=vectors.DTYPE).reshape(-1, dims).astype(np.float64)
+    lengths = np.linalg.norm(rows, axis=1)
+    if len(rows) < vectors.REFERENCE_LEAST or not np.all(np.abs(lengths - 1) < 1e-3):
+        return None
+    return rows
+
+
+def reference_matrix(embedded: list[Any], dims: int) -> Any:
+    """A model's embedding of the reference questions (one reply: a row per question,
+    None where unusable) as a matrix of distinct unit rows, or None when it is not one
+    (too few usable rows, another dimension): nothing is kept then."""
+    import numpy as np
+
+    rows = [np.asarray(row, dtype=np.float64) for row in embedded if row is not None and len(row) == dims]
+    if len(rows) < vectors.REFERENCE_LEAST:
+        return None
+    matrix = np.stack(rows)
+    lengths = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if not np.all(np.isfinite(lengths)) or np.any(lengths == 0):
+        return None
+    # A model that gives every question one vector keeps one: its scale says it is unusable.
+    return vectors.distinct_rows(matrix / lengths, len(matrix))
+
+
+def keep_reference(store: Store, embed_model: str, dims: int, matrix: Any) -> None:
+    """Keep the model's reference vectors, or (None) that it failed on them: no vectors."""
+    blob = b"" if matrix is None else matrix.astype(vectors.DTYPE).tobytes()
+    store.save_reference_vectors(embed_model, dims, fingerprint(), blob)
+
+
+def reference_failed(store: Store, embed_model: str, dims: int) -> bool:
+    """The model failed on these reference questions before (asks do not try again)."""
+    kept = store.reference_vectors(embed_model, dims)
+    return kept is not None and kept[0] == fingerprint() and not kept[1]
+
+
+def own_sample(store: Store, embed_model: str, dims: int) -> Any:
+    """Up to CALIBRATION_SAMPLE distinct stored vectors of the model, drawn uniformly."""
+    import numpy as np
+
+    drawn = store.sample_vectors(embed_model, dims, 2 * vectors.CALIBRATION_SAMPLE)
+    matrix = np.asarray(drawn, dtype=np.float64).reshape(-1, dims)
+    return vectors.distinct_rows(matrix, vectors.CALIBRATION_SAMPLE)
+
+
+def estimated(store: Store, embed_model: str, dims: int, checked_at: int, count: int,
+              reference: Any = None) -> vectors.Calibration:
+    """The model's scale from its reference vectors (kept, or `reference`) and its
+    `count` stored vectors now, or its cold state (no reference vectors, and fewer than
+    CALIBRATION_MIN_VECTORS stored)."""
+    if reference is None:
+        reference = reference_rows(store, embed_model, dims)
+    if reference is None and count < vectors.CALIBRATION_MIN_VECTORS:
         return cold(dims, count, checked_at)
-    return vectors.estimate(store.sample_vectors(embed_model, dims, vectors.CALIBRATION_SAMPLE), count, checked_at)
+    import numpy as np
+
+    own = own_sample(store, embed_model, dims) if count else np.empty((0, dims))
+    if reference is None and not len(own):
+        return cold(dims, count, checked_at)
+    return vectors.estimate_from(reference, own, count, checked_at)
 
 
 def rebuild(store: Store, embed_model: str, dims: int, checked_at: int, count: int) -> vectors.Calibration:
@@ -91,8 +176,35 @@ def overview(store: Store) -> list[dict[str, Any]]:
             "median_cosine": round(1 - made.spread, 6) if made else None,
             "effective_dims": round(made.effective_dims, 1) if made else None,
             "problem": made.problem if made else None,
+            "made_from": made_from(made),
+            "degraded": degraded(scale, group.vectors),
         })
     return rows
+
+
+def made_from(scale: vectors.Calibration | None) -> dict[str, int] | None:
+    """What a scale was made from: reference questions and the cache's own vectors."""
+    if scale is None or not scale.ready:
+        return None
+    own = scale.distinct if scale.distinct or scale.reference else min(scale.vectors, vectors.CALIBRATION_SAMPLE)
+    return {"reference_questions": scale.reference, "cache_vectors": own}
+
+
+def degraded(scale: vectors.Calibration | None, count: int) -> str | None:
+    """Why the model's scale is less than it should be, in words, or None."""
+    if scale is None:
+        return "no scale kept (never made, lost, or damaged and refused): the next semantic lookup makes it"
+    if not scale.ready:
+        return (f"no reference vectors: no semantic hits until {vectors.CALIBRATION_MIN_VECTORS} vectors are stored "
+                "(semcache calibrate embeds the reference questions)")
+    if scale.problem is not None:
+        return f"unusable: {scale.problem}"
+    if scale.reference and scale.distinct < vectors.CALIBRATION_MIN_VECTORS:
+        return f"made mostly from reference questions ({scale.distinct} of the cache's own vectors)"
+    if scale.reference == 0 and scale.distinct and scale.distinct < scale.vectors // 2 \
+            and scale.distinct < vectors.CALIBRATION_SAMPLE:
+        return f"{scale.vectors - scale.distinct} of {scale.vectors} stored vectors repeat others (each counted once)"
+    return None
 
 
 def _due(current: vectors.Calibration | None, entry_id: int) -> bool:

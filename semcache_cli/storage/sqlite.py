@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from semcache_cli import policy
 from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, UsageError
 from semcache_cli.storage.models import (
+    CALIBRATION_COLUMNS,
     ENTRY_FIELDS,
     LOG_FIELDS,
     STORED_FIELDS,
@@ -340,27 +341,41 @@ class SQLiteStore:
     # -- the calibrated scale ----------------------------------------------------------
 
     def calibration(self, embed_model: str, dims: int) -> Calibration | None:
-        row = self._conn.execute("SELECT dims, vectors, checked_at, directions, offsets, median, spread, "
-                                 "effective_dims, identical FROM calibrations WHERE embed_model = ? AND dims = ?",
-                                 (embed_model, dims)).fetchone()
+        row = self._conn.execute(f"SELECT {', '.join(CALIBRATION_COLUMNS)} FROM calibrations "
+                                 "WHERE embed_model = ? AND dims = ?", (embed_model, dims)).fetchone()
         return calibration_from_columns(row) if row else None
 
     def save_calibration(self, embed_model: str, calibration: Calibration) -> None:
         with self._write():
-            self._conn.execute("INSERT OR REPLACE INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._conn.execute(f"INSERT OR REPLACE INTO calibrations (embed_model, {', '.join(CALIBRATION_COLUMNS)}) "
+                               f"VALUES (?{', ?' * len(CALIBRATION_COLUMNS)})",
                                (embed_model, *calibration_columns(calibration)))
 
     def advance_calibration(self, embed_model: str, calibration: Calibration, replacing: Calibration | None) -> bool:
         values = (embed_model, *calibration_columns(calibration))
         with self._write():
             if replacing is None:
-                return self._conn.execute("INSERT INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                                          "ON CONFLICT DO NOTHING", values).rowcount == 1
+                return self._conn.execute(f"INSERT INTO calibrations (embed_model, {', '.join(CALIBRATION_COLUMNS)}) "
+                                          f"VALUES (?{', ?' * len(CALIBRATION_COLUMNS)}) ON CONFLICT DO NOTHING",
+                                          values).rowcount == 1
+            changed = ", ".join(f"{c} = ?" for c in CALIBRATION_COLUMNS[1:])
             return self._conn.execute(
-                "UPDATE calibrations SET vectors = ?, checked_at = ?, directions = ?, offsets = ?, median = ?, "
-                "spread = ?, effective_dims = ?, identical = ? WHERE embed_model = ? AND dims = ? AND vectors = ? "
+                f"UPDATE calibrations SET {changed} WHERE embed_model = ? AND dims = ? AND vectors = ? "
                 "AND checked_at = ?", (*values[2:], embed_model, calibration.dims, replacing.vectors,
                                        replacing.checked_at)).rowcount == 1
+
+    def reference_vectors(self, embed_model: str, dims: int) -> tuple[str, bytes] | None:
+        row = self._conn.execute("SELECT fingerprint, vectors FROM reference_vectors WHERE embed_model = ? AND dims = ?",
+                                 (embed_model, dims)).fetchone()
+        return (row[0], bytes(row[1])) if row and isinstance(row[0], str) and isinstance(row[1], bytes) else None
+
+    def save_reference_vectors(self, embed_model: str, dims: int, fingerprint: str, blob: bytes) -> None:
+        with self._write():
+            self._conn.execute("INSERT OR REPLACE INTO reference_vectors VALUES (?, ?, ?, ?)",
+                               (embed_model, dims, fingerprint, blob))
+
+    def top_entry_id(self) -> int:
+        return int(self._conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
 
     def vector_groups(self) -> list[VectorGroup]:
         return [VectorGroup(*r) for r in self._conn.execute(

@@ -12,7 +12,7 @@ from typing import Any
 
 from semcache_cli import policy
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def migration_set() -> Any:
@@ -126,5 +126,17 @@ def migration_set() -> Any:
         db.execute("CREATE INDEX entry_vectors_model ON entry_vectors (embed_model, dims)")
         db.table("requests").add_column("cosine", float)  # the models' scales follow (scales.rebuild_all)
         db.execute("UPDATE requests SET cosine = similarity")  # before the scale, the similarity was the cosine
+
+    @migrations()
+    def m008_reference_vectors(db: Any) -> None:
+        # The reference questions' vectors of each embedding model (one row: all or none),
+        # the cold start of its scale; and what each scale was made from. Apart from
+        # entries: never served, listed or counted as one.
+        db.execute(
+            "CREATE TABLE reference_vectors (embed_model TEXT NOT NULL, dims INTEGER NOT NULL, "
+            "fingerprint TEXT NOT NULL, vectors BLOB NOT NULL, PRIMARY KEY (embed_model, dims)) WITHOUT ROWID"
+        )
+        db.execute("ALTER TABLE calibrations ADD COLUMN reference INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE calibrations ADD COLUMN distinct_vectors INTEGER NOT NULL DEFAULT 0")
 
     return migrations
