@@ -32,14 +32,15 @@ ALLOWED: dict[str, set[str]] = {
     "singleflight": {"errors", "storage.port"},
     "ollama": {"errors", "http11"},
     "http11": set(),
-    "config": {"errors", "guards"},
+    "config": {"errors", "guards", "ownership"},
+    "ownership": set(),
     "policy": set(),
     "guards": set(),
     "vectors": set(),
     "errors": set(),
     "": set(),  # the package itself, which holds only __version__: anyone may import it
 }
-STORAGE_MAY_USE = {"config", "errors", "policy", "vectors"}  # besides each other
+STORAGE_MAY_USE = {"config", "errors", "ownership", "policy", "vectors"}  # besides each other
 SQL = re.compile(r"\b(SELECT\b.*\bFROM|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE (TABLE|INDEX|TRIGGER)|PRAGMA "
                  r"|BEGIN IMMEDIATE|VACUUM\b)")
 DRIVERS = {"sqlite3", "sqlite_utils", "psycopg", "pgvector"}
