@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "semcache_cli"
 # What each module may import of the package; keep in step with docs/architecture.md.
 ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
-    "cli": {"config", "errors", "render", "engine", "inspection", "purge", "stats", "replay", "copying",
+    "cli": {"config", "errors", "inputs", "render", "engine", "inspection", "purge", "stats", "replay", "copying",
             "calibrate", "storage.selector"},
     "copying": {"config", "errors", "storage", "storage.scales", "storage.selector"},
     "calibrate": {"config", "storage", "storage.scales"},
@@ -34,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "http11": set(),
     "config": {"errors", "guards", "ownership"},
     "ownership": set(),
+    "inputs": {"errors"},
     "policy": set(),
     "guards": set(),
     "vectors": set(),
