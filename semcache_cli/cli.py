@@ -26,7 +26,7 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError  # Typer's
 from typer._types import TyperChoice  # Typer's own Click Choice: completes and checks the words
 from typer.core import TyperGroup
 
-from semcache_cli import __version__, config, render
+from semcache_cli import __version__, config, inputs, render
 from semcache_cli.engine import run_ask
 from semcache_cli.errors import (
     EXIT_CODES_HELP,
@@ -268,72 +268,14 @@ def read_question(argument: str | None) -> str:
         return argument
     if not _stdin_has_data(sys.stdin):
         raise UsageError('no question given: semcache ask "your question" (or pipe one in with -)')
-    raw = read_bounded(sys.stdin, config.MAX_INPUT_BYTES)
+    raw = inputs.read_bounded(sys.stdin, config.MAX_INPUT_BYTES)
     if raw is None:
-        raise UsageError(f"the question on stdin is longer than {render.human_bytes(config.MAX_INPUT_BYTES)}, "
+        raise UsageError(f"the question on stdin is longer than {inputs.size_text(config.MAX_INPUT_BYTES)}, "
                          "the most semcache reads; nothing was asked")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError("the question on stdin is not valid UTF-8") from None
-
-
-READ_CHUNK = 64 * 1024
-
-
-def _chunks(stream: Any) -> Iterator[bytes]:
-    """A stream's bytes, one bounded os.read at a time: a single read of all of it would
-    hold an endless pipe (`yes | semcache ask -`) in memory, and, being one C call, would
-    never let a SIGINT or SIGTERM handler run. Streams without a file descriptor (tests'
-    in-memory ones) are read the same way through their own read."""
-    try:
-        fd = stream.fileno()
-    except (OSError, ValueError, io.UnsupportedOperation, AttributeError):
-        source = stream.buffer if hasattr(stream, "buffer") else stream
-        while chunk := source.read(READ_CHUNK):
-            yield chunk if isinstance(chunk, bytes) else chunk.encode()
-        return
-    while chunk := os.read(fd, READ_CHUNK):
-        yield chunk
-
-
-def read_bounded(stream: Any, limit: int) -> bytes | None:
-    """All of `stream` when it is at most `limit` bytes; None (and no more is read) past it."""
-    chunks: list[bytes] = []
-    total = 0
-    for chunk in _chunks(stream):
-        total += len(chunk)
-        if total > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _overlong(source: str, number: int, limit: int) -> UsageError:
-    return UsageError(f"{source}: line {number:,} is longer than {render.human_bytes(limit)}, the most semcache "
-                      "reads of one line; nothing was replayed")
-
-
-def bounded_lines(stream: Any, limit: int, source: str) -> Iterator[bytes]:
-    """The lines of `stream` (split as bytes.splitlines does), read as they come; a line
-    longer than `limit` bytes stops the reading with a usage error, so no line, and no
-    stream without line breaks, is ever held whole past the bound."""
-    pending = b""
-    number = 0
-    for chunk in _chunks(stream):
-        lines = (pending + chunk).splitlines(keepends=True)
-        # The last piece may not be whole yet: no line end, or a \r whose \n comes next.
-        pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
-        for line in lines:
-            number += 1
-            body = line.rstrip(b"\r\n")
-            if len(body) > limit:
-                raise _overlong(source, number, limit)
-            yield body
-        if len(pending.rstrip(b"\r")) > limit:
-            raise _overlong(source, number + 1, limit)
-    if pending:
-        yield pending.rstrip(b"\r")
 
 
 def write_all(text: str) -> None:
@@ -889,7 +831,7 @@ def _read_lines(source: str) -> Iterator[bytes]:
     if source == "-":
         if not _stdin_has_data(sys.stdin):
             raise UsageError("replay - reads queries from stdin, but stdin is not a pipe or a file")
-        return bounded_lines(sys.stdin, config.MAX_INPUT_BYTES, "stdin")
+        return inputs.bounded_lines(sys.stdin, config.MAX_INPUT_BYTES, "stdin")
     try:
         handle = open(source, "rb")
     except OSError as exc:
@@ -898,7 +840,7 @@ def _read_lines(source: str) -> Iterator[bytes]:
     def lines() -> Iterator[bytes]:
         with handle:
             try:
-                yield from bounded_lines(handle, config.MAX_INPUT_BYTES, source)
+                yield from inputs.bounded_lines(handle, config.MAX_INPUT_BYTES, source)
             except OSError as exc:  # EIO and the like, found on a read
                 raise UsageError(f"cannot read {source}: {exc.strerror}") from None
 

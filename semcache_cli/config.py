@@ -434,6 +434,13 @@ def load_config_file(path: Path, named: bool = False) -> dict[str, Any]:
             what = "is not a file" if path.exists() else "does not exist"
             raise UsageError(f"config file {path}{' (SEMCACHE_CONFIG)' if named else ''} {what}")
         return {}
+    if not named:  # the default file: someone else's would choose the cache, the model, the host
+        from semcache_cli import ownership
+
+        found = ownership.problem(path)
+        if found:
+            raise UsageError(f"refusing the config file {path}: {found}, so another user could choose where your "
+                             "questions go; make it yours alone, or name another with SEMCACHE_CONFIG")
     import tomllib
 
     try:

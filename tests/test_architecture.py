@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "semcache_cli"
 # What each module may import of the package; keep in step with docs/architecture.md.
 ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
-    "cli": {"config", "errors", "render", "engine", "inspection", "purge", "stats", "replay", "copying",
+    "cli": {"config", "errors", "inputs", "render", "engine", "inspection", "purge", "stats", "replay", "copying",
             "calibrate", "storage.models", "storage.selector"},
     "copying": {"config", "errors", "storage", "storage.scales", "storage.selector"},
     "calibrate": {"config", "engine", "storage.scales"},
@@ -32,14 +32,16 @@ ALLOWED: dict[str, set[str]] = {
     "singleflight": {"errors", "storage.port"},
     "ollama": {"errors", "http11"},
     "http11": set(),
-    "config": {"errors", "guards"},
+    "config": {"errors", "guards", "ownership"},
+    "ownership": set(),
+    "inputs": {"errors"},
     "policy": set(),
     "guards": set(),
     "vectors": set(),
     "errors": set(),
     "": set(),  # the package itself, which holds only __version__: anyone may import it
 }
-STORAGE_MAY_USE = {"config", "errors", "policy", "vectors"}  # besides each other
+STORAGE_MAY_USE = {"config", "errors", "ownership", "policy", "vectors"}  # besides each other
 SQL = re.compile(r"\b(SELECT\b.*\bFROM|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE (TABLE|INDEX|TRIGGER)|PRAGMA "
                  r"|BEGIN IMMEDIATE|VACUUM\b)")
 DRIVERS = {"sqlite3", "sqlite_utils", "psycopg", "pgvector"}

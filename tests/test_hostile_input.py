@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from semcache_cli import config
+from semcache_cli import cli, config
 
 RSS_CAP_KB = 400_000  # far above what 16 MB of input needs, far below what an unbounded read reaches
 DEADLINE_S = 30.0
@@ -170,8 +170,6 @@ def test_a_replay_file_with_an_overlong_line_names_it(tmp_path: Path) -> None:
 def test_replay_lines_split_as_before(tmp_path: Path) -> None:
     """CRLF, a lone CR and a missing final newline, read in chunks, give the lines a
     whole read gave (a chunk boundary may fall anywhere)."""
-    from semcache_cli import cli
-
     data = b"one\r\ntwo\rthree\n\n" + b"q" * 70_000 + b"\r\nlast"
     path = tmp_path / "q.txt"
     path.write_bytes(data)
@@ -181,8 +179,6 @@ def test_replay_lines_split_as_before(tmp_path: Path) -> None:
 @pytest.mark.parametrize("data", [b"", b"\n", b"a\r", b"a\r\r\nb\r", b"\r\n\r\n", b"x" * 65_535 + b"\r\nz",
                                   b"x" * 65_536 + b"\r", b"a\n\rb\n"])
 def test_replay_line_splitting_edge_cases(tmp_path: Path, data: bytes) -> None:
-    from semcache_cli import cli
-
     path = tmp_path / "q.txt"
     path.write_bytes(data)
     assert list(cli._read_lines(str(path))) == data.splitlines()

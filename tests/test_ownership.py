@@ -160,3 +160,29 @@ def test_a_named_file_of_another_user_is_used_with_a_warning(users: tuple[int, i
     warnings = [line for line in asked.stderr.splitlines() if "warning" in line]
     assert warnings[0] == (f"semcache: warning: {db} belongs to another user (uid {attacker}): another user can "
                            "change the answers in this cache, and read your questions")
+
+
+def test_a_planted_default_config_file_is_refused(users: tuple[int, int], shared: Path, ollama: FakeOllama) -> None:
+    """The config file chooses the cache: one another user wrote in a world-writable
+    XDG_CONFIG_HOME would send the victim's questions to the attacker's file."""
+    attacker, victim = users
+    loot = shared / "loot"
+    loot.mkdir()
+    os.chown(loot, attacker, -1)
+    db = plant(attacker, loot, ollama)
+    config_home = shared / "config"
+    config_home.mkdir()
+    config_home.chmod(0o777)
+    content = f'db = "{db}"\n'
+    subprocess.run([*as_user(attacker), sys.executable, "-c",
+                    f"import os; os.mkdir({str(config_home / 'semcache')!r}); "
+                    f"open({str(config_home / 'semcache' / 'config.toml')!r}, 'w').write({content!r})"], check=True)
+    own_cache = shared / "cache"
+    own_cache.mkdir()
+    os.chown(own_cache, victim, -1)
+    before = log_rows(db)
+    asked = run_as(victim, "ask", QUESTION, env={"XDG_CONFIG_HOME": str(config_home), "XDG_CACHE_HOME": str(own_cache),
+                                                 "OLLAMA_HOST": ollama.url})
+    assert asked.returncode == 2, asked.stderr
+    assert asked.stderr.startswith(f"semcache: error: refusing the config file {config_home}/semcache/config.toml: ")
+    assert PLANTED not in asked.stdout and log_rows(db) == before

@@ -117,7 +117,7 @@ def _create_private_file(path: Path, create_parent: bool) -> None:
 
 
 def _check_owner(path: Path, private: bool, warn: Callable[[str], None] | None) -> None:
-    from semcache_cli.storage import ownership
+    from semcache_cli import ownership
 
     if private:
         found = ownership.problem(path)

@@ -1,5 +1,6 @@
-"""Whether another user could plant answers in a cache file or read the questions written
-to it: the checks ssh and gnupg make of their own files, for the SQLite store.
+"""Whether another user could change a file semcache trusts (the cache file: plant
+answers, read the questions written to it; the config file: point the cache elsewhere):
+the checks ssh and gnupg make of their own files.
 
 The cache's own directory and its files must belong to this user and be writable by no
 one else. Every directory above must belong to this user or to root, and be writable by
@@ -7,9 +8,9 @@ no one else unless it is sticky (a /tmp-like parent: others may add entries besi
 but not rename or remove ours). A directory writable by a user's private group (the
 group of that name with no other member) counts as the user's own.
 
-The default location is refused when it is unsafe (no one chose it: a shared,
-world-writable XDG_CACHE_HOME is enough to make it someone else's); a path the user
-named is their choice (a team's cache file, say), so it is only warned about.
+A default location (cache or config) is refused when it is unsafe (no one chose it: a
+shared, world-writable XDG_CACHE_HOME is enough to make it someone else's); a cache path
+the user named is their choice (a team's cache file, say), so it is only warned about.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _owner_problem(path: Path, info: os.stat_result, me: int) -> str | None:
 
 
 def problem(path: Path) -> str | None:
-    """Why another user could change the cache at `path` (or what it holds), or None.
+    """Why another user could change the file at `path` (or its companions), or None.
     Parts that do not exist yet are skipped: what semcache creates is its own."""
     me = os.geteuid()
     directory = Path(os.path.realpath(path.parent))  # a link is judged by where it leads
