@@ -394,6 +394,8 @@ def numbers_differ(query: str, stored: str) -> Fired:
     currency; not one that sits in a different wording ("I paid 20 and it failed" vs
     "why did my payment fail")."""
     pair = _Pair(query, stored)
+    if not any(t[0].isdigit() for t in pair.a + pair.b):  # most questions have no number
+        return None
     na, ua = _quantities(pair.a)
     nb, ub = _quantities(pair.b)
     only_a, only_b = list((na - nb).elements()), list((nb - na).elements())

@@ -81,6 +81,14 @@ MUST_SHARE = [
     ("disable autoplay on youtube", "how do I turn off autoplay on youtube"),
     ("turn on dark mode in windows", "how do I turn on dark mode on windows"),
     ("what is the weather in paris in june", "what is the weather in june in paris"),
+    ("will my 401k roll over or not", "will my 401k roll over"),
+    ("no, that's not right", "that's not right"),
+    ("I have no checks left and need to order new checks", "I need to order new checks"),
+    ("how high is the air in my tires", "how low is the air in my tires"),  # one measure asked
+    ("find a flight under 700", "find a flight under 700 dollars"),  # the unit on one side only
+    ("change your accent to british male", "change your accent to the male british one"),
+    ("how many meters are in 2 inches", "what is 2 inches in meters"),
+    ("I want to cancel my order", "I need to cancel my order"),
 ]
 
 
