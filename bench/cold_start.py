@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from calibration import clinc  # noqa: E402
 from variants import BASE, Transform, Variant, variants  # noqa: E402
@@ -78,14 +78,21 @@ def run(job: tuple[Variant, bool]) -> dict[str, Any]:
             with _fixed_scale(fixed):
                 _, rows = replay.simulate(first, per_item[:len(first)], settings, settings.threshold, reference=ref)
             results[name] = windows(rows)
+            out["lowest_cosine"] = min([out.get("lowest_cosine", 1.0), *served_cosines(rows)])
         out[domain] = results
     if full:
         per_item = vectors_of[[index[i.query] for i in items]]
         for name, ref in (("before", None), ("reference", reference)):
-            report, _ = replay.simulate(items, per_item, settings, settings.threshold, reference=ref)
+            report, rows = replay.simulate(items, per_item, settings, settings.threshold, reference=ref)
             figures = report.as_dict()
+            out["lowest_cosine"] = min([out["lowest_cosine"], *served_cosines(rows)])
             out.setdefault("full", {})[name] = (figures["hit_rate"], figures["wrong_answer_rate"])
     return out
+
+
+def served_cosines(rows: list[Any]) -> list[float]:
+    """The raw cosines of the semantic hits served: how far above vectors.COSINE_FLOOR."""
+    return [r.cosine for r in rows if r.source == "semantic" and r.cosine is not None]
 
 
 class _fixed_scale:  # noqa: N801 (a context manager used as a statement)
@@ -127,6 +134,9 @@ def report(results: list[dict[str, Any]]) -> bool:
                 ok &= met
                 print(f"| {r['variant']} | {domain} | {n} | {bh} / {bw} | {h} / {w} | {oh} / {ow} | "
                       f"{'met' if met else 'MISSED'} |")
+    lowest = min(r["lowest_cosine"] for r in results)
+    print(f"\nlowest raw cosine of a served semantic hit, any variant and run: {lowest:.3f} "
+          f"(floor {vectors.COSINE_FLOOR}: {'never reached' if lowest >= vectors.COSINE_FLOOR else 'REACHED'})")
     for r in results:
         if "full" in r:
             (bh, bw), (h, w) = r["full"]["before"], r["full"]["reference"]

@@ -11,18 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, run_proc, stored
-from fake_ollama import FakeOllama
+from conftest import SHARED_DATA, run_cli, run_proc, stored
+from fake_ollama import FakeOllama, load_clinc_table
 from test_calibration import PARAPHRASE, Q, fill, questions, scales
+from variants import Transform, variants
 
 from semcache_cli import config
-from semcache_cli.engine import AskRequest, judge
+from semcache_cli.engine import AskRequest, judge, open_engine, request_from
+from semcache_cli.errors import CacheOnlyMiss
 from semcache_cli.policy import Scope
 from semcache_cli.storage import scales as scale_store
 from semcache_cli.storage.models import Entry
 
 NOMIC = "nomic-embed-text:latest"
 REFERENCE = len(scale_store.reference_questions())
+DATA = Path(__file__).resolve().parent / "data"
+needs_data = pytest.mark.skipif(not (SHARED_DATA / "clinc150.jsonl").exists(), reason="shared/data not present")
 
 
 def test_the_reference_questions_are_many_varied_and_distinct() -> None:
@@ -59,6 +63,45 @@ def test_a_brand_new_cache_serves_a_paraphrase_on_its_second_ask(ollama: FakeOll
     assert explained[-2] == (f"similarity scale (ready) made from {REFERENCE} reference questions and 0 of the cache's "
                              "distinct vectors")
     assert explained[-1].startswith("ask would serve entry 1 (semantic hit")
+
+
+@needs_data
+def test_a_close_paraphrase_is_served_on_a_brand_new_caches_second_ask_on_every_variant(
+        ollama: FakeOllama, tmp_path: Path, isolated_env: Path) -> None:
+    """Real all-MiniLM vectors of the reference questions and of hard-case paraphrase pairs
+    at cosine 0.95 or more, through each synthetic "other model" (tests/variants.py): a
+    new cache per variant, each pair in a namespace of its own (20 vectors stored in all,
+    under the first mark of 32: every pair is judged on the scale of a brand-new cache),
+    the second question asked by a new engine, cache-only."""
+    assert json.loads((DATA / "reference_questions.minilm.json").read_text())["fingerprint"] == \
+        scale_store.fingerprint()  # the vectors are of these questions
+    reference = np.load(DATA / "reference_questions.minilm.npy").astype(np.float64)
+    cases = json.loads((DATA / "hard_cases.json").read_text())
+    raw = np.load(DATA / "hard_cases.minilm.npy").astype(np.float64)
+    at = {text: i for i, text in enumerate(cases["texts"])}
+    close = [p for p in cases["must_share"] if raw[at[p["a"]]] @ raw[at[p["b"]]] >= 0.95][::16]
+    assert len(close) >= 10
+    _, table = load_clinc_table(str(SHARED_DATA))
+    clinc = np.stack([table[t] for t in sorted(table)]).astype(np.float64)
+    missed = []
+    for variant in variants():
+        transform = Transform(variant, clinc)
+        ollama.table.clear()
+        ollama.table.update(zip(scale_store.reference_questions(), transform(reference), strict=True))
+        ollama.table.update(zip(cases["texts"], transform(raw), strict=True))
+        for n, pair in enumerate(close):
+            settings = config.load_settings({"embed_model": "all-minilm", "db": str(tmp_path / variant.name),
+                                             "namespace": f"pair{n}"}, env={"OLLAMA_HOST": ollama.url})
+            with open_engine(settings) as engine:
+                engine.ask(request_from(settings, pair["a"]))
+            with open_engine(settings) as engine:
+                try:
+                    outcome = engine.ask(request_from(settings, pair["b"], cache_only=True))
+                    assert outcome.source == "semantic" and outcome.calibration is not None
+                    assert outcome.calibration.made_from == {"reference_questions": REFERENCE, "cache_vectors": 0}
+                except CacheOnlyMiss:
+                    missed.append((variant.name, pair["a"], pair["b"]))
+    assert missed == []
 
 
 def test_the_scale_takes_in_the_caches_own_vectors_as_they_double(ollama: FakeOllama, tmp_path: Path,

@@ -10,7 +10,6 @@ CALIBRATION_MIN_VECTORS, as before."""
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,8 @@ def reference_questions() -> tuple[str, ...]:
 
 def fingerprint() -> str:
     """Which reference questions kept vectors embed: another semcache's are embedded again."""
+    import hashlib  # here: its OpenSSL binding costs an ask that reads a kept scale ~4 ms
+
     return hashlib.sha256("\n".join(reference_questions()).encode()).hexdigest()[:16]
 
 
