@@ -12,7 +12,7 @@ from typing import Any
 
 from semcache_cli import policy
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def migration_set() -> Any:
@@ -126,5 +126,14 @@ def migration_set() -> Any:
         db.execute("CREATE INDEX entry_vectors_model ON entry_vectors (embed_model, dims)")
         db.table("requests").add_column("cosine", float)  # the models' scales follow (scales.rebuild_all)
         db.execute("UPDATE requests SET cosine = similarity")  # before the scale, the similarity was the cosine
+
+    @migrations()
+    def m008_exact_keys(db: Any) -> None:
+        # Exact keys made again from the stored questions under the normalisation that
+        # merges only what cannot change the question (storage/rekey.py says how). The
+        # request log keeps the keys its requests were made with; claims are moments.
+        from semcache_cli.storage import rekey
+
+        rekey.run(db.conn, "entries", "?")
 
     return migrations
