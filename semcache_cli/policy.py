@@ -39,6 +39,19 @@ _SENTENCE_ENDS = "?.!？！。؟"  # ASCII, full-width, ideographic full stop, A
 _UNFINISHED_REASONS = {"length", "load", "unload"}
 
 
+def trim(query: str) -> str:
+    """The question without the whitespace around it, as it is stored and sent to the
+    model. A multi-line question keeps its first line's indentation (only the blank lines
+    before it go): `    if x:` and `if x:` over the same indented lines are different code."""
+    text = query.strip()
+    if len(text.splitlines()) < 2:
+        return text
+    lines = query.rstrip().splitlines(keepends=True)
+    while not lines[0].strip():
+        del lines[0]
+    return "".join(lines)
+
+
 def normalise(query: str) -> str:
     """The text the exact layer compares: it merges only what cannot change what is asked.
 
@@ -49,12 +62,9 @@ def normalise(query: str) -> str:
     a diff, a log) is compared character for character after NFC: indentation, case and
     the last line's punctuation can all change its meaning; only the blank lines and
     spaces around it are dropped."""
-    text = query.strip()
+    text = trim(query)
     if len(text.splitlines()) > 1:
-        lines = query.rstrip().splitlines(keepends=True)
-        while not lines[0].strip():  # blank lines before the first; its indentation stays
-            del lines[0]
-        return unicodedata.normalize("NFC", "".join(lines))
+        return unicodedata.normalize("NFC", text)
     # Unicode's canonical caseless match: NFD, fold, then compose.
     text = unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold())
     text = _WHITESPACE.sub(" ", text)

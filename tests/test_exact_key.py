@@ -35,6 +35,7 @@ KEPT_APART = [
     ("Review:\n-    a = 1\n+    a = 2", "Review:\n-  a = 1\n+  a = 2"),
     ("Fix:\nx = None\n", "Fix:\nx = none\n"),  # case is content in code
     ("Does this parse?\nprogram p;\nbegin\nend.", "Does this parse?\nprogram p;\nbegin\nend"),
+    ("    if x:\n        y()\n    z()", "if x:\n        y()\n    z()"),  # the first line's indentation too
 ]
 
 ASKED_ALIKE = [
@@ -150,3 +151,25 @@ def test_each_pair_that_differs_in_meaning_is_kept_apart_through_the_cli(ollama:
         assert again["response"] == f"This is the answer to: {second.strip()}"
         assert ask_json("-", input=first)["source"] == "exact"  # each question still finds its own answer
     assert ollama.generations == 2 * len(KEPT_APART)
+
+
+def test_a_pasted_snippet_reaches_the_model_with_its_first_line_indented(ollama: FakeOllama,
+                                                                        isolated_env: Path) -> None:
+    snippet = "    if x:\n        y()\n    z()"
+    ask_json("-", input=f"\n\n{snippet}\n\n")
+    (chat,) = [body for path, body in ollama.requests if path == "/api/chat"]
+    assert chat["messages"][-1]["content"] == snippet  # the blank lines around it dropped, nothing else
+    (entry,) = stored(isolated_env)
+    assert entry.query == snippet
+    assert ask_json("-", input=snippet)["source"] == "exact"
+    assert ask_json("-", input=snippet.lstrip())["source"] != "exact"
+
+
+def test_replay_keeps_a_snippets_first_line_indented(ollama: FakeOllama, tmp_path: Path) -> None:
+    snippet = "\t\tcase 1:\n\t\t\treturn a;\n\tdefault:\n\t\treturn b;"
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"query": f"\n{snippet}\n"}) + "\n")
+    assert run_cli("replay", str(queries)).exit_code == 0
+    assert [body["messages"][-1]["content"] for path, body in ollama.requests if path == "/api/chat"] == [snippet]
+    assert ask_json("-", input=snippet)["source"] == "exact"
+    assert ask_json("-", input=snippet.lstrip())["source"] != "exact"
