@@ -22,7 +22,7 @@ def run(conn: Any, entries: str, mark: str) -> tuple[int, int]:
     """Give every entry of the table `entries` the key its question has now, inside the
     caller's transaction. `conn`: a sqlite3 or psycopg connection; `mark`: its parameter
     placeholder. Returns (entries whose key changed, duplicates removed)."""
-    moved: dict[int, tuple[str, str, float]] = {}  # id -> (scope, new key, created_at)
+    moved: dict[int, tuple[str, str, float, str]] = {}  # id -> (scope, new key, created_at, old key)
     last = 0
     while rows := conn.execute(f"SELECT id, scope, exact_key, query, created_at FROM {entries} "
                                f"WHERE id > {mark} ORDER BY id LIMIT {BATCH}", (last,)).fetchall():
@@ -30,34 +30,38 @@ def run(conn: Any, entries: str, mark: str) -> tuple[int, int]:
         for entry_id, scope, key, query, created_at in rows:
             new = policy.exact_key(query)
             if new != key:
-                moved[entry_id] = (scope, new, created_at)
+                moved[entry_id] = (scope, new, created_at, key)
     if not moved:
         return 0, 0
 
     # Who holds each new key once all have moved: the moved entries, and entries that
     # keep a key one of them moves to.
     holders: dict[tuple[str, str], list[tuple[float, int]]] = {}
-    for entry_id, (scope, new, created_at) in moved.items():
+    for entry_id, (scope, new, created_at, _) in moved.items():
         holders.setdefault((scope, new), []).append((created_at, entry_id))
-    wanted = list(holders)
-    for start in range(0, len(wanted), BATCH):
-        batch = wanted[start:start + BATCH]
-        pairs = ", ".join(f"({mark}, {mark})" for _ in batch)
-        for entry_id, scope, key, created_at in conn.execute(
-                f"SELECT id, scope, exact_key, created_at FROM {entries} WHERE (scope, exact_key) IN (VALUES {pairs})",
-                [value for pair in batch for value in pair]).fetchall():
-            if entry_id not in moved:
-                holders[(scope, key)].append((created_at, entry_id))
+    keys_of: dict[str, list[str]] = {}
+    for scope, new in holders:
+        keys_of.setdefault(scope, []).append(new)
+    for scope, keys in keys_of.items():  # a scope and a list of keys: a search of the unique index
+        for start in range(0, len(keys), BATCH):
+            batch = keys[start:start + BATCH]
+            for entry_id, key, created_at in conn.execute(
+                    f"SELECT id, exact_key, created_at FROM {entries} WHERE scope = {mark} "
+                    f"AND exact_key IN ({', '.join(mark for _ in batch)})", [scope, *batch]).fetchall():
+                if entry_id not in moved:
+                    holders[(scope, key)].append((created_at, entry_id))
     dropped = [entry_id for held in holders.values() if len(held) > 1 for _, entry_id in sorted(held)[:-1]]
     for entry_id in dropped:
         moved.pop(entry_id, None)
     _each(conn, f"DELETE FROM {entries} WHERE id IN", dropped, mark)
 
-    # Out of the way first, then to the new keys: a unique index is checked row by row,
-    # and one entry's new key may still be another's old one.
-    _each(conn, f"UPDATE {entries} SET exact_key = 'moving:' || id WHERE id IN", list(moved), mark)
+    # A unique index is checked row by row: an entry whose old key is another's new one
+    # moves out of the way first.
+    targets = {(scope, new) for scope, new, _, _ in moved.values()}
+    blocking = [entry_id for entry_id, (scope, _, _, old) in moved.items() if (scope, old) in targets]
+    _each(conn, f"UPDATE {entries} SET exact_key = 'moving:' || id WHERE id IN", blocking, mark)
     conn.cursor().executemany(f"UPDATE {entries} SET exact_key = {mark} WHERE id = {mark}",
-                              [(new, entry_id) for entry_id, (_, new, _) in moved.items()])
+                              [(new, entry_id) for entry_id, (_, new, _, _) in moved.items()])
     return len(moved), len(dropped)
 
 
