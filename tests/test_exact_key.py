@@ -173,3 +173,14 @@ def test_replay_keeps_a_snippets_first_line_indented(ollama: FakeOllama, tmp_pat
     assert [body["messages"][-1]["content"] for path, body in ollama.requests if path == "/api/chat"] == [snippet]
     assert ask_json("-", input=snippet)["source"] == "exact"
     assert ask_json("-", input=snippet.lstrip())["source"] != "exact"
+
+
+def test_the_scope_keeps_system_prompts_and_options_as_given() -> None:
+    # The scope hashes them as they are: a system prompt or an option differing in case,
+    # spacing, punctuation or a compatibility form is another scope, never the same one.
+    systems = ["Reply in JSON.", "Reply in JSON", "reply in json.", "Reply  in JSON.", "Reply in ＪＳＯＮ.",
+               "Reply in JSON.\n    Indent by 4.", "Reply in JSON.\n  Indent by 4.", None]
+    assert len({policy.Scope("default", "llama3.2", system=system).hash for system in systems}) == len(systems)
+    options: list[dict[str, Any]] = [{"stop": ["a", "b"]}, {"stop": ["b", "a"]}, {"stop": ["A", "b"]}, {"seed": 1},
+                                     {"seed": 2}, {}]
+    assert len({policy.Scope("default", "llama3.2", options=o).hash for o in options}) == len(options)
