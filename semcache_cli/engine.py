@@ -97,7 +97,7 @@ def validate_query(query: str, max_chars: int) -> str:
         query.encode("utf-8")
     except UnicodeEncodeError:  # bytes that are not UTF-8, as argv hands them to Python
         raise UsageError("the question is not valid UTF-8") from None
-    text = query.strip()
+    text = policy.trim(query)
     if not text:
         raise UsageError('the question is empty: semcache ask "your question"')
     if len(text) > max_chars:

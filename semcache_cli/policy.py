@@ -35,20 +35,50 @@ SIMILARITY_WEIGHT = 0.7
 FRESHNESS_WEIGHT = 0.3
 
 _WHITESPACE = re.compile(r"\s+")
+_SENTENCE_ENDS = "?.!？！。؟"  # ASCII, full-width, ideographic full stop, Arabic
 
 # done_reason values that mean the answer is not a finished reply.
 _UNFINISHED_REASONS = {"length", "load", "unload"}
 
 
+def trim(query: str) -> str:
+    """The question without the whitespace around it, as it is stored and sent to the
+    model. A multi-line question keeps its first line's indentation (only the blank lines
+    before it go): `    if x:` and `if x:` over the same indented lines are different code."""
+    text = query.strip()
+    if len(text.splitlines()) < 2:
+        return text
+    lines = query.rstrip().splitlines(keepends=True)
+    while not lines[0].strip():
+        del lines[0]
+    return "".join(lines)
+
+
 def normalise(query: str) -> str:
-    """The text the exact layer compares: NFKC, casefolded, whitespace collapsed,
-    trailing punctuation dropped ("What is X?" == "what is   x")."""
-    text = unicodedata.normalize("NFKC", query).casefold()
-    text = _WHITESPACE.sub(" ", text).strip()
+    """The text the exact layer compares: it merges only what cannot change what is asked.
+
+    A one-line question: canonically equivalent Unicode forms (NFC, never NFKC: `2³` is
+    not `23`, `x₁` not `x1`, `½` not `1⁄2`), case, runs of whitespace, and a trailing run
+    of `?.!` (or `？！。؟`) after a letter ("What is X ?!" == "what is x"); after a
+    digit or a symbol they are content (`5!`, `C#?`, `C++?`). A multi-line question (code,
+    a diff, a log) is compared character for character after NFC: indentation, case and
+    the last line's punctuation can all change its meaning; only the blank lines and
+    spaces around it are dropped."""
+    text = trim(query)
+    if len(text.splitlines()) > 1:
+        return unicodedata.normalize("NFC", text)
+    # Unicode's canonical caseless match: NFD, fold, then compose.
+    text = unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold())
+    text = _WHITESPACE.sub(" ", text)
     end = len(text)
-    while end and (unicodedata.category(text[end - 1]).startswith("P") or text[end - 1] == " "):
+    while end and text[end - 1] in _SENTENCE_ENDS:
         end -= 1
-    return text[:end]
+    cut = end
+    while cut and text[cut - 1] == " ":
+        cut -= 1
+    if end < len(text) and cut and unicodedata.category(text[cut - 1])[0] in "LM":
+        return text[:cut]
+    return text
 
 
 # Keys are cut to what their job needs: they are stored in every entry, vector and index

@@ -113,7 +113,7 @@ def _parse_json_line(number: int, line: str) -> ReplayQuery:
 def _checked(query: str, max_chars: int) -> str:
     if "\x00" in query:
         raise ValueError("contains a NUL byte")
-    text = query.strip()
+    text = policy.trim(query)
     if not text:
         raise ValueError("empty query")
     if len(text) > max_chars:

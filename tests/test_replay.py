@@ -230,14 +230,14 @@ def test_simulate_never_touches_the_cache_or_the_model(warm: Path, ollama: FakeO
     ollama.table.update({"a2": at_angle(0.97), "b1": b1, "b2": at_angle(0.86, 5)})
     # b2 is 0.86 from "stored one" in the user's cache, but simulate starts empty
     path = write(tmp_path / "q.jsonl", [{"query": "stored one", "label": "a"}, {"query": "a2", "label": "a"},
-                                        {"query": "b1", "label": "b"}, {"query": "B1!", "label": "b"},
+                                        {"query": "b1", "label": "b"}, {"query": "B1", "label": "b"},
                                         {"query": "b2", "label": "b"}])
     out = tmp_path / "rows.jsonl"
     result = run_cli("replay", str(path), "--simulate", "--thresholds", "0.85,0.9,0.99", "--json", "--out", str(out),
                      "--guards", "none", *MINILM, *COSINE)  # the made-up texts differ in digits
     assert result.exit_code == 0, result.stderr
     reports = {r["threshold"]: r for r in json.loads(result.stdout)["reports"]}
-    assert reports[0.85]["hits"] == {"exact": 1, "semantic": 2, "total": 3}  # a2→a, B1!→b1 (exact), b2→"stored one"
+    assert reports[0.85]["hits"] == {"exact": 1, "semantic": 2, "total": 3}  # a2→a, B1→b1 (exact), b2→"stored one"
     assert (reports[0.85]["correct_hits"], reports[0.85]["wrong_hits"]) == (2, 1)
     assert reports[0.9]["hits"] == {"exact": 1, "semantic": 1, "total": 2} and reports[0.9]["wrong_hits"] == 0
     assert reports[0.99]["hits"]["semantic"] == 0

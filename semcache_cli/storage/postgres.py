@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from semcache_cli.storage.selector import Selector
     from semcache_cli.vectors import Calibration
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFAULT_SCHEMA = "semcache"
 EXACT_UP_TO = 5_000  # vectors in a scope searched exactly, without the index
 CODE_CANDIDATES = 256  # nearest sign codes whose vectors are ranked exactly, as in the SQLite backend
@@ -335,8 +335,8 @@ class PostgresStore:
                 return  # refused by the caller, untouched
             vector = '"' + ext[0].replace('"', '""') + '".vector'
             for number, migration in enumerate(_MIGRATIONS[version:], start=version + 1):
-                for statement in migration(f'"{schema}"', vector):
-                    conn.execute(statement)
+                for step in migration(f'"{schema}"', vector):
+                    conn.execute(step) if isinstance(step, str) else step(conn)
                 conn.execute(f"INSERT INTO \"{schema}\".meta VALUES ('schema_version', %s) "
                              "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(number),))
 
@@ -775,12 +775,15 @@ class PostgresStore:
         """Nothing to do: the server checkpoints its own write-ahead log."""
 
 
-_MIGRATIONS: list[Callable[[str, str], list[str]]] = []
+# A migration's step: a statement, or a function of the connection for what SQL alone
+# cannot do (policy's normalisation, say).
+_Step = str | Callable[[psycopg.Connection[Any]], object]
+_MIGRATIONS: list[Callable[[str, str], Sequence[_Step]]] = []
 
 
-def _migration(function: Callable[[str, str], list[str]]) -> Callable[[str, str], list[str]]:
-    """A schema version's statements, given the quoted schema and pgvector's type; in
-    order, never edited once shipped: a change is a new one."""
+def _migration(function: Callable[[str, str], Sequence[_Step]]) -> Callable[[str, str], Sequence[_Step]]:
+    """A schema version's steps, given the quoted schema and pgvector's type; in order,
+    never edited once shipped: a change is a new one."""
     _MIGRATIONS.append(function)
     return function
 
@@ -907,6 +910,17 @@ def _m005_reference_vectors(s: str, vector: str) -> list[str]:
         f"ALTER TABLE {s}.calibrations ADD COLUMN reference integer NOT NULL DEFAULT 0",
         f"ALTER TABLE {s}.calibrations ADD COLUMN distinct_vectors integer NOT NULL DEFAULT 0",
     ]
+
+
+@_migration
+def _m006_exact_keys(s: str, vector: str) -> list[_Step]:
+    # Exact keys made again from the stored questions under the normalisation that merges
+    # only what cannot change the question (storage/rekey.py says how), in Python: the
+    # server has no casefold of Python's. The request log keeps the keys its requests
+    # were made with; claims are moments, and run out.
+    from semcache_cli.storage import rekey
+
+    return [lambda conn: rekey.run(conn, f"{s}.entries", "%s")]
 
 
 def _where(selector: Selector, now: float) -> tuple[str, list[Any]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from semcache_cli import policy
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def migration_set() -> Any:
@@ -138,5 +138,14 @@ def migration_set() -> Any:
         )
         db.execute("ALTER TABLE calibrations ADD COLUMN reference INTEGER NOT NULL DEFAULT 0")
         db.execute("ALTER TABLE calibrations ADD COLUMN distinct_vectors INTEGER NOT NULL DEFAULT 0")
+
+    @migrations()
+    def m009_exact_keys(db: Any) -> None:
+        # Exact keys made again from the stored questions under the normalisation that
+        # merges only what cannot change the question (storage/rekey.py says how). The
+        # request log keeps the keys its requests were made with; claims are moments.
+        from semcache_cli.storage import rekey
+
+        rekey.run(db.conn, "entries", "?")
 
     return migrations
