@@ -430,6 +430,28 @@ def test_size_accounting_follows_the_data(backend_store: Store) -> None:
     assert sum(size for _, size in backend_store.entry_sizes()) < data / 3
 
 
+def test_used_bytes_is_what_no_entry_holds_plus_each_entry(backend_store: Store) -> None:
+    """What purge plans on (issue 23): deleting entries takes exactly their entry_sizes()
+    off used_bytes(), whatever pages they leave part-full, so a dry run can tell the
+    real run's figures and a second run finds the store as the first one left it."""
+    rng = np.random.default_rng(2)
+    ids = backend_store.store_many([answer(f"q{i}", rng.bytes(int(rng.integers(100, 3000))).hex(), vector=unit(v))
+                                    for i, v in enumerate(rng.standard_normal((200, 384)))])
+    for age in (100.0, 50.0, 10.0):
+        backend_store.log_request(LogRow(at=NOW - age, path="miss", query="a logged question"))
+    used, sizes = backend_store.used_bytes(), dict(backend_store.entry_sizes())
+    gone = ids[10:150:2]
+    backend_store.delete(gone, Selector(), NOW)
+    backend_store.compact()
+    assert backend_store.used_bytes() == used - sum(sizes[i] for i in gone)
+    assert backend_store.count_log_before(NOW - 30) == 2
+    before = backend_store.log_bytes(NOW - 30)
+    assert 0 < before < backend_store.log_bytes()
+    assert backend_store.delete_log_before(NOW - 30) == 2
+    assert backend_store.used_bytes() == used - sum(sizes[i] for i in gone) - before
+    assert backend_store.count_log_before(NOW - 30) == 0 and backend_store.log_bytes(NOW - 30) == 0
+
+
 def test_another_connection_sees_the_same_store(backend_store: Store) -> None:
     entry_id = backend_store.store_answer(answer())
     other = backend_store.reopen()

@@ -137,6 +137,9 @@ class Store(Protocol):
     def delete_log_before(self, at: float) -> int:
         ...
 
+    def count_log_before(self, at: float) -> int:
+        """How many request-log rows delete_log_before(at) would delete."""
+
     def request_log(self, since: float | None = None) -> Iterator[LogRow]:
         """The request log's rows (with their ids) in the order they were logged."""
 
@@ -161,14 +164,18 @@ class Store(Protocol):
         """What the store takes on disk."""
 
     def used_bytes(self) -> int:
-        """What its data takes, in the backend's own terms (pages in use, relation sizes):
-        the figure --max-size bounds."""
+        """What its data takes, in the backend's own terms (the file as VACUUM packs it,
+        the live rows as stored), computed from the data alone: the figure --max-size
+        bounds. It is the part no entry holds plus every entry's entry_sizes() figure,
+        so a purge can tell in advance what deleting some entries leaves."""
 
     def entry_sizes(self) -> list[tuple[int, int]]:
-        """(id, bytes of data) of every entry with its vector, least recently used first."""
+        """(id, bytes) of every entry with its vector, least recently used first, in the
+        units of used_bytes(): what deleting it takes off that figure."""
 
-    def log_bytes(self) -> int:
-        """Bytes of data of the request log."""
+    def log_bytes(self, before: float | None = None) -> int:
+        """Bytes of data of the request log (of its rows logged before `before`), in the
+        units of used_bytes()."""
 
     def compact(self) -> None:
         """Tidy the search index after deletions."""

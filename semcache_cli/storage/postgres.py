@@ -667,6 +667,9 @@ class PostgresStore:
     def delete_log_before(self, at: float) -> int:
         return int(self._conn.execute(f"DELETE FROM {self._s}.requests WHERE at < %s", (at,)).rowcount)
 
+    def count_log_before(self, at: float) -> int:
+        return int(_one(self._conn.execute(f"SELECT count(*) FROM {self._s}.requests WHERE at < %s", (at,)))[0])
+
     def request_log(self, since: float | None = None) -> Iterator[LogRow]:
         window, params = _window(since)
         with self._conn.transaction(), self._conn.cursor(name="semcache_log") as cursor:
@@ -737,8 +740,8 @@ class PostgresStore:
         """The live rows as stored (TOAST included, indexes not): what a DELETE frees for
         reuse. The tables' files themselves shrink only with VACUUM FULL."""
         sums = [f"(SELECT coalesce(sum(pg_column_size(t.*) + {ROW_OVERHEAD}), 0) FROM {self._s}.{table} t)"
-                for table in ("entries", "entry_vectors", "entry_codes", "requests")]
-        return int(_one(self._conn.execute("SELECT " + " + ".join(sums)))[0])
+                for table in ("entries", "entry_vectors", "entry_codes")]
+        return int(_one(self._conn.execute("SELECT " + " + ".join(sums)))[0]) + self.log_bytes()
 
     def entry_sizes(self) -> list[tuple[int, int]]:
         return [(r[0], int(r[1])) for r in self._conn.execute(
@@ -748,9 +751,14 @@ class PostgresStore:
             f"LEFT JOIN {self._s}.entry_codes c ON c.entry_id = e.id "
             "ORDER BY coalesce(e.last_hit_at, e.created_at), e.created_at, e.id")]
 
-    def log_bytes(self) -> int:
+    def log_bytes(self, before: float | None = None) -> int:
+        # Column by column: the size of a whole row (`r.*`) depends on how the plan forms
+        # it (inside an aggregate, beside a filter), and a dry run must count what the
+        # purge then frees.
+        columns = " + ".join(f"coalesce(pg_column_size(r.{name}), 0)" for name in (*LOG_FIELDS, "id"))
         return int(_one(self._conn.execute(
-            f"SELECT coalesce(sum(pg_column_size(r.*) + {ROW_OVERHEAD}), 0) FROM {self._s}.requests r"))[0])
+            f"SELECT coalesce(sum({columns} + {ROW_OVERHEAD + 24}), 0) FROM {self._s}.requests r "
+            "WHERE %s::double precision IS NULL OR r.at < %s", (before, before)))[0])
 
     def compact(self) -> None:
         """Nothing to do: the server reclaims deleted rows when it vacuums."""
