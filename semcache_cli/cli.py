@@ -711,7 +711,9 @@ def replay(
                 warned.add(message)
                 _warn(message)
 
-        rows_file = out.open("w", encoding="utf-8") if out else None
+        from semcache_cli.outputs import open_private
+
+        rows_file = open_private(out, settings.db, "--out", _warn) if out else None
         factory, close_progress = _progress_factory()
         stop = threading.Event()
 

@@ -9,7 +9,6 @@ nothing. The request log stays behind: it is the history of the store it was mad
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -41,7 +40,11 @@ def _same(a: str, b: str) -> bool:
 
     if is_database_url(a) or is_database_url(b):
         return a == b
-    return os.path.realpath(a) == os.path.realpath(b)
+    from pathlib import Path
+
+    from semcache_cli.outputs import is_store_file
+
+    return is_store_file(Path(b), a)  # via a symlink or a hard link too
 
 
 def run(settings: Settings, source: str, target: str, progress: Callable[[str, int], Callable[[int], None]],
