@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from semcache_cli.errors import UsageError
 from semcache_cli.storage import open_store, scales
+from semcache_cli.storage.models import Damaged
 from semcache_cli.storage.selector import Selector
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ class CopyReport:
     target: str
     read: int
     written: int  # added, or replacing an older answer
+    damaged: int = 0  # entries of the source that could not be read as stored (repaired or left out)
+    skipped: int = 0  # of those, left out: nothing in them could be trusted
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "unchanged": self.read - self.written}
@@ -60,7 +63,8 @@ def run(settings: Settings, source: str, target: str, progress: Callable[[str, i
         advance = progress(f"copying to {writer.location}", reader.count())
         read = written = 0
         batch = []
-        for row in reader.entries(Selector(), time.time(), "oldest", 0, with_vectors=True):
+        damaged = Damaged()
+        for row in reader.entries(Selector(), time.time(), "oldest", 0, with_vectors=True, damaged=damaged):
             batch.append(row)
             if len(batch) == BATCH:
                 written += writer.import_entries(batch)
@@ -74,4 +78,7 @@ def run(settings: Settings, source: str, target: str, progress: Callable[[str, i
         if written:  # the models' scales from what the target holds now
             scales.rebuild_all(writer)
             writer.checkpoint()
-        return CopyReport(reader.location, writer.location, read, written)
+        said = damaged.warning(reader.location, "copied")
+        if said:
+            warn(said)
+        return CopyReport(reader.location, writer.location, read, written, len(damaged.met), damaged.skipped)

@@ -73,11 +73,17 @@ class StoreFull(StoreError):
 
 
 class UnreadableEntry(StoreError):
-    """One stored entry cannot be decoded; the rest of the store is fine."""
+    """One stored entry cannot be decoded; the rest of the store is fine. `fields` names
+    the damaged ones; `repaired` is the entry with them reset to neutral values (no hits,
+    no metadata...) when none of them is the question, the answer, its scope or its
+    dates, else None. Never served from: a listing may show or copy the repair."""
 
-    def __init__(self, entry_id: int) -> None:
-        super().__init__(f"entry {entry_id} of the cache cannot be read (its stored fields are damaged)")
+    def __init__(self, entry_id: int, fields: tuple[str, ...] = (), repaired: object = None) -> None:
+        said = f": {', '.join(fields)}" if fields else ""
+        super().__init__(f"entry {entry_id} of the cache cannot be read (its stored fields are damaged{said})")
         self.entry_id = entry_id
+        self.fields = fields
+        self.repaired = repaired
 
 
 class CacheOnlyMiss(SemcacheError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 from conftest import REPO, Result, cache_at, run_cli, run_proc, stored
 from fake_ollama import FakeOllama
 
-from semcache_cli.storage.models import LogRow
+from semcache_cli.storage.models import LogRow, NewEntry
 
 
 def proc(*args: str, cwd: Path = REPO, umask: int = 0o022, env: dict[str, str] | None = None) -> Result:
@@ -116,3 +117,53 @@ def test_copy_refuses_the_same_store_under_another_name(isolated_env: Path, tmp_
     os.link(isolated_env, tmp_path / "hard.db")
     result = run_proc("copy", "--from", str(isolated_env), "--to", str(tmp_path / "hard.db"))
     assert result.exit_code == 2 and "name the same store" in result.stderr
+
+
+# -- 3. one damaged entry stops nothing ----------------------------------------------------
+
+def damage(db: Path, sql: str) -> None:
+    """Change the file as a person with the sqlite3 shell would."""
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(sql)
+    conn.close()
+
+
+def test_a_damaged_entry_is_repaired_or_left_out_with_a_warning(isolated_env: Path, tmp_path: Path) -> None:
+    """Issue 23: `hits='many'` in one entry stopped copy (0 copied), inspect --jsonl (99 of
+    100) and stats (unexpected ValueError)."""
+    ids = seeded(isolated_env, 100)
+    damage(isolated_env, f"UPDATE entries SET hits = 'many' WHERE id = {ids[40]}")
+    damage(isolated_env, f"UPDATE entries SET created_at = 'yesterday' WHERE id = {ids[70]}")
+    listed = run_proc("inspect", "--jsonl", "--limit", "0")
+    assert listed.exit_code == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert len(rows) == 99 and ids[70] not in {row["id"] for row in rows}
+    assert next(row for row in rows if row["id"] == ids[40])["hits"] == 0
+    assert listed.stderr == (f"semcache: warning: 2 damaged entries in {isolated_env}: entry {ids[70]} (created_at) "
+                             f"left out; entry {ids[40]} (hits) shown with those fields reset; "
+                             f"semcache purge --id {ids[70]} --id {ids[40]} removes them\n")
+    target = tmp_path / "copy.db"
+    copied = run_proc("copy", "--from", str(isolated_env), "--to", str(target), "--json")
+    assert copied.exit_code == 0, copied.stderr
+    report = json.loads(copied.stdout)
+    assert (report["read"], report["written"], report["damaged"], report["skipped"]) == (99, 99, 2, 1)
+    assert "2 damaged entries" in copied.stderr and len(stored(target)) == 99
+    figures = run_proc("stats", "--json")
+    assert figures.exit_code == 0, figures.stderr
+    entries = json.loads(figures.stdout)["entries"]
+    assert entries["total"] == 100 and entries["damaged"] == 2 and "unexpected" not in figures.stderr
+    assert f"2 damaged entries in {isolated_env} (entry {ids[40]}, {ids[70]})" in figures.stderr
+    assert run_proc("stats").exit_code == 0
+    shown = run_proc("inspect", str(ids[40]), "--json")
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["hits"] == 0 and "(hits) shown" in shown.stderr
+    gone = run_proc("purge", "--id", str(ids[40]), "--id", str(ids[70]))
+    assert gone.exit_code == 0 and len(stored(isolated_env)) == 98
+
+
+def seeded(db: Path, count: int) -> list[int]:
+    with cache_at(db) as store:
+        return store.store_many([NewEntry(
+            scope="s", exact_key=f"k{i}", namespace="default", model="llama3.2:latest", system=None, options={},
+            format=None, query=f"question {i}", response=f"answer {i}", created_at=1_700_000_000.0 + i, ttl=None,
+        ) for i in range(count)])

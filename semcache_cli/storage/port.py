@@ -19,7 +19,7 @@ message that says what to do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from semcache_cli.storage.models import (
@@ -35,6 +35,7 @@ from semcache_cli.storage.models import (
 from semcache_cli.storage.selector import Selector
 
 if TYPE_CHECKING:
+    from semcache_cli.errors import UnreadableEntry
     from semcache_cli.vectors import Calibration
 
 
@@ -114,9 +115,12 @@ class Store(Protocol):
     # -- listing and selecting ---------------------------------------------------------
 
     def entries(self, selector: Selector, now: float, sort: str = "newest", limit: int = 0,
-                with_vectors: bool = False) -> Iterator[tuple[Entry, Sequence[float] | None]]:
+                with_vectors: bool = False, damaged: Callable[[UnreadableEntry], None] | None = None,
+                ) -> Iterator[tuple[Entry, Sequence[float] | None]]:
         """Entries matching the selector in `sort` order (models.SORTS), streamed; with
-        their vectors when asked. limit 0: all."""
+        their vectors when asked. limit 0: all. An entry that cannot be decoded raises
+        UnreadableEntry, unless `damaged` is given: then it gets the error and the
+        listing goes on with the repaired entry, or past it (models.Entry.decode)."""
 
     def vector_of(self, entry_id: int) -> Sequence[float] | None:
         ...

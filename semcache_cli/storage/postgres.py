@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from semcache_cli import policy
-from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, StoreUnreachable, UsageError
+from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, StoreUnreachable, UnreadableEntry, UsageError
 from semcache_cli.storage.models import (
     ENTRY_FIELDS,
     LOG_FIELDS,
@@ -623,7 +623,8 @@ class PostgresStore:
     # -- listing and selecting ---------------------------------------------------------
 
     def entries(self, selector: Selector, now: float, sort: str = "newest", limit: int = 0,
-                with_vectors: bool = False) -> Iterator[tuple[Entry, Sequence[float] | None]]:
+                with_vectors: bool = False, damaged: Callable[[UnreadableEntry], None] | None = None,
+                ) -> Iterator[tuple[Entry, Sequence[float] | None]]:
         where, params = _where(selector, now)
         vector = (f", (SELECT embedding::text FROM {self._s}.entry_vectors v WHERE v.entry_id = e.id)"
                   if with_vectors else ", NULL")
@@ -635,7 +636,9 @@ class PostgresStore:
             cursor.itersize = 500  # streamed: a large cache is never held in memory
             cursor.execute(sql, params)
             for row in cursor:
-                yield Entry.from_stored(row[:-1]), _parse_vector(row[-1]) if row[-1] is not None else None
+                entry = Entry.decode(row[:-1], damaged)
+                if entry is not None:
+                    yield entry, _parse_vector(row[-1]) if row[-1] is not None else None
 
     def vector_of(self, entry_id: int) -> Sequence[float] | None:
         row = self._conn.execute(f"SELECT embedding::text FROM {self._s}.entry_vectors WHERE entry_id = %s",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semcache_cli import policy
-from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, UsageError
+from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, UnreadableEntry, UsageError
 from semcache_cli.storage.models import (
     ENTRY_FIELDS,
     LOG_FIELDS,
@@ -68,6 +68,18 @@ _UPSERT_SET = ", ".join(
 _IMPORT_SET = ", ".join(f"{name} = excluded.{name}" for name in STORED_FIELDS if name not in ("scope", "exact_key"))
 _INSERT_REQUEST = (f"INSERT INTO requests ({', '.join(LOG_FIELDS)}) "
                    f"VALUES ({', '.join('?' for _ in LOG_FIELDS)})")
+# A column's value when it is a number (a row written by hand may hold text there).
+_NUMBER = "CASE WHEN typeof({0}) IN ('integer', 'real') THEN {0} END"
+# Rows whose typed columns hold what no semcache writes: what models.Entry.from_stored
+# refuses, for the aggregates (stats) that never decode an entry.
+_DAMAGED = " OR ".join([
+    "typeof(hits) != 'integer' OR hits < 0", "typeof(created_at) NOT IN ('integer', 'real')",
+    *(f"typeof({c}) NOT IN ('integer', 'real', 'null')" for c in ("ttl", "expires_at", "last_hit_at", "generation_s")),
+    *(f"typeof({c}) NOT IN ('integer', 'null')" for c in ("prompt_tokens", "completion_tokens", "dims")),
+    "NOT json_valid(options)", "(metadata IS NOT NULL AND NOT json_valid(metadata))",
+    "(format IS NOT NULL AND NOT json_valid(format))",
+    *(f"typeof({c}) != 'text'" for c in ("scope", "exact_key", "namespace", "model", "query", "response")),
+])
 _SORTS = {
     "newest": "created_at DESC, id DESC",
     "oldest": "created_at ASC, id ASC",
@@ -467,7 +479,8 @@ class SQLiteStore:
     # -- listing and selecting ---------------------------------------------------------
 
     def entries(self, selector: Selector, now: float, sort: str = "newest", limit: int = 0,
-                with_vectors: bool = False) -> Iterator[tuple[Entry, Sequence[float] | None]]:
+                with_vectors: bool = False, damaged: Callable[[UnreadableEntry], None] | None = None,
+                ) -> Iterator[tuple[Entry, Sequence[float] | None]]:
         where, params = _where(selector, now)
         vector_sql = (", (SELECT vector FROM entry_vectors v WHERE v.entry_id = entries.id)"
                       if with_vectors else ", NULL")
@@ -478,7 +491,9 @@ class SQLiteStore:
         from semcache_cli import vectors
 
         for row in self._conn.execute(sql, params):
-            yield Entry.from_stored(row[:-1]), vectors.decode(row[-1]) if row[-1] is not None else None
+            entry = Entry.decode(row[:-1], damaged)
+            if entry is not None:
+                yield entry, vectors.decode(row[-1]) if row[-1] is not None else None
 
     def vector_of(self, entry_id: int) -> Sequence[float] | None:
         from semcache_cli import vectors
@@ -527,7 +542,7 @@ class SQLiteStore:
     def entry_counts(self, now: float) -> EntryCounts:
         total, expired, oldest, newest = self._conn.execute(
             "SELECT count(*), count(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN 1 END), "
-            "min(created_at), max(created_at) FROM entries", (now,)
+            f"min({_NUMBER.format('created_at')}), max({_NUMBER.format('created_at')}) FROM entries", (now,)
         ).fetchone()
 
         def by(column: str) -> dict[str, int]:
@@ -535,7 +550,9 @@ class SQLiteStore:
                 f"SELECT coalesce({column}, '(none)'), count(*) FROM entries GROUP BY 1 ORDER BY 2 DESC, 1"
             ).fetchall())
 
-        return EntryCounts(total, expired, oldest, newest, by("namespace"), by("model"), by("embed_model"))
+        damaged = [r[0] for r in self._conn.execute(f"SELECT id FROM entries WHERE {_DAMAGED} ORDER BY id")]
+        return EntryCounts(total, expired, oldest, newest, by("namespace"), by("model"), by("embed_model"),
+                           len(damaged), tuple(damaged[:5]))
 
     def request_counts(self, since: float | None) -> RequestCounts:
         window, params = _window(since)
@@ -572,7 +589,8 @@ class SQLiteStore:
 
     def top_entries(self, limit: int) -> list[TopEntry]:
         return [TopEntry(*r) for r in self._conn.execute(
-            "SELECT id, hits, query FROM entries WHERE hits > 0 ORDER BY hits DESC, id LIMIT ?", (limit,))]
+            f"SELECT id, hits, query FROM entries WHERE NOT ({_DAMAGED}) AND hits > 0 ORDER BY hits DESC, id LIMIT ?",
+            (limit,))]
 
     # -- size and maintenance ----------------------------------------------------------
 
