@@ -7,6 +7,8 @@ Connection and database errors are translated into these at the edge (ollama.py,
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -78,12 +80,12 @@ class UnreadableEntry(StoreError):
     no metadata...) when none of them is the question, the answer, its scope or its
     dates, else None. Never served from: a listing may show or copy the repair."""
 
-    def __init__(self, entry_id: int, fields: tuple[str, ...] = (), repaired: object = None) -> None:
+    def __init__(self, entry_id: int, fields: tuple[str, ...] = (), repaired: Any = None) -> None:
         said = f": {', '.join(fields)}" if fields else ""
         super().__init__(f"entry {entry_id} of the cache cannot be read (its stored fields are damaged{said})")
         self.entry_id = entry_id
         self.fields = fields
-        self.repaired = repaired
+        self.repaired: Any = repaired  # a storage.models.Entry (not imported: errors imports nothing)
 
 
 class CacheOnlyMiss(SemcacheError):

@@ -82,7 +82,8 @@ class Entry(NamedTuple):
             if damaged is None:
                 raise
             damaged(exc)
-            return exc.repaired  # type: ignore[no-any-return]
+            repaired: Entry | None = exc.repaired
+            return repaired
 
     @property
     def saved_tokens(self) -> int:
