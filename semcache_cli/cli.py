@@ -432,6 +432,10 @@ def ask(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Skip the lookup, ask the model, still store.")] = False,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store a new answer.")] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Never call the model; exit 3 on a miss.")] = False,
+    strict_cache: Annotated[
+        bool, typer.Option("--strict-cache", help=_help(
+            "Fail (exit 1) when the cache is damaged, instead of answering without it.", "strict_cache", "off"))
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the raw answer.")] = False,
     stream: Annotated[
         bool, typer.Option("--stream", help="Write a new answer as it streams even when stdout is not a terminal "
@@ -451,7 +455,7 @@ def ask(
         settings = _settings(
             {"model": model, "embed_model": embed_model, "system": system, "namespace": namespace, "ttl": ttl,
              "threshold": threshold, "min_confidence": min_confidence, "timeout": timeout, "db": db,
-             "guards": guards, "margin": margin, "scale": scale},
+             "guards": guards, "margin": margin, "scale": scale, "strict_cache": strict_cache or None},
             option,
         )
         text = read_question(question)

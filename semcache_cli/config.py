@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "guards": ("negation", "number", "entity", "direction"),  # all of guards.GUARDS
     "margin": 0.0,
     "scale": "calibrated",  # or "cosine": the raw cosine, as before the calibrated scale
+    "strict_cache": False,  # True: a damaged cache fails the ask instead of being left out of it
 }
 
 SCALES = ("calibrated", "cosine")
@@ -228,6 +229,18 @@ def _scale_name(value: Any, what: str) -> str:
     return str(value)
 
 
+def _switch(value: Any, what: str) -> bool:
+    """A yes/no setting: a TOML boolean, or true/false, 1/0, yes/no, on/off as text."""
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in {"true", "1", "yes", "on"}:
+        return True
+    if lowered in {"false", "0", "no", "off"}:
+        return False
+    raise UsageError(f"{what}: expected true or false, got {value!r}")
+
+
 def _guard_names(value: Any, what: str) -> tuple[str, ...]:
     from semcache_cli import guards
 
@@ -251,6 +264,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "guards": _guard_names,
     "margin": _unit_interval,
     "scale": _scale_name,
+    "strict_cache": _switch,
 }
 
 
@@ -451,6 +465,7 @@ class Settings:
     guards: tuple[str, ...] = DEFAULTS["guards"]
     margin: float = DEFAULTS["margin"]
     scale: str = DEFAULTS["scale"]
+    strict_cache: bool = DEFAULTS["strict_cache"]
     options: dict[str, Any] = field(default_factory=dict)  # every -o option: the request's body
     db_is_default: bool = False  # only the default location is created on demand
 

@@ -63,6 +63,12 @@ class StoreDamaged(StoreError):
     """The store's file or data is damaged: refused, never written to."""
 
 
+class StoreReadOnly(StoreError):
+    """The store may be read but not written here: a read-only file, directory or mount,
+    a role with SELECT only, a standby server. An ask still serves what it finds; the
+    writes it could do without (counting a hit, the log, storing) are skipped."""
+
+
 class StoreUnreachable(StoreError):
     """A store on a server cannot be reached, refuses the connection, or stopped
     answering (connection lost, statement timeout)."""

@@ -25,6 +25,7 @@ LOW_CONFIDENCE = "low_confidence"
 BYPASS = "bypass"
 AMBIGUOUS = "ambiguous"  # margin rule: two different answers nearly tied
 CALIBRATING = "calibrating"  # too few vectors of the embedding model stored for a semantic hit
+CACHE_UNUSABLE = "cache_unusable"  # the store is damaged: the model answered, the cache was left out
 GUARD_PREFIX = "guard:"  # guard:negation, guard:number, ...
 
 # Default weights of the confidence score: similarity matters most, freshness decays

@@ -18,7 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"config", "errors", "render", "engine", "inspection", "purge", "stats", "replay", "copying",
             "calibrate", "outputs", "storage.selector"},
     "outputs": {"config", "errors"},
-    "copying": {"config", "errors", "outputs", "storage", "storage.scales", "storage.selector"},
+    "copying": {"config", "errors", "outputs", "storage", "storage.models", "storage.scales", "storage.selector"},
     "calibrate": {"config", "storage", "storage.scales"},
     "inspection": {"config", "errors", "engine", "storage", "storage.models", "storage.port", "storage.selector"},
     "purge": {"config", "errors", "storage", "storage.port", "storage.scales", "storage.selector"},

@@ -4,14 +4,18 @@ shared store's clock. Real files, real processes; docs/operations.md is the manu
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import REPO, Result, cache_at, run_cli, run_proc, stored
 from fake_ollama import FakeOllama
 
@@ -167,3 +171,134 @@ def seeded(db: Path, count: int) -> list[int]:
             scope="s", exact_key=f"k{i}", namespace="default", model="llama3.2:latest", system=None, options={},
             format=None, query=f"question {i}", response=f"answer {i}", created_at=1_700_000_000.0 + i, ttl=None,
         ) for i in range(count)])
+
+
+# -- 4. a damaged cache file never stops an ask ----------------------------------------------
+
+def damaged_files(tmp_path: Path) -> dict[str, Path]:
+    """A file of garbage, a cache cut off half-way (a full disk, a copy that stopped), and
+    a text file: what --db or SEMCACHE_DB may point at."""
+    real = tmp_path / "real.db"
+    with cache_at(real) as store:
+        store.store_many([NewEntry(
+            scope="s", exact_key=f"k{i}", namespace="default", model="llama3.2:latest", system=None, options={},
+            format=None, query=f"question {i}", response="an answer " * 200, created_at=1_700_000_000.0, ttl=None,
+        ) for i in range(300)])
+        store.checkpoint()
+    files = {"garbage": tmp_path / "garbage.db", "truncated": tmp_path / "truncated.db", "text": tmp_path / "notes.db"}
+    files["garbage"].write_bytes(os.urandom(64 * 1024))
+    files["truncated"].write_bytes(real.read_bytes()[:real.stat().st_size * 2 // 5])
+    files["text"].write_text("not a database\n" * 100)
+    return files
+
+
+def test_ask_answers_without_a_damaged_cache(ollama: FakeOllama, tmp_path: Path) -> None:
+    """Issue 23: a damaged cache file made every ask fail (exit 1). Now the model answers
+    with one warning and the file is left as it was, unless strictness is asked for;
+    the commands that are about the cache itself still fail, in one line."""
+    for kind, path in damaged_files(tmp_path).items():
+        before = path.read_bytes()
+        result = proc("ask", "What is a damaged cache?", "--db", str(path))
+        assert result.exit_code == 0, (kind, result.stderr)
+        assert result.stdout == "This is the answer to: What is a damaged cache?\n"
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("semcache: warning:")]
+        assert len(warnings) == 1 and warnings[0].endswith(
+            "the cache was not used: the model answered, nothing was stored"), (kind, result.stderr)
+        assert "miss (cache_unusable)" in result.stderr
+        as_json = proc("ask", "What is a damaged cache?", "--db", str(path), "--json")
+        assert as_json.exit_code == 0 and json.loads(as_json.stdout)["miss_reason"] == "cache_unusable"
+        for strict in (["--strict-cache"], ["--cache-only"]):
+            refused = proc("ask", "What is a damaged cache?", "--db", str(path), *strict)
+            assert refused.exit_code == 1 and refused.stdout == "", (kind, strict)
+            assert len(refused.stderr.splitlines()) == 1 and refused.stderr.startswith("semcache: error: ")
+        strict_env = proc("ask", "What is a damaged cache?", "--db", str(path), env={"SEMCACHE_STRICT_CACHE": "1"})
+        assert strict_env.exit_code == 1
+        for command in (["stats"], ["inspect"], ["purge", "--expired"]):
+            failed = proc(*command, "--db", str(path))
+            assert failed.exit_code == 1 and failed.stderr.startswith("semcache: error: "), (kind, command)
+            assert len(failed.stderr.splitlines()) == 1 and "Traceback" not in failed.stderr
+        assert path.read_bytes() == before, kind
+
+
+# -- 5. read-only stores ---------------------------------------------------------------------
+
+def read_only_mount_works() -> bool:
+    """A private mount namespace where the test may bind a directory read-only (root, or
+    a user namespace): a real read-only mount, which even root cannot write through."""
+    if not shutil.which("unshare") or not shutil.which("mount"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount --bind / / && mount -o remount,bind,ro / /"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def in_read_only_mount(directory: Path, *args: str) -> Result:
+    """semcache run where `directory` (the cache's) is mounted read-only, in a mount
+    namespace of its own: the mount goes with the process."""
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script, str(directory), sys.executable, "-m", "semcache_cli",
+                           *args], stdin=subprocess.DEVNULL, capture_output=True, cwd=REPO, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def without_privileges(*args: str) -> Result:
+    """semcache as a process that file modes apply to (as root: without the capabilities
+    that let root ignore them)."""
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    done = subprocess.run([*prefix, sys.executable, "-m", "semcache_cli", *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, cwd=REPO, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def one_warning(result: Result, says: str) -> None:
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("semcache: warning:")]
+    assert len(warnings) == 1 and says in warnings[0], result.stderr
+
+
+def check_read_only(run: Callable[..., Result], db: Path, ollama: FakeOllama) -> None:
+    """stats and inspect work; ask serves an exact hit and answers a miss without
+    storing, each with one warning; nothing in the file changes."""
+    before = db.read_bytes()
+    hits = {entry.query: entry.hits for entry in stored(db)}
+    figures = run("stats", "--json")
+    assert figures.exit_code == 0, figures.stderr
+    assert json.loads(figures.stdout)["entries"]["total"] == 2
+    listed = run("inspect", "--jsonl")
+    assert listed.exit_code == 0 and len(listed.stdout.splitlines()) == 2, listed.stderr
+    generations = ollama.generations
+    hit = run("ask", "What is a read-only cache?")
+    assert hit.exit_code == 0 and hit.stdout == "This is the answer to: What is a read-only cache?\n", hit.stderr
+    assert "exact hit" in hit.stderr and ollama.generations == generations
+    one_warning(hit, "the answer was served, its hit not counted")
+    miss = run("ask", "Something never asked before")
+    assert miss.exit_code == 0 and miss.stdout == "This is the answer to: Something never asked before\n", miss.stderr
+    one_warning(miss, "answered by the model, not stored")
+    assert "not stored" in miss.stderr
+    assert db.read_bytes() == before
+    assert {entry.query: entry.hits for entry in stored(db)} == hits
+
+
+def cache_of_two(db: Path) -> None:
+    for question in ("What is a read-only cache?", "Another question"):
+        assert run_cli("ask", "-q", question).exit_code == 0
+    with cache_at(db) as store:
+        store.checkpoint()  # no write-ahead log left beside it, as after any quiet night
+
+
+@pytest.mark.skipif(not read_only_mount_works(), reason="no mount namespace here (needs root or user namespaces)")
+def test_a_read_only_mount(ollama: FakeOllama, isolated_env: Path) -> None:
+    """Issue 23: on a read-only mount stats and inspect failed, ask blamed permissions and
+    could not serve an exact hit. A real read-only bind mount (unshare -m)."""
+    cache_of_two(isolated_env)
+    check_read_only(functools.partial(in_read_only_mount, isolated_env.parent), isolated_env, ollama)
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None, reason="root without setpriv ignores modes")
+def test_a_read_only_file(ollama: FakeOllama, isolated_env: Path) -> None:
+    cache_of_two(isolated_env)
+    isolated_env.chmod(0o400)
+    try:
+        check_read_only(without_privileges, isolated_env, ollama)
+    finally:
+        isolated_env.chmod(0o600)

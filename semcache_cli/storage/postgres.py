@@ -38,7 +38,15 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from semcache_cli import policy
-from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, StoreUnreachable, UnreadableEntry, UsageError
+from semcache_cli.errors import (
+    StoreDamaged,
+    StoreError,
+    StoreFull,
+    StoreReadOnly,
+    StoreUnreachable,
+    UnreadableEntry,
+    UsageError,
+)
 from semcache_cli.storage.models import (
     ENTRY_FIELDS,
     LOG_FIELDS,
@@ -154,9 +162,9 @@ def server_error(exc: BaseException, location: str, secret: str | None, timeout_
         return StoreUnreachable(f"the cache store {location} did not answer within {timeout_s:g} s (raise --timeout)")
     if state == "53100":
         return StoreFull(f"the cache store {location} is out of disk space ({text}); nothing was stored")
-    if state == "42501":
-        return StoreError(f"the cache store {location} refused: {text} (ask the database's administrator to grant "
-                          "this role the privilege)")
+    if state in ("42501", "25006"):  # insufficient_privilege; read_only_sql_transaction (a standby)
+        return StoreReadOnly(f"the cache store {location} refused: {text} (ask the database's administrator to "
+                             "grant this role the privilege)")
     if state.startswith("XX00"):
         return StoreDamaged(f"the cache store {location} reports damaged data: {text}")
     if not state or state.startswith(("08", "28", "53", "57P", "3D")):

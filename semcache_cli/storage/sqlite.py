@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semcache_cli import policy
-from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, UnreadableEntry, UsageError
+from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, StoreReadOnly, UnreadableEntry, UsageError
 from semcache_cli.storage.models import (
     ENTRY_FIELDS,
     LOG_FIELDS,
@@ -106,7 +106,7 @@ def store_error(exc: BaseException, location: str) -> StoreError:
         return StoreError(f"the cache database {location} stayed locked by another process for "
                           f"{BUSY_TIMEOUT_S:.0f} s; try again")
     if code == 8:  # SQLITE_READONLY
-        return StoreError(f"cannot write to {location} ({exc}): check the file's and its directory's permissions")
+        return StoreReadOnly(f"cannot write to {location} ({exc}): check the file's and its directory's permissions")
     garbled = isinstance(exc, UnicodeDecodeError) or "Could not decode to UTF-8" in str(exc)  # as sqlite3 says it
     if code in (11, 26) or garbled:  # SQLITE_CORRUPT, SQLITE_NOTADB; text that is not UTF-8
         reason = "text in it is not valid UTF-8" if garbled else str(exc)
@@ -129,6 +129,11 @@ def _create_private_file(path: Path, create_parent: bool) -> None:
             pass  # another process created it first
         except OSError as exc:
             raise StoreError(f"cannot create database {path}: {exc.strerror}") from None
+
+
+def _writable(path: Path) -> bool:
+    """This process may write the file and create the files SQLite keeps beside it."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
 
 
 def _where(selector: Selector, now: float) -> tuple[str, list[Any]]:
@@ -198,24 +203,32 @@ class SQLiteStore:
             raise UsageError(f"database path {path} is not a regular file (a device or a pipe)")
         if (read_only or not create) and not path.exists():
             raise UsageError(f"there is no cache at {path} (check the path)")
-        if not read_only:
+        if not read_only and not (path.exists() and not _writable(path)):
             _create_private_file(path, create_parent)
-        if not os.access(path, os.R_OK | (0 if read_only else os.W_OK)):
+        if not os.access(path, os.R_OK):
             raise StoreError(f"cannot read and write the database {path}: permission denied "
                              "(semcache writes on every ask; check the file's owner and mode)")
+        # A file this process may only read (its mode, its directory's, a read-only mount)
+        # is opened for reading: every write is then refused (StoreReadOnly), and an ask
+        # serves what it finds without the writes it can do without.
+        read_only = read_only or not _writable(path)
         try:
             # A log with writes in it stays as it is (mode=ro cannot fold it back); with
-            # none, a plain connection creates and removes its own, leaving no trace.
-            if read_only and Path(f"{path}-wal").exists():
-                conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
-                                       isolation_level=None)
+            # none, a plain connection creates and removes its own, leaving no trace. In
+            # a directory this process cannot write (a read-only mount), SQLite could not
+            # make its shared-memory file: with no log to read, the file is read as it is
+            # (immutable: nothing can change it through this mount).
+            wal = Path(f"{path}-wal").exists()
+            if read_only and (wal or not os.access(path.parent, os.W_OK)):
+                conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{'' if wal else '&immutable=1'}", uri=True,
+                                       timeout=BUSY_TIMEOUT_S, isolation_level=None)
             else:
                 conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             if getattr(exc, "sqlite_errorcode", 26) & 0xFF != 26:  # not SQLITE_NOTADB: the file may well be fine
                 raise store_error(exc, str(path)) from None
-            raise StoreError(f"{path} is not a usable SQLite database ({exc}); pick another --db") from None
+            raise StoreDamaged(f"{path} is not a usable SQLite database ({exc}); pick another --db") from None
         store = cls(conn, path)
         if version > SCHEMA_VERSION:
             conn.close()
@@ -225,6 +238,10 @@ class SQLiteStore:
             )
         try:
             if version < SCHEMA_VERSION:
+                if read_only and not _writable(path):
+                    conn.close()
+                    raise StoreReadOnly(f"{path} was written by an older semcache (schema {version}) and must be "
+                                        "upgraded, which needs write access to it and its directory")
                 if read_only:  # an older file is migrated first, as any command would
                     conn.close()
                     cls.open(path, warn=None).close()
