@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Result, cache_at, run_cli, run_proc, stored
+from conftest import REPO, Result, cache_at, logged, run_cli, run_proc, stored
 from fake_ollama import FakeOllama
 
 from semcache_cli.storage.models import LogRow, NewEntry
@@ -302,3 +302,44 @@ def test_a_read_only_file(ollama: FakeOllama, isolated_env: Path) -> None:
         check_read_only(without_privileges, isolated_env, ollama)
     finally:
         isolated_env.chmod(0o600)
+
+
+def test_a_select_only_role_on_the_shared_store(ollama: FakeOllama, postgres_db: str, postgres_server: str) -> None:
+    """Issue 23: a SELECT-only role found the hit, then exited 1 because counting it is a
+    write. A real role with USAGE on the schema and SELECT on its tables."""
+    import urllib.parse
+    import uuid
+
+    import psycopg
+
+    question = "What is a read-only cache?"
+    writer = proc("ask", "-q", question, "--db", postgres_db)
+    assert writer.exit_code == 0, writer.stderr
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    schema = urllib.parse.parse_qs(urllib.parse.urlsplit(postgres_db).query)["schema"][0]
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+        conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    parts = urllib.parse.urlsplit(postgres_db)
+    reader = urllib.parse.urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rsplit('@', 1)[-1]}"))
+    try:
+        (entry,) = stored(postgres_db)
+        rows = len(logged(postgres_db))
+        generations = ollama.generations
+        hit = proc("ask", question, "--db", reader)
+        assert hit.exit_code == 0 and hit.stdout == f"This is the answer to: {question}\n", hit.stderr
+        assert "exact hit" in hit.stderr and ollama.generations == generations
+        one_warning(hit, "the answer was served, its hit not counted")
+        miss = proc("ask", "Something never asked before", "--db", reader)
+        assert miss.exit_code == 0 and miss.stdout == "This is the answer to: Something never asked before\n"
+        one_warning(miss, "answered by the model, not stored")
+        for command in (["stats", "-q"], ["inspect", "--jsonl"], ["purge", "--expired", "--dry-run"]):
+            assert proc(*command, "--db", reader).exit_code == 0, command
+        refused = proc("purge", "--all", "--yes", "--db", reader)
+        assert refused.exit_code == 1 and "refused" in refused.stderr
+        assert [e.hits for e in stored(postgres_db)] == [entry.hits] and len(logged(postgres_db)) == rows
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
