@@ -322,8 +322,11 @@ class Engine:
         (replay batches embeddings); otherwise it is embedded here when needed."""
         query = validate_query(req.query, req.max_query_chars)
         scope_hash, key, now = req.scope.hash, policy.exact_key(query), self.clock()
+        # --no-store keeps nothing of the question: its log row counts the ask, without
+        # the question's text or its key (a hash of it, which a guess could be checked on).
         log = LogRow(at=now, path="", namespace=req.scope.namespace, model=req.scope.model,
-                     embed_model=req.embed_model, scope=scope_hash, exact_key=key, query=query)
+                     embed_model=req.embed_model, scope=scope_hash, exact_key=key if req.store else None,
+                     query=query if req.store else None)
         ask = _Asking(req, query, scope_hash, key, now, log, on_token, vector)
 
         exact = self._exact(req, scope_hash, key, now) if req.lookup else None

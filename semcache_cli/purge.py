@@ -36,6 +36,16 @@ class PurgeReport:
         return dict(self.__dict__)
 
 
+def names_content(selector: Selector) -> bool:
+    """The selector names entries by what they hold (namespace, model, embedding model,
+    text, ids) and by nothing else: their request-log rows go with them. One that also
+    names a time (--expired, --older-than) or everything leaves the log to
+    --log-older-than."""
+    return bool(selector.namespace or selector.model or selector.embed_model or selector.grep or selector.ids) \
+        and not (selector.expired or selector.live or selector.older_than is not None or selector.all
+                 or selector.unused_since is not None)
+
+
 def lru_excess_ids(store: Store, max_entries: int, exclude: set[int]) -> list[int]:
     """Least recently used entries (last hit, then creation) beyond max_entries."""
     return [entry_id for entry_id in store.lru_ids() if entry_id not in exclude][max_entries:]
@@ -115,6 +125,8 @@ def purge(
     selected, evict = chosen.selected, chosen.evict
     if dry_run:  # the figures the real run reports, unless the store changes in between
         log_rows = store.count_log_before(now - log_older_than) if log_older_than is not None else 0
+        if names_content(selector):
+            log_rows += store.delete_log_of(selector, selected, dry_run=True)
         return PurgeReport(True, len(selected), 0, len(evict), chosen.total - len(selected) - len(evict),
                            chosen.freed, log_rows, False, chosen.used - chosen.freed, chosen.max_bytes)
 
@@ -126,7 +138,10 @@ def purge(
     if deleted or evicted:
         store.compact()
         scales.shrunk(store, groups)
-    log_rows = store.delete_log_before(now - log_older_than) if log_older_than is not None else 0
+    # What a content selector names goes from the request log too: a question purged by
+    # --grep or --namespace must not stay readable there (replay --from-log).
+    log_rows = store.delete_log_of(selector, selected) if names_content(selector) else 0
+    log_rows += store.delete_log_before(now - log_older_than) if log_older_than is not None else 0
     if vacuum:
         store.vacuum()
     if deleted or evicted or log_rows:

@@ -343,3 +343,48 @@ def test_a_select_only_role_on_the_shared_store(ollama: FakeOllama, postgres_db:
         with psycopg.connect(postgres_server, autocommit=True) as conn:
             conn.execute(f'DROP OWNED BY "{role}"')
             conn.execute(f'DROP ROLE "{role}"')
+
+
+# -- 17. the request log keeps no question nobody wanted kept ----------------------------
+
+def test_no_store_keeps_no_question_in_the_log(ollama: FakeOllama, isolated_env: Path, tmp_path: Path) -> None:
+    """Issue 23: `--no-store --no-cache` questions stayed in the request log, readable by
+    anyone with `replay --from-log --dry-run --out`. Now the row counts the ask only."""
+    assert run_cli("ask", "-q", "an ordinary question").exit_code == 0
+    for flags in (["--no-store", "--no-cache"], ["--no-store"]):
+        result = run_cli("ask", "-q", "my secret diagnosis", *flags)
+        assert result.exit_code == 0 and result.stdout == "This is the answer to: my secret diagnosis\n"
+    assert run_cli("ask", "-q", "an ordinary question", "--no-store").exit_code == 0  # a hit, not stored anyway
+    rows = logged(isolated_env)
+    assert [row.path for row in rows] == ["model", "model", "model", "exact"]
+    for row in rows[1:]:
+        assert row.query is None and row.exact_key is None
+    assert rows[1].miss_reason == "bypass"
+    out = tmp_path / "rows.jsonl"
+    replayed = proc("replay", "--from-log", "--dry-run", "--out", str(out))
+    assert replayed.exit_code == 0, replayed.stderr
+    assert "an ordinary question" in out.read_text() and "secret" not in out.read_text()
+    for path in isolated_env.parent.glob("cache.db*"):
+        assert b"secret" not in path.read_bytes(), path
+    assert json.loads(run_cli("stats", "--json").stdout)["requests"]["asks"] == 4  # still counted
+
+
+def test_purge_by_content_takes_the_log_rows_too(ollama: FakeOllama, isolated_env: Path) -> None:
+    """Issue 23: `purge --grep`/`--namespace` left the request log's rows behind."""
+    from conftest import calibrated
+
+    calibrated(isolated_env)
+    for args in (["How do I reset my password?"], ["How do I reset my password please"],
+                 ["What time is it?"], ["team question", "-n", "team"]):
+        assert run_cli("ask", "-q", *args).exit_code == 0
+    rows = logged(isolated_env)
+    assert [row.path for row in rows] == ["model", "semantic", "model", "model"]  # the paraphrase was a hit
+    dry = purge_json("--grep", "password", "--dry-run")
+    real = purge_json("--grep", "password")
+    assert dry["log_rows_deleted"] == real["log_rows_deleted"] == 2 and real["deleted"] == 1
+    assert [row.query for row in logged(isolated_env)] == ["What time is it?", "team question"]
+    gone = purge_json("--namespace", "team")
+    assert gone["deleted"] == 1 and gone["log_rows_deleted"] == 1
+    assert [row.query for row in logged(isolated_env)] == ["What time is it?"]
+    kept = purge_json("--expired")  # a time selector leaves the log to --log-older-than
+    assert kept["log_rows_deleted"] == 0 and len(logged(isolated_env)) == 1

@@ -452,6 +452,23 @@ def test_used_bytes_is_what_no_entry_holds_plus_each_entry(backend_store: Store)
     assert backend_store.count_log_before(NOW - 30) == 0 and backend_store.log_bytes(NOW - 30) == 0
 
 
+def test_the_log_rows_a_content_selector_names(backend_store: Store) -> None:
+    rows = [LogRow(at=NOW, path="model", namespace="team", model="llama3.2", query="Reset my PASSWORD"),
+            LogRow(at=NOW, path="semantic", namespace="default", model="llama3.2:latest", query="forgot login",
+                   entry_id=7),
+            LogRow(at=NOW, path="model", namespace="default", model="qwen2.5", query="what time is it"),
+            LogRow(at=NOW, path="model", namespace="default", model="LLAMA3.2", query=None)]
+    for row in rows:
+        backend_store.log_request(row)
+    assert backend_store.delete_log_of(Selector(grep="password"), [7], dry_run=True) == 2
+    assert backend_store.delete_log_of(Selector(model="llama3.2"), [], dry_run=True) == 3
+    assert backend_store.delete_log_of(Selector(namespace="default", model="qwen2.5"), [], dry_run=True) == 1
+    assert len(list(backend_store.request_log())) == 4  # counting deletes nothing
+    assert backend_store.delete_log_of(Selector(grep="password"), [7]) == 2
+    assert [row.query for row in backend_store.request_log()] == ["what time is it", None]
+    assert backend_store.delete_log_of(Selector(ids=[1]), []) == 0
+
+
 def test_another_connection_sees_the_same_store(backend_store: Store) -> None:
     entry_id = backend_store.store_answer(answer())
     other = backend_store.reopen()

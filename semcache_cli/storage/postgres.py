@@ -678,6 +678,15 @@ class PostgresStore:
     def delete_log_before(self, at: float) -> int:
         return int(self._conn.execute(f"DELETE FROM {self._s}.requests WHERE at < %s", (at,)).rowcount)
 
+    def delete_log_of(self, selector: Selector, entry_ids: Sequence[int], dry_run: bool = False) -> int:
+        where, params = _log_where(selector)
+        where = f"({where}) OR entry_id = ANY(%s)"
+        if dry_run:
+            return int(_one(self._conn.execute(f"SELECT count(*) FROM {self._s}.requests WHERE {where}",
+                                               [*params, list(entry_ids)]))[0])
+        return int(self._conn.execute(f"DELETE FROM {self._s}.requests WHERE {where}",
+                                      [*params, list(entry_ids)]).rowcount)
+
     def count_log_before(self, at: float) -> int:
         return int(_one(self._conn.execute(f"SELECT count(*) FROM {self._s}.requests WHERE at < %s", (at,)))[0])
 
@@ -929,6 +938,27 @@ def _where(selector: Selector, now: float) -> tuple[str, list[Any]]:
         clauses.append("coalesce(last_hit_at, created_at) <= %s")
         params.append(selector.unused_since)
     return " AND ".join(f"({c})" for c in clauses) or "TRUE", params
+
+
+def _log_where(selector: Selector) -> tuple[str, list[Any]]:
+    """The request-log rows a content selector names by their own fields (as the SQLite
+    backend's _log_where)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if selector.namespace:
+        clauses.append("namespace = %s")
+        params.append(selector.namespace)
+    for column in ("model", "embed_model"):
+        if getattr(selector, column):
+            clauses.append(f"(lower({column}) = %s OR lower({column}) || ':latest' = %s)")
+            params.extend([getattr(selector, column)] * 2)
+    if selector.grep:
+        clauses.append("strpos(lower(coalesce(query, '')), lower(%s)) > 0")
+        params.append(selector.grep)
+    if selector.ids:
+        clauses.append("entry_id = ANY(%s)")
+        params.append(list(selector.ids))
+    return " AND ".join(f"({c})" for c in clauses) or "FALSE", params
 
 
 def _window(since: float | None) -> tuple[str, list[Any]]:

@@ -166,6 +166,28 @@ def _where(selector: Selector, now: float) -> tuple[str, list[Any]]:
     return " AND ".join(f"({c})" for c in clauses) or "TRUE", params
 
 
+def _log_where(selector: Selector) -> tuple[str, list[Any]]:
+    """The request-log rows a content selector names by their own fields (purge decides
+    when one applies): namespace, model and embedding model as asked for (`llama3.2`
+    logged is `llama3.2:latest` selected), the question's text, the entry served."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if selector.namespace:
+        clauses.append("namespace = ?")
+        params.append(selector.namespace)
+    for column in ("model", "embed_model"):
+        if getattr(selector, column):
+            clauses.append(f"(lower({column}) = ? OR lower({column}) || ':latest' = ?)")
+            params.extend([getattr(selector, column)] * 2)
+    if selector.grep:
+        clauses.append("instr(lower(coalesce(query, '')), lower(?)) > 0")
+        params.append(selector.grep)
+    if selector.ids:
+        clauses.append(f"entry_id IN ({', '.join('?' for _ in selector.ids)})")
+        params.extend(selector.ids)
+    return " AND ".join(f"({c})" for c in clauses) or "FALSE", params
+
+
 def _window(since: float | None) -> tuple[str, list[Any]]:
     return ("at >= ?", [since]) if since is not None else ("TRUE", [])
 
@@ -544,6 +566,24 @@ class SQLiteStore:
     def delete_log_before(self, at: float) -> int:
         with self._write():
             return int(self._conn.execute("DELETE FROM requests WHERE at < ?", (at,)).rowcount)
+
+    def delete_log_of(self, selector: Selector, entry_ids: Sequence[int], dry_run: bool = False) -> int:
+        where, params = _log_where(selector)
+        found = {r[0] for r in self._conn.execute(f"SELECT id FROM requests WHERE {where}", params)}
+        for start in range(0, len(entry_ids), DELETE_BATCH):
+            batch = list(entry_ids[start:start + DELETE_BATCH])
+            found.update(r[0] for r in self._conn.execute(
+                f"SELECT id FROM requests WHERE entry_id IN ({', '.join('?' for _ in batch)})", batch))
+        if dry_run:
+            return len(found)
+        rows = sorted(found)
+        deleted = 0
+        for start in range(0, len(rows), DELETE_BATCH):
+            batch = rows[start:start + DELETE_BATCH]
+            with self._write():
+                deleted += self._conn.execute(
+                    f"DELETE FROM requests WHERE id IN ({', '.join('?' for _ in batch)})", batch).rowcount
+        return deleted
 
     def count_log_before(self, at: float) -> int:
         return int(self._conn.execute("SELECT count(*) FROM requests WHERE at < ?", (at,)).fetchone()[0])
