@@ -540,7 +540,7 @@ def purge(
                 raise UsageError(f"this would delete all {total:,} entries; pass --yes to confirm (no terminal to ask)")
             return _confirm(f"Delete all {total:,} entries of {location}?")
 
-        report = purging.run(settings, selector, time.time(), max_entries=max_entries, max_bytes=max_bytes,
+        report = purging.run(settings, selector, max_entries=max_entries, max_bytes=max_bytes,
                              log_older_than=log_age, dry_run=dry_run, vacuum=vacuum, confirm_all=confirm_all,
                              warn=_warn)
         if report is None:  # the person said no: their choice, not an error
@@ -590,7 +590,7 @@ def stats(
     with _errors_to_exit():
         settings = config.load_settings({"db": db, "threshold": threshold})
         window = config.parse_duration(since, "--since") if since else None
-        figures = statistics.report(settings, time.time(), window, _warn)
+        figures = statistics.report(settings, window, _warn)
         if json_output:
             sys.stdout.write(render.stats_json(figures) + "\n")
         else:

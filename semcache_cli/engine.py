@@ -270,7 +270,7 @@ class Engine:
         self,
         store: Store,
         client_factory: Callable[[], OllamaClient],
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         warn: Callable[[str], None] = lambda _: None,
         read_only: bool = False,
     ) -> None:
@@ -278,7 +278,7 @@ class Engine:
         self.read_only = read_only  # explanations: a scale made for one is not kept
         self._client_factory = client_factory
         self._client: OllamaClient | None = None
-        self.clock = clock
+        self.clock = clock or store.now  # the store's clock: a shared store's server's
         self.warn = warn
         self._unreadable: set[int] = set()  # entries already warned about
         self._scales: dict[tuple[str, int], Calibration | None] = {}  # per (embedding model, dims)

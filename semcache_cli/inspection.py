@@ -4,6 +4,7 @@ the explanation of a lookup (--similar), which runs the engine's own code."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,12 @@ def check_sort(sort: str) -> str:
     if sort not in SORTS:
         raise UsageError(f"--sort must be one of {', '.join(SORTS)}, got {sort!r}")
     return sort
+
+
+def on_store_clock(store: Store, now: float) -> float:
+    """A time of this machine's clock on the store's (a shared store's server's), so that
+    --expired and --live, and what ask would do, hold whatever this machine's clock says."""
+    return now + (store.now() - time.time())
 
 
 def get_entry(store: Store, entry_id: int, warn: Callable[[str], None] = lambda _: None,
@@ -55,7 +62,7 @@ def listing(settings: Settings, selector: Selector, now: float, sort: str, limit
     def rows() -> Iterator[tuple[Entry, Sequence[float] | None]]:
         damaged = Damaged()
         with store:
-            yield from store.entries(selector, now, sort, limit, with_vectors, damaged)
+            yield from store.entries(selector, on_store_clock(store, now), sort, limit, with_vectors, damaged)
         said = damaged.warning(store.location, "shown")
         if said:
             warn(said)
@@ -69,7 +76,8 @@ def explain(settings: Settings, request: AskRequest, limit: int, now: float, wit
     from semcache_cli.engine import open_engine
 
     with open_engine(settings, warn=warn, read_only=True) as engine:
-        engine.clock = lambda: now
+        at = on_store_clock(engine.store, now)
+        engine.clock = lambda: at
         explanation = engine.explain(request, limit)
         candidates = ([explanation.exact] if explanation.exact else []) + explanation.neighbours
         vectors = {judged.entry.id: engine.store.vector_of(judged.entry.id) for judged in candidates} \

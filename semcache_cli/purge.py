@@ -151,13 +151,15 @@ def purge(
                        used, chosen.max_bytes)
 
 
-def run(settings: Settings, selector: Selector, now: float, *, max_entries: int | None, max_bytes: int | None,
+def run(settings: Settings, selector: Selector, *, max_entries: int | None, max_bytes: int | None,
         log_older_than: float | None, dry_run: bool, vacuum: bool, confirm_all: Callable[[int, str], bool],
         warn: Callable[[str], None]) -> PurgeReport | None:
     """One `semcache purge`: plan, have `confirm_all(count, location)` approve deleting
     every entry (False: the user said no, and nothing is done: None; it raises when it
-    cannot ask), delete. A dry run only reads."""
+    cannot ask), delete. A dry run only reads. Ages and expiry are judged on the store's
+    clock: a client whose clock is days fast deletes no live entry of a shared store."""
     with open_store(settings, warn, read_only=dry_run) as store:
+        now = store.now()
         log_before = now - log_older_than if log_older_than is not None else None
         chosen = plan(store, selector, now, max_entries, max_bytes, log_before)
         if chosen.deletes_everything and not dry_run and not confirm_all(chosen.total, store.location):

@@ -98,12 +98,12 @@ def similarity_bins(store: Store, since: float | None, threshold: float) -> list
     return [Bin(round(edges[i], 4), round(edges[i + 1], 4), h, m) for i, (h, m) in enumerate(counts)]
 
 
-def report(settings: Settings, now: float, since_s: float | None, warn: Callable[[str], None]) -> dict[str, Any]:
-    """One `semcache stats`: the figures of the settings' store."""
+def report(settings: Settings, since_s: float | None, warn: Callable[[str], None]) -> dict[str, Any]:
+    """One `semcache stats`: the figures of the settings' store, as of its own clock."""
     from semcache_cli.storage import open_store
 
     with open_store(settings, warn, read_only=True) as store:
-        figures = collect(store, now, since_s, settings.threshold)
+        figures = collect(store, store.now(), since_s, settings.threshold)
     count, ids = figures["entries"]["damaged"], figures["entries"]["damaged_ids"]
     if count:
         listed = ", ".join(map(str, ids)) + (", ..." if count > len(ids) else "")

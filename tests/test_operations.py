@@ -388,3 +388,58 @@ def test_purge_by_content_takes_the_log_rows_too(ollama: FakeOllama, isolated_en
     assert [row.query for row in logged(isolated_env)] == ["What time is it?"]
     kept = purge_json("--expired")  # a time selector leaves the log to --log-older-than
     assert kept["log_rows_deleted"] == 0 and len(logged(isolated_env)) == 1
+
+
+# -- 18. the shared store's clock, not each client's -------------------------------------------
+
+DAY = 86400.0
+
+
+def with_clock_off_by(seconds: float, tmp_path: Path, *args: str) -> Result:
+    """semcache as a process whose clock is `seconds` off (a host whose clock drifted):
+    time.time() of that process alone is shifted, by a sitecustomize module on its path;
+    the test's own clock, and the servers', are left alone."""
+    shim = tmp_path / f"clock{int(seconds)}"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(
+        "import time\n_real = time.time\n"
+        f"time.time = lambda: _real() + {seconds!r}\n"
+        f"time.time_ns = lambda: int((_real() + {seconds!r}) * 1e9)\n")
+    done = subprocess.run([sys.executable, "-m", "semcache_cli", *args], stdin=subprocess.DEVNULL, capture_output=True,
+                          cwd=REPO, timeout=60, env={**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{REPO}"})
+    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def test_the_shared_store_runs_on_the_servers_clock(ollama: FakeOllama, postgres_db: str, tmp_path: Path) -> None:
+    """Issue 23: a host 8 days fast running the nightly `purge --expired` deleted every
+    live entry; one 30 days fast stored `--ttl 1h` answers that lived a month."""
+    import time
+
+    assert proc("ask", "-q", "a live question", "--ttl", "1d", "--db", postgres_db).exit_code == 0
+    probe = with_clock_off_by(8 * DAY, tmp_path, "--version")
+    assert probe.exit_code == 0  # the shifted clock runs semcache
+    fast = functools.partial(with_clock_off_by, 8 * DAY, tmp_path)
+    purged = fast("purge", "--expired", "--json", "--db", postgres_db)
+    assert purged.exit_code == 0, purged.stderr
+    assert json.loads(purged.stdout)["deleted"] == 0
+    assert [entry.query for entry in stored(postgres_db)] == ["a live question"]
+    figures = json.loads(fast("stats", "--json", "--db", postgres_db).stdout)
+    assert figures["entries"]["expired"] == 0
+    assert fast("inspect", "--expired", "--jsonl", "--db", postgres_db).stdout == ""
+    assert len(fast("inspect", "--live", "--jsonl", "--db", postgres_db).stdout.splitlines()) == 1
+    replayed = fast("replay", "--from-log", "--since", "1d", "--dry-run", "--json", "--db", postgres_db)
+    assert replayed.exit_code == 0 and json.loads(replayed.stdout)["reports"][0]["queries"] == 1, replayed.stdout
+    hit = fast("ask", "a live question", "--db", postgres_db)
+    assert hit.exit_code == 0 and "exact hit" in hit.stderr, hit.stderr  # live on the server's clock
+    month_fast = with_clock_off_by(30 * DAY, tmp_path, "ask", "-q", "a short-lived answer", "--ttl", "1h",
+                                   "--db", postgres_db)
+    assert month_fast.exit_code == 0, month_fast.stderr
+    (short,) = [entry for entry in stored(postgres_db) if entry.query == "a short-lived answer"]
+    assert short.expires_at is not None and abs(short.expires_at - (time.time() + 3600)) < 120
+    assert abs(short.created_at - time.time()) < 120
+    (live,) = [entry for entry in stored(postgres_db) if entry.query == "a live question"]
+    assert live.last_hit_at is not None and abs(live.last_hit_at - time.time()) < 120
+    slow = with_clock_off_by(-8 * DAY, tmp_path, "purge", "--older-than", "1d", "--dry-run", "--json",
+                             "--db", postgres_db)
+    assert json.loads(slow.stdout)["matched"] == 0  # nothing created over a day ago, on the server's clock
+    assert len(stored(postgres_db)) == 2

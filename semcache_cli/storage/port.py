@@ -195,6 +195,11 @@ class Store(Protocol):
     def checkpoint(self) -> None:
         """Fold any write-ahead log into the store, after a command that wrote a lot."""
 
+    def now(self) -> float:
+        """The store's clock, in seconds since the epoch: what entry times (created, expires,
+        last hit) and the request log are stamped with and what expiry and age are judged
+        against. A shared store's is its server's, so clients need not agree on the time."""
+
     def reopen(self) -> Store:
         """Another connection to the same store, for another thread."""
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+import time
 import urllib.parse
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -173,6 +174,10 @@ def server_error(exc: BaseException, location: str, secret: str | None, timeout_
     return StoreError(f"the cache store {location} failed: {text}")
 
 
+# The server's clock, in the seconds since the epoch every stored time is.
+_SERVER_NOW = "extract(epoch from clock_timestamp())::double precision"
+
+
 def _vector_text(vector: Sequence[float]) -> str:
     return "[" + ",".join(f"{float(x):.9g}" for x in vector) + "]"  # 9 digits keep a float32 exact
 
@@ -241,11 +246,27 @@ class PostgresStore:
         self._entry_columns = ", ".join(ENTRY_FIELDS)
         self._insert_request = (f"INSERT INTO {s}.requests ({', '.join(LOG_FIELDS)}) "
                                 f"VALUES ({', '.join('%s' for _ in LOG_FIELDS)})")
+        self.clock: Callable[[], float] = time.time  # this machine's clock (injectable: tests skew it)
+        self.skew = 0.0  # how far the server's clock is ahead of it, measured once a connection
+
+    def _measure_skew(self) -> None:
+        """The server's clock against this machine's, once per connection (to within half
+        a round trip): now() is then the server's time without a query per ask."""
+        before = self.clock()
+        server = float(_one(self._conn.execute(f"SELECT {_SERVER_NOW}"))[0])
+        self.skew = server - (before + self.clock()) / 2
+
+    def now(self) -> float:
+        """The server's clock: entry times are stamped and compared on it (the engine's
+        clock, purge's, stats'), so clients whose clocks disagree (a host days fast)
+        still agree on what is live. Claims use the server's clock in SQL itself."""
+        return self.clock() + self.skew
 
     # -- opening -----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str, timeout_s: float = 300.0, create: bool = True) -> PostgresStore:
+    def open(cls, url: str, timeout_s: float = 300.0, create: bool = True,
+             clock: Callable[[], float] | None = None) -> PostgresStore:
         conninfo, schema, location = parse_url(url)
         conn = cls._connect(conninfo, location, timeout_s)
         try:
@@ -267,6 +288,9 @@ class PostgresStore:
             conn.close()
             raise
         store = cls(conn, conninfo, schema, location, timeout_s, _version(state[0]), state[1])
+        if clock is not None:
+            store.clock = clock
+        store._measure_skew()
         if 0 < before < 2 <= int(state[2]):  # a store from before the calibrated scale: one for each model now
             from semcache_cli.storage import scales
 
@@ -352,8 +376,11 @@ class PostgresStore:
 
     def reopen(self) -> PostgresStore:
         conn = self._connect(self._conninfo, self.location, self.timeout_s)
-        return PostgresStore(conn, self._conninfo, self.schema, self.location, self.timeout_s, self.pgvector,
-                             self._vector_schema)
+        store = PostgresStore(conn, self._conninfo, self.schema, self.location, self.timeout_s, self.pgvector,
+                              self._vector_schema)
+        store.clock = self.clock
+        store._measure_skew()
+        return store
 
     def close(self) -> None:
         self._conn.close()

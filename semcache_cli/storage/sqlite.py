@@ -338,6 +338,11 @@ class SQLiteStore:
         store._prepare()
         return store
 
+    def now(self) -> float:
+        """One machine's file: its clock (a file shared over a network file system by
+        hosts whose clocks disagree is not supported; use the shared store)."""
+        return time.time()
+
     def close(self) -> None:
         self._conn.close()
 
