@@ -238,7 +238,7 @@ def _switch(value: Any, what: str) -> bool:
         return True
     if lowered in {"false", "0", "no", "off"}:
         return False
-    raise UsageError(f"{what}: expected true or false, got {value!r}")
+    raise UsageError(f"{what} takes true or false, got {value!r}")
 
 
 def _guard_names(value: Any, what: str) -> tuple[str, ...]:
@@ -284,14 +284,7 @@ def parse_option(key: str, raw: Any, what: str = "-o") -> Any:
     if kind is list:
         return list(raw) if isinstance(raw, list) else [str(raw)]
     if kind is bool:
-        if isinstance(raw, bool):
-            return raw
-        lowered = str(raw).strip().lower()
-        if lowered in {"true", "1", "yes", "on"}:
-            return True
-        if lowered in {"false", "0", "no", "off"}:
-            return False
-        raise UsageError(f"{what}: {key} takes true or false, got {raw!r}")
+        return _switch(raw, f"{what}: {key}")
     try:
         if isinstance(raw, bool):
             raise ValueError

@@ -443,3 +443,15 @@ def test_the_shared_store_runs_on_the_servers_clock(ollama: FakeOllama, postgres
                              "--db", postgres_db)
     assert json.loads(slow.stdout)["matched"] == 0  # nothing created over a day ago, on the server's clock
     assert len(stored(postgres_db)) == 2
+
+
+def test_strict_cache_is_a_setting(ollama: FakeOllama, tmp_path: Path, isolated_env: Path) -> None:
+    damaged = damaged_files(tmp_path)["garbage"]
+    bad = proc("ask", "a question", "--db", str(damaged), env={"SEMCACHE_STRICT_CACHE": "maybe"})
+    assert bad.exit_code == 2 and bad.stderr == "semcache: error: SEMCACHE_STRICT_CACHE takes true or false, got 'maybe'\n"
+    config = tmp_path / "xdg-config" / "semcache"
+    config.mkdir(parents=True)
+    (config / "config.toml").write_text("strict_cache = true\n")
+    assert proc("ask", "a question", "--db", str(damaged)).exit_code == 1
+    (config / "config.toml").write_text("strict_cache = false\n")
+    assert proc("ask", "a question", "--db", str(damaged)).exit_code == 0
