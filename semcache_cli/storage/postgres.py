@@ -785,10 +785,10 @@ class PostgresStore:
 
     def used_bytes(self) -> int:
         """The live rows as stored (TOAST included, indexes not): what a DELETE frees for
-        reuse. The tables' files themselves shrink only with VACUUM FULL."""
-        sums = [f"(SELECT coalesce(sum(pg_column_size(t.*) + {ROW_OVERHEAD}), 0) FROM {self._s}.{table} t)"
-                for table in ("entries", "entry_vectors", "entry_codes")]
-        return int(_one(self._conn.execute("SELECT " + " + ".join(sums)))[0]) + self.log_bytes()
+        reuse. The tables' files themselves shrink only with VACUUM FULL. Each entry
+        counted as entry_sizes() counts it (with its vector and sign code), so what a
+        purge plans to free is what it frees."""
+        return sum(size for _, size in self.entry_sizes()) + self.log_bytes()
 
     def entry_sizes(self) -> list[tuple[int, int]]:
         return [(r[0], int(r[1])) for r in self._conn.execute(
