@@ -95,7 +95,9 @@ def plan(store: Store, selector: Selector, now: float, max_entries: int | None =
     selected = store.select_ids(selector, now) if not selector.is_empty() else []
     evict = lru_excess_ids(store, max_entries, set(selected)) if max_entries is not None else []
     used = store.used_bytes()
-    sizes = store.entry_sizes()
+    # every entry's size, in LRU order: only when something goes or a bound is set (a
+    # nightly --expired that matches nothing reads no more than the count)
+    sizes = store.entry_sizes() if selected or evict or max_bytes is not None else []
     gone = {*selected, *evict}
     log_freed = store.log_bytes(log_before) if log_before is not None else 0
     freed = log_freed + sum(size for entry_id, size in sizes if entry_id in gone)
@@ -130,7 +132,7 @@ def purge(
         return PurgeReport(True, len(selected), 0, len(evict), chosen.total - len(selected) - len(evict),
                            chosen.freed, log_rows, False, chosen.used - chosen.freed, chosen.max_bytes)
 
-    before, groups = store.used_bytes(), store.vector_groups()
+    before, groups = chosen.used, store.vector_groups()
     deleted = store.delete(selected, selector, now)
     # LRU eviction re-checks that the entry was not used since it was chosen.
     unused = Selector(unused_since=now)

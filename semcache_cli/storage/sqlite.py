@@ -80,6 +80,12 @@ _DAMAGED = " OR ".join([
     "(format IS NOT NULL AND NOT json_valid(format))",
     *(f"typeof({c}) != 'text'" for c in ("scope", "exact_key", "namespace", "model", "query", "response")),
 ])
+# An entry's bytes as used_bytes() counts them: its row and its vector's, packed.
+_ENTRY_SIZE = (f"""CAST((length(e.scope) + length(e.exact_key) + length(CAST(e.query AS BLOB))
+    + length(CAST(e.response AS BLOB)) + coalesce(length(CAST(e.system AS BLOB)), 0)
+    + length(e.options) + coalesce(length(e.format), 0) + coalesce(length(e.metadata), 0)
+    + coalesce(length(v.vector) + length(v.scope), 0) + {2 * ROW_HEADER:d}) * {PACKING} AS INTEGER)""")
+_ENTRY_SIZE_FROM = "FROM entries e LEFT JOIN entry_vectors v ON v.entry_id = e.id"
 _SORTS = {
     "newest": "created_at DESC, id DESC",
     "oldest": "created_at ASC, id ASC",
@@ -676,18 +682,13 @@ class SQLiteStore:
         it holds when the purge runs again."""
         page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
         trees = self._conn.execute("SELECT count(*) FROM sqlite_schema WHERE rootpage > 0").fetchone()[0]
-        entries = sum(size for _, size in self.entry_sizes())
+        entries = self._conn.execute(f"SELECT coalesce(sum({_ENTRY_SIZE}), 0) {_ENTRY_SIZE_FROM}").fetchone()[0]
         return int(page_size * (trees + 1) + entries + self.log_bytes())
 
     def entry_sizes(self) -> list[tuple[int, int]]:
         return [(r[0], r[1]) for r in self._conn.execute(
-            f"""SELECT e.id, CAST((length(e.scope) + length(e.exact_key) + length(CAST(e.query AS BLOB))
-                    + length(CAST(e.response AS BLOB)) + coalesce(length(CAST(e.system AS BLOB)), 0)
-                    + length(e.options) + coalesce(length(e.format), 0) + coalesce(length(e.metadata), 0)
-                    + coalesce(length(v.vector) + length(v.scope), 0) + {2 * ROW_HEADER:d}) * {PACKING} AS INTEGER)
-                FROM entries e LEFT JOIN entry_vectors v ON v.entry_id = e.id
-                ORDER BY coalesce(e.last_hit_at, e.created_at), e.created_at, e.id"""
-        )]
+            f"SELECT e.id, {_ENTRY_SIZE} {_ENTRY_SIZE_FROM} "
+            "ORDER BY coalesce(e.last_hit_at, e.created_at), e.created_at, e.id")]
 
     def log_bytes(self, before: float | None = None) -> int:
         return int(self._conn.execute(
