@@ -471,6 +471,10 @@ def ask(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Skip the lookup, ask the model, still store.")] = False,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store a new answer.")] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Never call the model; exit 3 on a miss.")] = False,
+    strict_cache: Annotated[
+        bool, typer.Option("--strict-cache", help=_help(
+            "Fail (exit 1) when the cache is damaged, instead of answering without it.", "strict_cache", "off"))
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the raw answer.")] = False,
     stream: Annotated[
         bool, typer.Option("--stream", help="Write a new answer as it streams even when stdout is not a terminal "
@@ -491,7 +495,7 @@ def ask(
         settings = _settings(
             {"model": model, "embed_model": embed_model, "system": system, "namespace": namespace, "ttl": ttl,
              "threshold": threshold, "min_confidence": min_confidence, "timeout": timeout, "db": db,
-             "guards": guards, "margin": margin, "scale": scale},
+             "guards": guards, "margin": margin, "scale": scale, "strict_cache": strict_cache or None},
             option,
         )
         text = read_question(question)
@@ -582,7 +586,7 @@ def purge(
                 raise UsageError(f"this would delete {_every(total)}; pass --yes to confirm (no terminal to ask)")
             return _confirm(f"Delete {_every(total)} of {location}?")
 
-        report = purging.run(settings, selector, time.time(), max_entries=max_entries, max_bytes=max_bytes,
+        report = purging.run(settings, selector, max_entries=max_entries, max_bytes=max_bytes,
                              log_older_than=log_age, dry_run=dry_run, vacuum=vacuum, confirm_all=confirm_all,
                              warn=_warn)
         if report is None:  # the person said no: their choice, not an error
@@ -636,7 +640,7 @@ def stats(
     with _errors_to_exit():
         settings = config.load_settings({"db": db, "threshold": threshold})
         window = config.parse_duration(since, "--since") if since else None
-        figures = statistics.report(settings, time.time(), window, _warn)
+        figures = statistics.report(settings, window, _warn)
         if json_output:
             text = render.stats_json(figures)
             sys.stdout.write((render.json_terminal_safe(text) if sys.stdout.isatty() else text) + "\n")
@@ -765,7 +769,9 @@ def replay(
                 warned.add(message)
                 _warn(message)
 
-        rows_file = out.open("w", encoding="utf-8") if out else None
+        from semcache_cli.outputs import open_private
+
+        rows_file = open_private(out, settings.db, "--out", _warn) if out else None
         factory, close_progress = _progress_factory()
         stop = threading.Event()
 

@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "guards": ("negation", "number", "entity", "direction"),  # all of guards.GUARDS
     "margin": 0.0,
     "scale": "calibrated",  # or "cosine": the raw cosine, as before the calibrated scale
+    "strict_cache": False,  # True: a damaged cache fails the ask instead of being left out of it
 }
 
 SCALES = ("calibrated", "cosine")
@@ -253,6 +254,18 @@ def _scale_name(value: Any, what: str) -> str:
     return str(value)
 
 
+def _switch(value: Any, what: str) -> bool:
+    """A yes/no setting: a TOML boolean, or true/false, 1/0, yes/no, on/off as text."""
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in {"true", "1", "yes", "on"}:
+        return True
+    if lowered in {"false", "0", "no", "off"}:
+        return False
+    raise UsageError(f"{what} takes true or false, got {value!r}")
+
+
 def _guard_names(value: Any, what: str) -> tuple[str, ...]:
     from semcache_cli import guards
 
@@ -276,6 +289,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "guards": _guard_names,
     "margin": _unit_interval,
     "scale": _scale_name,
+    "strict_cache": _switch,
 }
 
 
@@ -295,14 +309,7 @@ def parse_option(key: str, raw: Any, what: str = "-o") -> Any:
     if kind is list:
         return list(raw) if isinstance(raw, list) else [str(raw)]
     if kind is bool:
-        if isinstance(raw, bool):
-            return raw
-        lowered = str(raw).strip().lower()
-        if lowered in {"true", "1", "yes", "on"}:
-            return True
-        if lowered in {"false", "0", "no", "off"}:
-            return False
-        raise UsageError(f"{what}: {key} takes true or false, got {raw!r}")
+        return _switch(raw, f"{what}: {key}")
     try:
         if isinstance(raw, bool):
             raise ValueError
@@ -574,6 +581,7 @@ class Settings:
     guards: tuple[str, ...] = DEFAULTS["guards"]
     margin: float = DEFAULTS["margin"]
     scale: str = DEFAULTS["scale"]
+    strict_cache: bool = DEFAULTS["strict_cache"]
     options: dict[str, Any] = field(default_factory=dict)  # every -o option: the request's body
     db_is_default: bool = False  # only the default location is created on demand
 

@@ -9,7 +9,6 @@ nothing. The request log stays behind: it is the history of the store it was mad
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from semcache_cli.errors import UsageError
 from semcache_cli.storage import open_store, scales
+from semcache_cli.storage.models import Damaged
 from semcache_cli.storage.selector import Selector
 
 if TYPE_CHECKING:
@@ -31,6 +31,8 @@ class CopyReport:
     target: str
     read: int
     written: int  # added, or replacing an older answer
+    damaged: int = 0  # entries of the source that could not be read as stored (repaired or left out)
+    skipped: int = 0  # of those, left out: nothing in them could be trusted
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "unchanged": self.read - self.written}
@@ -41,7 +43,11 @@ def _same(a: str, b: str) -> bool:
 
     if is_database_url(a) or is_database_url(b):
         return a == b
-    return os.path.realpath(a) == os.path.realpath(b)
+    from pathlib import Path
+
+    from semcache_cli.outputs import is_store_file
+
+    return is_store_file(Path(b), a)  # via a symlink or a hard link too
 
 
 def run(settings: Settings, source: str, target: str, progress: Callable[[str, int], Callable[[int], None]],
@@ -57,7 +63,8 @@ def run(settings: Settings, source: str, target: str, progress: Callable[[str, i
         advance = progress(f"copying to {writer.location}", reader.count())
         read = written = 0
         batch = []
-        for row in reader.entries(Selector(), time.time(), "oldest", 0, with_vectors=True):
+        damaged = Damaged()
+        for row in reader.entries(Selector(), time.time(), "oldest", 0, with_vectors=True, damaged=damaged):
             batch.append(row)
             if len(batch) == BATCH:
                 written += writer.import_entries(batch)
@@ -71,4 +78,7 @@ def run(settings: Settings, source: str, target: str, progress: Callable[[str, i
         if written:  # the models' scales from what the target holds now
             scales.rebuild_all(writer)
             writer.checkpoint()
-        return CopyReport(reader.location, writer.location, read, written)
+        said = damaged.warning(reader.location, "copied")
+        if said:
+            warn(said)
+        return CopyReport(reader.location, writer.location, read, written, len(damaged.met), damaged.skipped)

@@ -25,6 +25,8 @@ from semcache_cli.errors import (
     OllamaError,
     OllamaUnreachable,
     SemcacheError,
+    StoreDamaged,
+    StoreReadOnly,
     UnreadableEntry,
     UsageError,
 )
@@ -281,7 +283,7 @@ class Engine:
         self,
         store: Store,
         client_factory: Callable[[], OllamaClient],
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         warn: Callable[[str], None] = lambda _: None,
         read_only: bool = False,
     ) -> None:
@@ -289,13 +291,27 @@ class Engine:
         self.read_only = read_only  # explanations: a scale made for one is not kept
         self._client_factory = client_factory
         self._client: OllamaClient | None = None
-        self.clock = clock
+        self.clock = clock or store.now  # the store's clock: a shared store's server's
         self.warn = warn
         self._unreadable: set[int] = set()  # entries already warned about
         self._scales: dict[tuple[str, int], Calibration | None] = {}  # per (embedding model, dims)
         self._said_unusable: set[tuple[str, int]] = set()
         self._checked: set[tuple[str, int]] = set()  # kept scales checked against the store
         self._reference_failed: set[tuple[str, int]] = set()  # said once, not tried again
+        self.store_read_only = False  # a write was refused: the store is only read from now on
+
+    def _spare(self, write: Callable[[], Any], skipped: str) -> Any:
+        """A write an ask can do without (counting a hit, the request log, a claim, an
+        answer, a scale). On a store this process may only read (a read-only file or
+        mount, a SELECT-only role), it is skipped, said once; None then."""
+        if self.store_read_only:
+            return None
+        try:
+            return write()
+        except StoreReadOnly as exc:
+            self.store_read_only = True
+            self.warn(f"{exc}; {skipped}")
+            return None
 
     @property
     def client(self) -> OllamaClient:
@@ -321,8 +337,11 @@ class Engine:
         (replay batches embeddings); otherwise it is embedded here when needed."""
         query = validate_query(req.query, req.max_query_chars)
         scope_hash, key, now = req.scope.hash, policy.exact_key(query), self.clock()
+        # --no-store keeps nothing of the question: its log row counts the ask, without
+        # the question's text or its key (a hash of it, which a guess could be checked on).
         log = LogRow(at=now, path="", namespace=req.scope.namespace, model=req.scope.model,
-                     embed_model=req.embed_model, scope=scope_hash, exact_key=key, query=query)
+                     embed_model=req.embed_model, scope=scope_hash, exact_key=key if req.store else None,
+                     query=query if req.store else None)
         ask = _Asking(req, query, scope_hash, key, now, log, on_token, vector)
 
         exact = self._exact(req, scope_hash, key, now) if req.lookup else None
@@ -357,17 +376,18 @@ class Engine:
                                    confidence=decision.confidence, cosine=decision.cosine)
         ask.detail = decision.detail
         if req.cache_only:
-            self.store.log_request(ask.log_row("miss"))
+            self._spare(lambda: self.store.log_request(ask.log_row("miss")), "the miss was not logged")
             raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set", miss_reason)
 
         claim: Claim | None = None
         failing = False
         try:
-            if req.lookup and req.store:
+            if req.lookup and req.store and not self.store_read_only:
                 from semcache_cli.singleflight import Claim
 
                 claim = Claim(self.store, scope_hash, key)
-                answered = self._claim_or_wait(req, claim)
+                answered = self._spare(functools.partial(self._claim_or_wait, req, claim),
+                                       "answered by the model, not stored")
                 if answered is not None:
                     return self._served(ask, answered)
             return self._answer(ask, claim if claim is not None and claim.held else None)
@@ -378,6 +398,8 @@ class Engine:
             if claim is not None:  # held from before its row is committed, so a signal cannot strand it
                 try:  # unless the store released it with the answer: after a failure
                     claim.release()
+                except StoreReadOnly:
+                    pass  # never taken: the store refused it (said already)
                 except SemcacheError:
                     # The store failed already (a full disk, a lost server): that error is the
                     # one to report; the lease (or, on this host, the pid) frees the claim.
@@ -390,15 +412,16 @@ class Engine:
                                 judged.verdict.confidence, None)
         outcome.saved_s, outcome.saved_tokens, outcome.metadata = entry.generation_s, entry.saved_tokens, entry.metadata
         outcome.cosine = judged.cosine
-        self.store.record_hit(entry.id, ask.now, ask.log._replace(
+        self._spare(lambda: self.store.record_hit(entry.id, ask.now, ask.log._replace(
             path=judged.source, entry_id=entry.id, similarity=judged.similarity, cosine=judged.cosine,
             confidence=judged.verdict.confidence, latency_ms=outcome.timings_ms["total"],
             saved_s=entry.generation_s, saved_tokens=entry.saved_tokens,
-        ))
+        )), "the answer was served, its hit not counted")
         return outcome
 
     def _failed(self, ask: _Asking, exc: SemcacheError, **values: Any) -> None:
-        self.store.log_request(ask.log_row("error", error=str(exc), **values))
+        self._spare(lambda: self.store.log_request(ask.log_row("error", error=str(exc), **values)),
+                    "the error was not logged")
 
     def _answer(self, ask: _Asking, claim: Claim | None) -> Outcome:
         """The miss path: ask the model, store a clean answer, log the request."""
@@ -417,9 +440,9 @@ class Engine:
         outcome.created_at = created
         outcome.expires_at = policy.expires_at(created, req.ttl)
         request_row = ask.log._replace(path="model", latency_ms=outcome.timings_ms["total"])
-        if req.store:
+        if req.store and not self.store_read_only:
             vector = ask.vector
-            outcome.entry_id = self.store.store_answer(
+            outcome.entry_id = self._spare(lambda: self.store.store_answer(
                 NewEntry(
                     scope=ask.scope_hash, exact_key=ask.key, namespace=req.scope.namespace,
                     model=policy.canonical_model(req.scope.model), system=req.scope.system, options=req.scope.options,
@@ -432,15 +455,18 @@ class Engine:
                 ),
                 request_row,
                 claim.owner if claim is not None else None,
-            )
-            if claim is not None:
-                claim.released_with_answer()
-            outcome.stored = True
-            if vector is not None:
-                self._grown(req.embed_model, len(vector), outcome.entry_id)
+            ), "answered by the model, not stored")
+            entry_id = outcome.entry_id
+            if entry_id is not None:
+                if claim is not None:
+                    claim.released_with_answer()
+                outcome.stored = True
+                if vector is not None:
+                    self._spare(lambda: self._grown(req.embed_model, len(vector), entry_id),
+                                "the similarity scale was not kept")
             ask.timer.lap("store")
         else:
-            self.store.log_request(request_row)
+            self._spare(lambda: self.store.log_request(request_row), "the request was not logged")
         outcome.timings_ms = ask.timer.total()
         return outcome
 
@@ -581,11 +607,16 @@ class Engine:
             return scales.cold(key[1], count, 0)
         top = self.store.top_entry_id()
         scale = scales.estimated(self.store, *key, top, count, reference)
-        if not self.read_only and not self.store.advance_calibration(key[0], scale, stored):
+        if self.read_only:
+            return scale
+        kept = self._spare(lambda: self.store.advance_calibration(key[0], scale, stored),
+                           "the similarity scale was not kept")
+        if kept is False:
             latest = self.store.calibration(*key)
             if latest is not None and latest.ready:
                 return latest  # another process's, made meanwhile
-            self.store.save_calibration(key[0], scale)  # the row there could not be read: replaced
+            # the row there could not be read: replaced
+            self._spare(lambda: self.store.save_calibration(key[0], scale), "the similarity scale was not kept")
         return scale
 
     def _reference(self, key: tuple[str, int]) -> Any:
@@ -712,13 +743,13 @@ def open_engine(settings: Settings, warn: Callable[[str], None] = lambda _: None
     from semcache_cli.storage import open_store
 
     store = open_store(settings, warn=warn, create=create, read_only=read_only)
+    return Engine(store, lambda: _client(settings), warn=warn, read_only=read_only)
 
-    def client() -> OllamaClient:
-        from semcache_cli.ollama import OllamaClient
 
-        return OllamaClient(settings.ollama_url, settings.timeout)
+def _client(settings: Settings) -> OllamaClient:
+    from semcache_cli.ollama import OllamaClient
 
-    return Engine(store, client, warn=warn, read_only=read_only)
+    return OllamaClient(settings.ollama_url, settings.timeout)
 
 
 def request_from(settings: Settings, query: str, format: Any = None, *, lookup: bool = True, store: bool = True,
@@ -753,8 +784,39 @@ def run_ask(
     on_token: Callable[[str], None] | None = None,
     warn: Callable[[str], None] = lambda _: None,
 ) -> Outcome:
-    """One `semcache ask`: open, ask, close."""
+    """One `semcache ask`: open, ask, close. The cache is an optimisation: when its store
+    turns out damaged (at opening, or during the lookup, before any of the answer was
+    written), the model answers without it, with one warning, unless the settings ask
+    for strictness (strict_cache) or for the cache alone (cache_only)."""
     request = request_from(settings, query, format, lookup=lookup, store=store, cache_only=cache_only)
     validate_query(request.query, request.max_query_chars)  # before touching the database
-    with open_engine(settings, warn) as engine:
-        return engine.ask(request, on_token or (lambda _: None))
+    on_token = on_token or (lambda _: None)
+    written = False
+
+    def tokens(token: str) -> None:
+        nonlocal written
+        written = True
+        on_token(token)
+
+    try:
+        with open_engine(settings, warn) as engine:
+            return engine.ask(request, tokens)
+    except StoreDamaged as exc:
+        if settings.strict_cache or cache_only or written:
+            raise
+        return without_cache(settings, request, on_token, warn, exc)
+
+
+def without_cache(settings: Settings, request: AskRequest, on_token: Callable[[str], None],
+                  warn: Callable[[str], None], damage: StoreDamaged) -> Outcome:
+    """The model's answer, with the cache left out: looked up in nothing, stored nowhere."""
+    from dataclasses import replace
+
+    from semcache_cli.storage import scratch_store
+
+    warn(f"{damage}; the cache was not used: the model answered, nothing was stored")
+    engine = Engine(scratch_store(settings.db), lambda: _client(settings), warn=warn)
+    with engine:
+        outcome = engine.ask(replace(request, lookup=False, store=False), on_token)
+    outcome.miss_reason = policy.CACHE_UNUSABLE
+    return outcome

@@ -7,6 +7,8 @@ Connection and database errors are translated into these at the edge (ollama.py,
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -67,6 +69,12 @@ class StoreDamaged(StoreError):
     kind = "store_damaged"
 
 
+class StoreReadOnly(StoreError):
+    """The store may be read but not written here: a read-only file, directory or mount,
+    a role with SELECT only, a standby server. An ask still serves what it finds; the
+    writes it could do without (counting a hit, the log, storing) are skipped."""
+
+
 class StoreUnreachable(StoreError):
     """A store on a server cannot be reached, refuses the connection, or stopped
     answering (connection lost, statement timeout)."""
@@ -82,13 +90,19 @@ class StoreFull(StoreError):
 
 
 class UnreadableEntry(StoreError):
-    """One stored entry cannot be decoded; the rest of the store is fine."""
+    """One stored entry cannot be decoded; the rest of the store is fine. `fields` names
+    the damaged ones; `repaired` is the entry with them reset to neutral values (no hits,
+    no metadata...) when none of them is the question, the answer, its scope or its
+    dates, else None. Never served from: a listing may show or copy the repair."""
 
     kind = "unreadable_entry"
 
-    def __init__(self, entry_id: int) -> None:
-        super().__init__(f"entry {entry_id} of the cache cannot be read (its stored fields are damaged)")
+    def __init__(self, entry_id: int, fields: tuple[str, ...] = (), repaired: Any = None) -> None:
+        said = f": {', '.join(fields)}" if fields else ""
+        super().__init__(f"entry {entry_id} of the cache cannot be read (its stored fields are damaged{said})")
         self.entry_id = entry_id
+        self.fields = fields
+        self.repaired: Any = repaired  # a storage.models.Entry (not imported: errors imports nothing)
 
 
 class CacheOnlyMiss(SemcacheError):

@@ -4,12 +4,13 @@ the explanation of a lookup (--similar), which runs the engine's own code."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from semcache_cli.errors import UsageError
+from semcache_cli.errors import UnreadableEntry, UsageError
 from semcache_cli.storage import open_store
-from semcache_cli.storage.models import SORTS, Entry
+from semcache_cli.storage.models import SORTS, Damaged, Entry
 from semcache_cli.storage.selector import Selector
 
 if TYPE_CHECKING:
@@ -24,15 +25,23 @@ def check_sort(sort: str) -> str:
     return sort
 
 
-def list_entries(
-    store: Store, selector: Selector, now: float, sort: str = "newest", limit: int = 0, with_vectors: bool = False
-) -> Iterator[tuple[Entry, Sequence[float] | None]]:
-    """Entries matching the selector, with their vector when asked; limit 0 = all."""
-    return store.entries(selector, now, check_sort(sort), limit, with_vectors)
+def on_store_clock(store: Store, now: float) -> float:
+    """A time of this machine's clock on the store's (a shared store's server's), so that
+    --expired and --live, and what ask would do, hold whatever this machine's clock says."""
+    return now + (store.now() - time.time())
 
 
-def get_entry(store: Store, entry_id: int) -> tuple[Entry, Sequence[float] | None]:
-    entry = store.get(entry_id)
+def get_entry(store: Store, entry_id: int, warn: Callable[[str], None] = lambda _: None,
+              ) -> tuple[Entry, Sequence[float] | None]:
+    """The entry and its vector; a damaged one is shown repaired, with a warning, when
+    only its counters and notes are damaged."""
+    try:
+        entry = store.get(entry_id)
+    except UnreadableEntry as exc:
+        if exc.repaired is None:
+            raise
+        warn(Damaged.of(exc).warning(store.location, "shown") or "")
+        entry = exc.repaired
     if entry is None:
         raise UsageError(f"no entry {entry_id} in {store.location} (semcache inspect lists them)")
     return entry, store.vector_of(entry_id)
@@ -40,7 +49,7 @@ def get_entry(store: Store, entry_id: int) -> tuple[Entry, Sequence[float] | Non
 
 def show(settings: Settings, entry_id: int, warn: Callable[[str], None]) -> tuple[Entry, Sequence[float] | None]:
     with open_store(settings, warn, read_only=True) as store:
-        return get_entry(store, entry_id)
+        return get_entry(store, entry_id, warn)
 
 
 def listing(settings: Settings, selector: Selector, now: float, sort: str, limit: int, with_vectors: bool,
@@ -51,8 +60,12 @@ def listing(settings: Settings, selector: Selector, now: float, sort: str, limit
     store = open_store(settings, warn, read_only=True)
 
     def rows() -> Iterator[tuple[Entry, Sequence[float] | None]]:
+        damaged = Damaged()
         with store:
-            yield from list_entries(store, selector, now, sort, limit, with_vectors)
+            yield from store.entries(selector, on_store_clock(store, now), sort, limit, with_vectors, damaged)
+        said = damaged.warning(store.location, "shown")
+        if said:
+            warn(said)
 
     return rows()
 
@@ -63,7 +76,8 @@ def explain(settings: Settings, request: AskRequest, limit: int, now: float, wit
     from semcache_cli.engine import open_engine
 
     with open_engine(settings, warn=warn, read_only=True) as engine:
-        engine.clock = lambda: now
+        at = on_store_clock(engine.store, now)
+        engine.clock = lambda: at
         explanation = engine.explain(request, limit)
         candidates = ([explanation.exact] if explanation.exact else []) + explanation.neighbours
         vectors = {judged.entry.id: engine.store.vector_of(judged.entry.id) for judged in candidates} \

@@ -27,6 +27,7 @@ AMBIGUOUS = "ambiguous"  # margin rule: two different answers nearly tied
 CALIBRATING = "calibrating"  # too few vectors of the embedding model stored for a semantic hit
 EMBED_FAILED = "embed_failed"  # the embedding model is missing or failed: no semantic layer for this ask
 TOO_LONG_TO_EMBED = "too_long_to_embed"  # longer than the embedding model's context: exact layer only
+CACHE_UNUSABLE = "cache_unusable"  # the store is damaged: the model answered, the cache was left out
 GUARD_PREFIX = "guard:"  # guard:negation, guard:number, ...
 
 # Default weights of the confidence score: similarity matters most, freshness decays

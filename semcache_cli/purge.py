@@ -11,15 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from semcache_cli.errors import UsageError
 from semcache_cli.storage import open_store, scales
 from semcache_cli.storage.selector import Selector
 
 if TYPE_CHECKING:
     from semcache_cli.config import Settings
     from semcache_cli.storage.port import Store
-
-MAX_SIZE_ROUNDS = 4
-
 
 @dataclass
 class PurgeReport:
@@ -38,54 +36,82 @@ class PurgeReport:
         return dict(self.__dict__)
 
 
+def names_content(selector: Selector) -> bool:
+    """The selector names entries by what they hold (namespace, model, embedding model,
+    text, ids) and by nothing else: their request-log rows go with them. One that also
+    names a time (--expired, --older-than) or everything leaves the log to
+    --log-older-than."""
+    return bool(selector.namespace or selector.model or selector.embed_model or selector.grep or selector.ids) \
+        and not (selector.expired or selector.live or selector.older_than is not None or selector.all
+                 or selector.unused_since is not None)
+
+
 def lru_excess_ids(store: Store, max_entries: int, exclude: set[int]) -> list[int]:
     """Least recently used entries (last hit, then creation) beyond max_entries."""
     return [entry_id for entry_id in store.lru_ids() if entry_id not in exclude][max_entries:]
 
 
-def size_excess_ids(store: Store, max_bytes: int, exclude: set[int]) -> list[int]:
-    """Least recently used entries whose removal (with the excluded ones, which go
-    anyway) brings the bytes in use under max_bytes. Each entry is charged its data
-    scaled by the store's own ratio of bytes in use to data, so index entries and part-
-    full pages are shared out in proportion; the request log keeps its share."""
-    used = store.used_bytes()
-    excess = used - max_bytes
-    if excess <= 0:
-        return []
-    sizes = store.entry_sizes()
-    scale = used / max(1, sum(size for _, size in sizes) + store.log_bytes())
-    freed = scale * sum(size for entry_id, size in sizes if entry_id in exclude)
+def size_excess_ids(sizes: list[tuple[int, int]], excess: int, gone: set[int]) -> list[int]:
+    """Least recently used entries, beyond those going anyway, whose sizes (`sizes`, in
+    LRU order, in the units of used_bytes) add up to `excess`: the fewest that bring the
+    store under its bound. The sizes come from the data, so the real run deletes exactly
+    what its dry run listed, and a second run finds the store under the bound."""
     chosen: list[int] = []
     for entry_id, size in sizes:
-        if freed >= excess:
+        if excess <= 0:
             break
-        if entry_id not in exclude:
+        if entry_id not in gone:
             chosen.append(entry_id)
-            freed += scale * size
+            excess -= size
     return chosen
 
 
 @dataclass
 class Plan:
-    """What a purge would delete, chosen once and shown to the confirmation step."""
+    """What a purge would delete, chosen once and shown to the confirmation step, with
+    the bytes in use now and what deleting it (and the log rows) takes off them."""
 
     selected: list[int]
     evict: list[int]
     total: int
     max_bytes: int | None = None
+    used: int = 0
+    freed: int = 0
 
     @property
     def deletes_everything(self) -> bool:
         return self.total > 0 and len(self.selected) + len(self.evict) == self.total
 
 
+def _kb(count: int) -> str:
+    return f"{count / 1000:,.1f} KB"
+
+
 def plan(store: Store, selector: Selector, now: float, max_entries: int | None = None,
-         max_bytes: int | None = None) -> Plan:
+         max_bytes: int | None = None, log_before: float | None = None) -> Plan:
+    """The entries a purge deletes. A size bound that deleting every entry (and the log
+    rows that go) would still not meet is refused here, before anything is deleted: the
+    rest is the schema and the request log, which eviction cannot shrink."""
     selected = store.select_ids(selector, now) if not selector.is_empty() else []
     evict = lru_excess_ids(store, max_entries, set(selected)) if max_entries is not None else []
-    if max_bytes is not None:
-        evict += size_excess_ids(store, max_bytes, {*selected, *evict})
-    return Plan(selected, evict, store.count(), max_bytes)
+    used = store.used_bytes()
+    # every entry's size, in LRU order: only when something goes or a bound is set (a
+    # nightly --expired that matches nothing reads no more than the count)
+    sizes = store.entry_sizes() if selected or evict or max_bytes is not None else []
+    gone = {*selected, *evict}
+    log_freed = store.log_bytes(log_before) if log_before is not None else 0
+    freed = log_freed + sum(size for entry_id, size in sizes if entry_id in gone)
+    if max_bytes is not None and used - freed > max_bytes:
+        floor = used - log_freed - sum(size for _, size in sizes)
+        if floor > max_bytes:
+            raise UsageError(
+                f"--max-size {_kb(max_bytes)} cannot be met: with no entries at all the cache would still take "
+                f"{_kb(floor)} (the schema and the request log); nothing was deleted. Give a larger "
+                "bound, or trim the request log (--log-older-than)")
+        more = size_excess_ids(sizes, used - freed - max_bytes, gone)
+        freed += sum(size for entry_id, size in sizes if entry_id in set(more))
+        evict += more
+    return Plan(selected, evict, store.count(), max_bytes, used, freed)
 
 
 def purge(
@@ -99,21 +125,25 @@ def purge(
     vacuum: bool = False,
 ) -> PurgeReport:
     selected, evict = chosen.selected, chosen.evict
-    if dry_run:
-        return PurgeReport(True, len(selected), 0, len(evict), chosen.total - len(selected) - len(evict), 0, 0, False,
-                           store.used_bytes(), chosen.max_bytes)
+    if dry_run:  # the figures the real run reports, unless the store changes in between
+        log_rows = store.count_log_before(now - log_older_than) if log_older_than is not None else 0
+        if names_content(selector):
+            log_rows += store.delete_log_of(selector, selected, dry_run=True)
+        return PurgeReport(True, len(selected), 0, len(evict), chosen.total - len(selected) - len(evict),
+                           chosen.freed, log_rows, False, chosen.used - chosen.freed, chosen.max_bytes)
 
-    before, groups = store.used_bytes(), store.vector_groups()
+    before, groups = chosen.used, store.vector_groups()
     deleted = store.delete(selected, selector, now)
     # LRU eviction re-checks that the entry was not used since it was chosen.
     unused = Selector(unused_since=now)
     evicted = store.delete(evict, unused, now)
-    if chosen.max_bytes is not None:
-        evicted += _settle_size(store, chosen, now)
     if deleted or evicted:
         store.compact()
         scales.shrunk(store, groups)
-    log_rows = store.delete_log_before(now - log_older_than) if log_older_than is not None else 0
+    # What a content selector names goes from the request log too: a question purged by
+    # --grep or --namespace must not stay readable there (replay --from-log).
+    log_rows = store.delete_log_of(selector, selected) if names_content(selector) else 0
+    log_rows += store.delete_log_before(now - log_older_than) if log_older_than is not None else 0
     if vacuum:
         store.vacuum()
     if deleted or evicted or log_rows:
@@ -123,28 +153,17 @@ def purge(
                        used, chosen.max_bytes)
 
 
-def _settle_size(store: Store, chosen: Plan, now: float) -> int:
-    """The size plan is an estimate; pages left part-full can keep the store over the
-    bound. Evict further by measurement, a few rounds at most, and never the last
-    entries unless the user already agreed to delete everything."""
-    evicted = 0
-    for _ in range(MAX_SIZE_ROUNDS):
-        more = size_excess_ids(store, chosen.max_bytes or 0, set())
-        remaining = store.count()
-        if not more or (len(more) >= remaining and not chosen.deletes_everything):
-            break
-        evicted += store.delete(more, Selector(unused_since=now), now)
-    return evicted
-
-
-def run(settings: Settings, selector: Selector, now: float, *, max_entries: int | None, max_bytes: int | None,
+def run(settings: Settings, selector: Selector, *, max_entries: int | None, max_bytes: int | None,
         log_older_than: float | None, dry_run: bool, vacuum: bool, confirm_all: Callable[[int, str], bool],
         warn: Callable[[str], None]) -> PurgeReport | None:
     """One `semcache purge`: plan, have `confirm_all(count, location)` approve deleting
     every entry (False: the user said no, and nothing is done: None; it raises when it
-    cannot ask), delete. A dry run only reads."""
+    cannot ask), delete. A dry run only reads. Ages and expiry are judged on the store's
+    clock: a client whose clock is days fast deletes no live entry of a shared store."""
     with open_store(settings, warn, read_only=dry_run) as store:
-        chosen = plan(store, selector, now, max_entries, max_bytes)
+        now = store.now()
+        log_before = now - log_older_than if log_older_than is not None else None
+        chosen = plan(store, selector, now, max_entries, max_bytes, log_before)
         if chosen.deletes_everything and not dry_run and not confirm_all(chosen.total, store.location):
             return None
         return purge(store, selector, now, chosen, log_older_than=log_older_than, dry_run=dry_run, vacuum=vacuum)

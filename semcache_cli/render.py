@@ -53,12 +53,14 @@ def purge_line(report: dict[str, Any]) -> str:
         text += f" ({report['evicted']:,} least recently used)"
     if not report["dry_run"]:
         text += f", {human_bytes(report['bytes_freed'])} freed"
+    elif report["max_bytes"] is not None:
+        text += f", {human_bytes(report['bytes_freed'])} to free"
     if report["log_rows_deleted"]:
         text += f", {counted(report['log_rows_deleted'], 'log row')}"
     text += f"; {report['remaining']:,} left"
     if not report["dry_run"] and report["max_bytes"] is not None and report["bytes_in_use"] > report["max_bytes"]:
         text += (f"; still {human_bytes(report['bytes_in_use'])} in use, over --max-size "
-                 "(the rest is the request log, the schema and the entries kept)")
+                 "(entries used while it ran were kept)")
     return f"{PREFIX}: {text}"
 
 

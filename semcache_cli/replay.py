@@ -129,6 +129,8 @@ def from_log(settings: Settings, since: float | None) -> list[ReplayQuery]:
 
     store = open_store(settings, read_only=True)
     try:
+        if since is not None:  # a time of this machine's clock, on the store's (a shared store's server's)
+            since += store.now() - time.time()
         return [ReplayQuery(row.id or 0, row.query, namespace=row.namespace, model=row.model)
                 for row in store.request_log(since) if row.query is not None]
     finally:

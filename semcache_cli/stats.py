@@ -46,6 +46,8 @@ def stored(store: Store, now: float) -> dict[str, Any]:
         "by_namespace": counts.by_namespace,
         "by_model": counts.by_model,
         "by_embed_model": counts.by_embed_model,
+        "damaged": counts.damaged,  # entries whose stored fields are damaged (a file edited by hand)
+        "damaged_ids": list(counts.damaged_ids),  # the first few
     }
 
 
@@ -96,12 +98,19 @@ def similarity_bins(store: Store, since: float | None, threshold: float) -> list
     return [Bin(round(edges[i], 4), round(edges[i + 1], 4), h, m) for i, (h, m) in enumerate(counts)]
 
 
-def report(settings: Settings, now: float, since_s: float | None, warn: Callable[[str], None]) -> dict[str, Any]:
-    """One `semcache stats`: the figures of the settings' store."""
+def report(settings: Settings, since_s: float | None, warn: Callable[[str], None]) -> dict[str, Any]:
+    """One `semcache stats`: the figures of the settings' store, as of its own clock."""
     from semcache_cli.storage import open_store
 
     with open_store(settings, warn, read_only=True) as store:
-        return collect(store, now, since_s, settings.threshold)
+        figures = collect(store, store.now(), since_s, settings.threshold)
+    count, ids = figures["entries"]["damaged"], figures["entries"]["damaged_ids"]
+    if count:
+        listed = ", ".join(map(str, ids)) + (", ..." if count > len(ids) else "")
+        warn(f"{count:,} damaged entr{'y' if count == 1 else 'ies'} in {figures['database']} (entry {listed}): "
+             f"counted, but left out of the top entries and dates; "
+             f"semcache purge {' '.join(f'--id {i}' for i in ids)} removes {'it' if count == 1 else 'them'}")
+    return figures
 
 
 def collect(store: Store, now: float, since_s: float | None, threshold: float) -> dict[str, Any]:

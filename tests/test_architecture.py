@@ -16,8 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "semcache_cli"
 ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
     "cli": {"config", "errors", "inputs", "render", "engine", "inspection", "purge", "stats", "replay", "copying",
-            "calibrate", "storage.models", "storage.selector"},
-    "copying": {"config", "errors", "storage", "storage.scales", "storage.selector"},
+            "calibrate", "outputs", "storage.models", "storage.selector"},
+    "outputs": {"config", "errors"},
+    "copying": {"config", "errors", "outputs", "storage", "storage.models", "storage.scales", "storage.selector"},
     "calibrate": {"config", "engine", "storage.scales"},
     "inspection": {"config", "errors", "engine", "storage", "storage.models", "storage.port", "storage.selector"},
     "purge": {"config", "errors", "storage", "storage.port", "storage.scales", "storage.selector"},

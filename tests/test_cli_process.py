@@ -51,7 +51,7 @@ def test_exit_codes_as_a_process(ollama: FakeOllama) -> None:
 def test_errors_are_one_line_never_a_traceback(ollama: FakeOllama, tmp_path: Path) -> None:
     not_a_db = tmp_path / "notes.db"
     not_a_db.write_text("just text\n" * 50)
-    result = run_proc("ask", Q, "--db", str(not_a_db))
+    result = run_proc("ask", Q, "--db", str(not_a_db), "--strict-cache")  # without: answered (test_operations.py)
     assert result.exit_code == 1
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
     assert "not a usable SQLite database" in result.stderr

@@ -198,12 +198,26 @@ def test_max_size_with_vacuum_bounds_the_file(big_cache: Path) -> None:
 
 
 def test_max_size_below_any_entry_needs_yes(big_cache: Path) -> None:
-    refused = run_cli("purge", "--max-size", "1KB")
+    with cache_at(big_cache) as store:  # what the store takes with no entries
+        floor = store.used_bytes() - sum(size for _, size in store.entry_sizes())
+    refused = run_cli("purge", "--max-size", str(floor + 10))
     assert refused.exit_code == 2 and "would delete all 600 entries" in refused.stderr
     assert len(queries(big_cache)) == 600
-    done = run_cli("purge", "--max-size", "1KB", "--yes")
+    done = run_cli("purge", "--max-size", str(floor + 10), "--yes", "--json")
     assert done.exit_code == 0 and queries(big_cache) == []
-    assert "over --max-size (the rest is the request log, the schema and the entries kept)" in done.stderr
+    assert json.loads(done.stdout)["bytes_in_use"] == floor
+
+
+def test_max_size_no_purge_can_meet_is_refused_before_deleting(big_cache: Path) -> None:
+    """Issue 23: a bound under what the store takes with no entries exited 0 after
+    deleting everything; now it is refused (exit 2) and nothing goes."""
+    for extra in ([], ["--yes"], ["--dry-run"]):
+        result = run_proc("purge", "--max-size", "1KB", *extra)
+        assert result.exit_code == 2, result.stderr
+        assert result.stderr.startswith("semcache: error: --max-size 1.0 KB cannot be met: with no entries at all "
+                                        "the cache would still take ")
+        assert "nothing was deleted" in result.stderr and "Traceback" not in result.stderr
+        assert len(queries(big_cache)) == 600
 
 
 def test_log_retention(isolated_env: Path) -> None:

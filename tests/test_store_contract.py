@@ -458,6 +458,45 @@ def test_size_accounting_follows_the_data(backend_store: Store) -> None:
     assert sum(size for _, size in backend_store.entry_sizes()) < data / 3
 
 
+def test_used_bytes_is_what_no_entry_holds_plus_each_entry(backend_store: Store) -> None:
+    """What purge plans on (issue 23): deleting entries takes exactly their entry_sizes()
+    off used_bytes(), whatever pages they leave part-full, so a dry run can tell the
+    real run's figures and a second run finds the store as the first one left it."""
+    rng = np.random.default_rng(2)
+    ids = backend_store.store_many([answer(f"q{i}", rng.bytes(int(rng.integers(100, 3000))).hex(), vector=unit(v))
+                                    for i, v in enumerate(rng.standard_normal((200, 384)))])
+    for age in (100.0, 50.0, 10.0):
+        backend_store.log_request(LogRow(at=NOW - age, path="miss", query="a logged question"))
+    used, sizes = backend_store.used_bytes(), dict(backend_store.entry_sizes())
+    gone = ids[10:150:2]
+    backend_store.delete(gone, Selector(), NOW)
+    backend_store.compact()
+    assert backend_store.used_bytes() == used - sum(sizes[i] for i in gone)
+    assert backend_store.count_log_before(NOW - 30) == 2
+    before = backend_store.log_bytes(NOW - 30)
+    assert 0 < before < backend_store.log_bytes()
+    assert backend_store.delete_log_before(NOW - 30) == 2
+    assert backend_store.used_bytes() == used - sum(sizes[i] for i in gone) - before
+    assert backend_store.count_log_before(NOW - 30) == 0 and backend_store.log_bytes(NOW - 30) == 0
+
+
+def test_the_log_rows_a_content_selector_names(backend_store: Store) -> None:
+    rows = [LogRow(at=NOW, path="model", namespace="team", model="llama3.2", query="Reset my PASSWORD"),
+            LogRow(at=NOW, path="semantic", namespace="default", model="llama3.2:latest", query="forgot login",
+                   entry_id=7),
+            LogRow(at=NOW, path="model", namespace="default", model="qwen2.5", query="what time is it"),
+            LogRow(at=NOW, path="model", namespace="default", model="LLAMA3.2", query=None)]
+    for row in rows:
+        backend_store.log_request(row)
+    assert backend_store.delete_log_of(Selector(grep="password"), [7], dry_run=True) == 2
+    assert backend_store.delete_log_of(Selector(model="llama3.2"), [], dry_run=True) == 3
+    assert backend_store.delete_log_of(Selector(namespace="default", model="qwen2.5"), [], dry_run=True) == 1
+    assert len(list(backend_store.request_log())) == 4  # counting deletes nothing
+    assert backend_store.delete_log_of(Selector(grep="password"), [7]) == 2
+    assert [row.query for row in backend_store.request_log()] == ["what time is it", None]
+    assert backend_store.delete_log_of(Selector(ids=[1]), []) == 0
+
+
 def test_another_connection_sees_the_same_store(backend_store: Store) -> None:
     entry_id = backend_store.store_answer(answer())
     other = backend_store.reopen()

@@ -46,3 +46,11 @@ def open_store(settings: Settings, warn: Callable[[str], None] | None = None, cr
         return SQLiteStore.empty(path)
     return SQLiteStore.open(path, create_parent=settings.db_is_default, warn=warn, create=create,
                             read_only=read_only, private=settings.db_is_default)
+
+
+def scratch_store(location: str) -> Store:
+    """An empty store in memory, named after `location`: what an ask uses when the real
+    one cannot be (damaged), so the pipeline runs unchanged and keeps nothing."""
+    from semcache_cli.storage.sqlite import SQLiteStore
+
+    return SQLiteStore.empty(Path(location))

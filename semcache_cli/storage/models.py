@@ -11,7 +11,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -48,22 +48,42 @@ class Entry(NamedTuple):
     def from_stored(cls, values: Sequence[Any]) -> Entry:
         """An entry from its stored values in ENTRY_FIELDS order, the JSON fields as text.
         Every field is checked for type and range: a row that does not hold (written by
-        a broken version, or by hand) is UnreadableEntry, never a half-built entry that
-        breaks an ask or a date later."""
+        a broken version, or by hand) is UnreadableEntry (naming the fields, and with
+        the entry repaired when only its counters and notes are damaged), never a
+        half-built entry that breaks an ask or a date later."""
         data = dict(zip(ENTRY_FIELDS, values, strict=True))
-        try:
-            data["options"] = json.loads(data["options"] or "{}")
-            data["format"] = json.loads(data["format"]) if data["format"] else None
-            data["metadata"] = json.loads(data["metadata"] or "{}")
-        except (TypeError, ValueError, RecursionError):
-            raise UnreadableEntry(data["id"]) from None
+        bad: list[str] = []
+        for name in ("options", "format", "metadata"):
+            try:
+                text = data[name]
+                data[name] = json.loads(text) if text else ({} if name != "format" else None)
+            except (TypeError, ValueError, RecursionError):
+                bad.append(name)
         for name, check in _CHECKS.items():
             value = data[name]
-            if not check(value):
-                raise UnreadableEntry(data["id"])
-            if isinstance(value, int) and name in _FLOATS:
+            if name not in bad and not check(value):
+                bad.append(name)
+            elif isinstance(value, int) and name in _FLOATS:
                 data[name] = float(value)
+        if bad:
+            repaired = cls(**{**data, **{name: _REPAIRS[name] for name in bad}}) \
+                if all(name in _REPAIRS for name in bad) else None
+            raise UnreadableEntry(data["id"] if type(data["id"]) is int else -1, tuple(bad), repaired)
         return cls(**data)
+
+    @classmethod
+    def decode(cls, values: Sequence[Any], damaged: Callable[[UnreadableEntry], None] | None) -> Entry | None:
+        """from_stored for a listing that goes on past a damaged entry: without `damaged`,
+        it raises as from_stored does; with it, the damage is passed to `damaged` and the
+        repaired entry (or None: skip it) returned. The one place a listing meets it."""
+        try:
+            return cls.from_stored(values)
+        except UnreadableEntry as exc:
+            if damaged is None:
+                raise
+            damaged(exc)
+            repaired: Entry | None = exc.repaired
+            return repaired
 
     @property
     def saved_tokens(self) -> int:
@@ -73,6 +93,41 @@ class Entry(NamedTuple):
         """The values of STORED_FIELDS, JSON fields as text: the entry as another store
         keeps it, hits and all (copy)."""
         return _as_stored(self._asdict())
+
+
+class Damaged:
+    """The damaged entries one listing met (pass it as `damaged`), for the one warning
+    the command gives at the end: which entries, which fields, how many."""
+
+    def __init__(self) -> None:
+        self.met: list[UnreadableEntry] = []
+
+    @classmethod
+    def of(cls, exc: UnreadableEntry) -> Damaged:
+        damaged = cls()
+        damaged(exc)
+        return damaged
+
+    def __call__(self, exc: UnreadableEntry) -> None:
+        self.met.append(exc)
+
+    @property
+    def skipped(self) -> int:
+        return sum(exc.repaired is None for exc in self.met)
+
+    def warning(self, location: str, kept: str) -> str | None:
+        """One line, or None when every entry was sound; `kept` says what became of a
+        repaired one ("shown", "copied")."""
+        if not self.met:
+            return None
+        shown = self.met[:5]
+        parts = [f"entry {exc.entry_id} ({', '.join(exc.fields)}) "
+                 f"{kept + ' with those fields reset' if exc.repaired is not None else 'left out'}" for exc in shown]
+        more = f" and {len(self.met) - len(shown):,} more" if len(self.met) > len(shown) else ""
+        count = len(self.met)
+        ids = " ".join(f"--id {exc.entry_id}" for exc in shown)
+        return (f"{count:,} damaged entr{'y' if count == 1 else 'ies'} in {location}: {'; '.join(parts)}{more}; "
+                f"semcache purge {ids} removes {'it' if count == 1 else 'them'}")
 
 
 # Times are seconds since the epoch that a date can show (up to the year 9999).
@@ -112,6 +167,12 @@ _CHECKS = {
     "done_reason": _optional_text, "metadata": lambda v: isinstance(v, dict),
 }
 _FLOATS = frozenset({"created_at", "ttl", "expires_at", "last_hit_at", "generation_s"})
+# What a damaged counter or note is reset to: nothing an ask decides on (the question, the
+# answer, the scope, the dates) is ever guessed.
+_REPAIRS: dict[str, Any] = {
+    "hits": 0, "last_hit_at": None, "prompt_tokens": None, "completion_tokens": None, "generation_s": None,
+    "done_reason": None, "metadata": {}, "ttl": None, "embed_model": None, "dims": None,
+}
 
 ENTRY_FIELDS: tuple[str, ...] = Entry._fields
 # The fields an answer is stored with (all but the id), in the order of stored_values().
@@ -204,6 +265,8 @@ class EntryCounts(NamedTuple):
     by_namespace: dict[str, int]
     by_model: dict[str, int]
     by_embed_model: dict[str, int]
+    damaged: int = 0  # entries whose stored fields do not hold what they should
+    damaged_ids: tuple[int, ...] = ()  # the first few of them
 
 
 class RequestCounts(NamedTuple):

@@ -20,7 +20,7 @@ message that says what to do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from semcache_cli.storage.models import (
@@ -36,6 +36,7 @@ from semcache_cli.storage.models import (
 from semcache_cli.storage.selector import Selector
 
 if TYPE_CHECKING:
+    from semcache_cli.errors import UnreadableEntry
     from semcache_cli.vectors import Calibration
 
 
@@ -125,9 +126,12 @@ class Store(Protocol):
     # -- listing and selecting ---------------------------------------------------------
 
     def entries(self, selector: Selector, now: float, sort: str = "newest", limit: int = 0,
-                with_vectors: bool = False) -> Iterator[tuple[Entry, Sequence[float] | None]]:
+                with_vectors: bool = False, damaged: Callable[[UnreadableEntry], None] | None = None,
+                ) -> Iterator[tuple[Entry, Sequence[float] | None]]:
         """Entries matching the selector in `sort` order (models.SORTS), streamed; with
-        their vectors when asked. limit 0: all."""
+        their vectors when asked. limit 0: all. An entry that cannot be decoded raises
+        UnreadableEntry, unless `damaged` is given: then it gets the error and the
+        listing goes on with the repaired entry, or past it (models.Entry.decode)."""
 
     def vector_of(self, entry_id: int) -> Sequence[float] | None:
         ...
@@ -147,6 +151,14 @@ class Store(Protocol):
 
     def delete_log_before(self, at: float) -> int:
         ...
+
+    def delete_log_of(self, selector: Selector, entry_ids: Sequence[int], dry_run: bool = False) -> int:
+        """Delete the request-log rows a content selector (namespace, model, embedding
+        model, text, ids) names by their own fields, and those of the entries
+        `entry_ids` (a hit on a paraphrase); dry_run: only count them. Returns how many."""
+
+    def count_log_before(self, at: float) -> int:
+        """How many request-log rows delete_log_before(at) would delete."""
 
     def request_log(self, since: float | None = None) -> Iterator[LogRow]:
         """The request log's rows (with their ids) in the order they were logged."""
@@ -172,14 +184,18 @@ class Store(Protocol):
         """What the store takes on disk."""
 
     def used_bytes(self) -> int:
-        """What its data takes, in the backend's own terms (pages in use, relation sizes):
-        the figure --max-size bounds."""
+        """What its data takes, in the backend's own terms (the file as VACUUM packs it,
+        the live rows as stored), computed from the data alone: the figure --max-size
+        bounds. It is the part no entry holds plus every entry's entry_sizes() figure,
+        so a purge can tell in advance what deleting some entries leaves."""
 
     def entry_sizes(self) -> list[tuple[int, int]]:
-        """(id, bytes of data) of every entry with its vector, least recently used first."""
+        """(id, bytes) of every entry with its vector, least recently used first, in the
+        units of used_bytes(): what deleting it takes off that figure."""
 
-    def log_bytes(self) -> int:
-        """Bytes of data of the request log."""
+    def log_bytes(self, before: float | None = None) -> int:
+        """Bytes of data of the request log (of its rows logged before `before`), in the
+        units of used_bytes()."""
 
     def compact(self) -> None:
         """Tidy the search index after deletions."""
@@ -189,6 +205,11 @@ class Store(Protocol):
 
     def checkpoint(self) -> None:
         """Fold any write-ahead log into the store, after a command that wrote a lot."""
+
+    def now(self) -> float:
+        """The store's clock, in seconds since the epoch: what entry times (created, expires,
+        last hit) and the request log are stamped with and what expiry and age are judged
+        against. A shared store's is its server's, so clients need not agree on the time."""
 
     def reopen(self) -> Store:
         """Another connection to the same store, for another thread."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+import time
 import urllib.parse
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,7 +41,15 @@ import psycopg
 
 from semcache_cli import policy
 from semcache_cli.config import MASK, SECRET_PARAMETERS, masked_url, url_secrets
-from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, StoreUnreachable, UsageError
+from semcache_cli.errors import (
+    StoreDamaged,
+    StoreError,
+    StoreFull,
+    StoreReadOnly,
+    StoreUnreachable,
+    UnreadableEntry,
+    UsageError,
+)
 from semcache_cli.storage.models import (
     CALIBRATION_COLUMNS,
     ENTRY_FIELDS,
@@ -148,15 +157,19 @@ def server_error(exc: BaseException, location: str, secrets: list[str], timeout_
         return StoreUnreachable(f"the cache store {location} did not answer within {timeout_s:g} s (raise --timeout)")
     if state == "53100":
         return StoreFull(f"the cache store {location} is out of disk space ({text}); nothing was stored")
-    if state == "42501":
-        return StoreError(f"the cache store {location} refused: {text} (ask the database's administrator to grant "
-                          "this role the privilege)")
+    if state in ("42501", "25006"):  # insufficient_privilege; read_only_sql_transaction (a standby)
+        return StoreReadOnly(f"the cache store {location} refused: {text} (ask the database's administrator to "
+                             "grant this role the privilege)")
     if state.startswith("XX00"):
         return StoreDamaged(f"the cache store {location} reports damaged data: {text}")
     if not state or state.startswith(("08", "28", "53", "57P", "3D")):
         # no SQLSTATE: the connection itself failed or was lost
         return StoreUnreachable(f"cannot reach the cache store {location}: {text}")
     return StoreError(f"the cache store {location} failed: {text}")
+
+
+# The server's clock, in the seconds since the epoch every stored time is.
+_SERVER_NOW = "extract(epoch from clock_timestamp())::double precision"
 
 
 def _vector_text(vector: Sequence[float]) -> str:
@@ -227,11 +240,27 @@ class PostgresStore:
         self._entry_columns = ", ".join(ENTRY_FIELDS)
         self._insert_request = (f"INSERT INTO {s}.requests ({', '.join(LOG_FIELDS)}) "
                                 f"VALUES ({', '.join('%s' for _ in LOG_FIELDS)})")
+        self.clock: Callable[[], float] = time.time  # this machine's clock (injectable: tests skew it)
+        self.skew = 0.0  # how far the server's clock is ahead of it, measured once a connection
+
+    def _measure_skew(self) -> None:
+        """The server's clock against this machine's, once per connection (to within half
+        a round trip): now() is then the server's time without a query per ask."""
+        before = self.clock()
+        server = float(_one(self._conn.execute(f"SELECT {_SERVER_NOW}"))[0])
+        self.skew = server - (before + self.clock()) / 2
+
+    def now(self) -> float:
+        """The server's clock: entry times are stamped and compared on it (the engine's
+        clock, purge's, stats'), so clients whose clocks disagree (a host days fast)
+        still agree on what is live. Claims use the server's clock in SQL itself."""
+        return self.clock() + self.skew
 
     # -- opening -----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str, timeout_s: float = 300.0, create: bool = True) -> PostgresStore:
+    def open(cls, url: str, timeout_s: float = 300.0, create: bool = True,
+             clock: Callable[[], float] | None = None) -> PostgresStore:
         conninfo, schema, location = parse_url(url)
         secrets = _secrets(conninfo, url)
         conn = cls._connect(conninfo, location, timeout_s, secrets)
@@ -254,6 +283,9 @@ class PostgresStore:
             conn.close()
             raise
         store = cls(conn, conninfo, schema, location, timeout_s, _version(state[0]), state[1], secrets)
+        if clock is not None:
+            store.clock = clock
+        store._measure_skew()
         if 0 < before < 2 <= int(state[2]):  # a store from before the calibrated scale: one for each model now
             from semcache_cli.storage import scales
 
@@ -342,8 +374,11 @@ class PostgresStore:
 
     def reopen(self) -> PostgresStore:
         conn = self._connect(self._conninfo, self.location, self.timeout_s, self.secrets)
-        return PostgresStore(conn, self._conninfo, self.schema, self.location, self.timeout_s, self.pgvector,
-                             self._vector_schema, self.secrets)
+        store = PostgresStore(conn, self._conninfo, self.schema, self.location, self.timeout_s, self.pgvector,
+                              self._vector_schema, self.secrets)
+        store.clock = self.clock
+        store._measure_skew()
+        return store
 
     def close(self) -> None:
         self._conn.close()
@@ -636,7 +671,8 @@ class PostgresStore:
     # -- listing and selecting ---------------------------------------------------------
 
     def entries(self, selector: Selector, now: float, sort: str = "newest", limit: int = 0,
-                with_vectors: bool = False) -> Iterator[tuple[Entry, Sequence[float] | None]]:
+                with_vectors: bool = False, damaged: Callable[[UnreadableEntry], None] | None = None,
+                ) -> Iterator[tuple[Entry, Sequence[float] | None]]:
         where, params = _where(selector, now)
         vector = (f", (SELECT embedding::text FROM {self._s}.entry_vectors v WHERE v.entry_id = e.id)"
                   if with_vectors else ", NULL")
@@ -648,7 +684,9 @@ class PostgresStore:
             cursor.itersize = 500  # streamed: a large cache is never held in memory
             cursor.execute(sql, params)
             for row in cursor:
-                yield Entry.from_stored(row[:-1]), _parse_vector(row[-1]) if row[-1] is not None else None
+                entry = Entry.decode(row[:-1], damaged)
+                if entry is not None:
+                    yield entry, _parse_vector(row[-1]) if row[-1] is not None else None
 
     def vector_of(self, entry_id: int) -> Sequence[float] | None:
         row = self._conn.execute(f"SELECT embedding::text FROM {self._s}.entry_vectors WHERE entry_id = %s",
@@ -679,6 +717,18 @@ class PostgresStore:
 
     def delete_log_before(self, at: float) -> int:
         return int(self._conn.execute(f"DELETE FROM {self._s}.requests WHERE at < %s", (at,)).rowcount)
+
+    def delete_log_of(self, selector: Selector, entry_ids: Sequence[int], dry_run: bool = False) -> int:
+        where, params = _log_where(selector)
+        where = f"({where}) OR entry_id = ANY(%s)"
+        if dry_run:
+            return int(_one(self._conn.execute(f"SELECT count(*) FROM {self._s}.requests WHERE {where}",
+                                               [*params, list(entry_ids)]))[0])
+        return int(self._conn.execute(f"DELETE FROM {self._s}.requests WHERE {where}",
+                                      [*params, list(entry_ids)]).rowcount)
+
+    def count_log_before(self, at: float) -> int:
+        return int(_one(self._conn.execute(f"SELECT count(*) FROM {self._s}.requests WHERE at < %s", (at,)))[0])
 
     def request_log(self, since: float | None = None) -> Iterator[LogRow]:
         window, params = _window(since)
@@ -748,10 +798,10 @@ class PostgresStore:
 
     def used_bytes(self) -> int:
         """The live rows as stored (TOAST included, indexes not): what a DELETE frees for
-        reuse. The tables' files themselves shrink only with VACUUM FULL."""
-        sums = [f"(SELECT coalesce(sum(pg_column_size(t.*) + {ROW_OVERHEAD}), 0) FROM {self._s}.{table} t)"
-                for table in ("entries", "entry_vectors", "entry_codes", "requests")]
-        return int(_one(self._conn.execute("SELECT " + " + ".join(sums)))[0])
+        reuse. The tables' files themselves shrink only with VACUUM FULL. Each entry
+        counted as entry_sizes() counts it (with its vector and sign code), so what a
+        purge plans to free is what it frees."""
+        return sum(size for _, size in self.entry_sizes()) + self.log_bytes()
 
     def entry_sizes(self) -> list[tuple[int, int]]:
         return [(r[0], int(r[1])) for r in self._conn.execute(
@@ -761,9 +811,14 @@ class PostgresStore:
             f"LEFT JOIN {self._s}.entry_codes c ON c.entry_id = e.id "
             "ORDER BY coalesce(e.last_hit_at, e.created_at), e.created_at, e.id")]
 
-    def log_bytes(self) -> int:
+    def log_bytes(self, before: float | None = None) -> int:
+        # Column by column: the size of a whole row (`r.*`) depends on how the plan forms
+        # it (inside an aggregate, beside a filter), and a dry run must count what the
+        # purge then frees.
+        columns = " + ".join(f"coalesce(pg_column_size(r.{name}), 0)" for name in (*LOG_FIELDS, "id"))
         return int(_one(self._conn.execute(
-            f"SELECT coalesce(sum(pg_column_size(r.*) + {ROW_OVERHEAD}), 0) FROM {self._s}.requests r"))[0])
+            f"SELECT coalesce(sum({columns} + {ROW_OVERHEAD + 24}), 0) FROM {self._s}.requests r "
+            "WHERE %s::double precision IS NULL OR r.at < %s", (before, before)))[0])
 
     def compact(self) -> None:
         """Nothing to do: the server reclaims deleted rows when it vacuums."""
@@ -951,6 +1006,27 @@ def _where(selector: Selector, now: float) -> tuple[str, list[Any]]:
         clauses.append("coalesce(last_hit_at, created_at) <= %s")
         params.append(selector.unused_since)
     return " AND ".join(f"({c})" for c in clauses) or "TRUE", params
+
+
+def _log_where(selector: Selector) -> tuple[str, list[Any]]:
+    """The request-log rows a content selector names by their own fields (as the SQLite
+    backend's _log_where)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if selector.namespace:
+        clauses.append("namespace = %s")
+        params.append(selector.namespace)
+    for column in ("model", "embed_model"):
+        if getattr(selector, column):
+            clauses.append(f"(lower({column}) = %s OR lower({column}) || ':latest' = %s)")
+            params.extend([getattr(selector, column)] * 2)
+    if selector.grep:
+        clauses.append("strpos(lower(coalesce(query, '')), lower(%s)) > 0")
+        params.append(selector.grep)
+    if selector.ids:
+        clauses.append("entry_id = ANY(%s)")
+        params.append(list(selector.ids))
+    return " AND ".join(f"({c})" for c in clauses) or "FALSE", params
 
 
 def _window(since: float | None) -> tuple[str, list[Any]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semcache_cli import policy
-from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, UsageError
+from semcache_cli.errors import StoreDamaged, StoreError, StoreFull, StoreReadOnly, UnreadableEntry, UsageError
 from semcache_cli.storage.models import (
     CALIBRATION_COLUMNS,
     ENTRY_FIELDS,
@@ -54,6 +54,10 @@ MIN_SQLITE = (3, 35, 0)  # RETURNING (3.35), upserts (3.24)
 MMAP_BYTES = 1 << 31  # SQLite's default ceiling; a larger file is mapped this far
 DELETE_BATCH = 500
 ROW_HEADER = 40  # bytes of record header and rowid a row costs beside its values
+# Bytes of pages a byte of row data takes once VACUUM has packed the file: measured
+# 1.05-1.12 over caches of 66 to 3,000 entries, 384 and 768 dims, answers of 50 B to
+# 40 KB; the bound errs on the side of a file under it.
+PACKING = 1.15
 
 _ENTRY_COLUMNS = ", ".join(ENTRY_FIELDS)
 _INSERT_ENTRY = (f"INSERT INTO entries ({', '.join(STORED_FIELDS)}) "
@@ -65,6 +69,24 @@ _UPSERT_SET = ", ".join(
 _IMPORT_SET = ", ".join(f"{name} = excluded.{name}" for name in STORED_FIELDS if name not in ("scope", "exact_key"))
 _INSERT_REQUEST = (f"INSERT INTO requests ({', '.join(LOG_FIELDS)}) "
                    f"VALUES ({', '.join('?' for _ in LOG_FIELDS)})")
+# A column's value when it is a number (a row written by hand may hold text there).
+_NUMBER = "CASE WHEN typeof({0}) IN ('integer', 'real') THEN {0} END"
+# Rows whose typed columns hold what no semcache writes: what models.Entry.from_stored
+# refuses, for the aggregates (stats) that never decode an entry.
+_DAMAGED = " OR ".join([
+    "typeof(hits) != 'integer' OR hits < 0", "typeof(created_at) NOT IN ('integer', 'real')",
+    *(f"typeof({c}) NOT IN ('integer', 'real', 'null')" for c in ("ttl", "expires_at", "last_hit_at", "generation_s")),
+    *(f"typeof({c}) NOT IN ('integer', 'null')" for c in ("prompt_tokens", "completion_tokens", "dims")),
+    "NOT json_valid(options)", "(metadata IS NOT NULL AND NOT json_valid(metadata))",
+    "(format IS NOT NULL AND NOT json_valid(format))",
+    *(f"typeof({c}) != 'text'" for c in ("scope", "exact_key", "namespace", "model", "query", "response")),
+])
+# An entry's bytes as used_bytes() counts them: its row and its vector's, packed.
+_ENTRY_SIZE = (f"""CAST((length(e.scope) + length(e.exact_key) + length(CAST(e.query AS BLOB))
+    + length(CAST(e.response AS BLOB)) + coalesce(length(CAST(e.system AS BLOB)), 0)
+    + length(e.options) + coalesce(length(e.format), 0) + coalesce(length(e.metadata), 0)
+    + coalesce(length(v.vector) + length(v.scope), 0) + {2 * ROW_HEADER:d}) * {PACKING} AS INTEGER)""")
+_ENTRY_SIZE_FROM = "FROM entries e LEFT JOIN entry_vectors v ON v.entry_id = e.id"
 _SORTS = {
     "newest": "created_at DESC, id DESC",
     "oldest": "created_at ASC, id ASC",
@@ -91,7 +113,7 @@ def store_error(exc: BaseException, location: str) -> StoreError:
         return StoreError(f"the cache database {location} stayed locked by another process for "
                           f"{BUSY_TIMEOUT_S:.0f} s; try again")
     if code == 8:  # SQLITE_READONLY
-        return StoreError(f"cannot write to {location} ({exc}): check the file's and its directory's permissions")
+        return StoreReadOnly(f"cannot write to {location} ({exc}): check the file's and its directory's permissions")
     garbled = isinstance(exc, UnicodeDecodeError) or "Could not decode to UTF-8" in str(exc)  # as sqlite3 says it
     if code in (11, 26) or garbled:  # SQLITE_CORRUPT, SQLITE_NOTADB; text that is not UTF-8
         reason = "text in it is not valid UTF-8" if garbled else str(exc)
@@ -131,6 +153,11 @@ def _check_owner(path: Path, private: bool, warn: Callable[[str], None] | None) 
             warn(f"{found}: another user can change the answers in this cache, and read your questions")
 
 
+def _writable(path: Path) -> bool:
+    """This process may write the file and create the files SQLite keeps beside it."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
 def _where(selector: Selector, now: float) -> tuple[str, list[Any]]:
     """The selector as a WHERE clause of fixed fragments; every user value is a bound
     parameter. An empty selector matches every entry."""
@@ -159,6 +186,28 @@ def _where(selector: Selector, now: float) -> tuple[str, list[Any]]:
         clauses.append("coalesce(last_hit_at, created_at) <= ?")
         params.append(selector.unused_since)
     return " AND ".join(f"({c})" for c in clauses) or "TRUE", params
+
+
+def _log_where(selector: Selector) -> tuple[str, list[Any]]:
+    """The request-log rows a content selector names by their own fields (purge decides
+    when one applies): namespace, model and embedding model as asked for (`llama3.2`
+    logged is `llama3.2:latest` selected), the question's text, the entry served."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if selector.namespace:
+        clauses.append("namespace = ?")
+        params.append(selector.namespace)
+    for column in ("model", "embed_model"):
+        if getattr(selector, column):
+            clauses.append(f"(lower({column}) = ? OR lower({column}) || ':latest' = ?)")
+            params.extend([getattr(selector, column)] * 2)
+    if selector.grep:
+        clauses.append("instr(lower(coalesce(query, '')), lower(?)) > 0")
+        params.append(selector.grep)
+    if selector.ids:
+        clauses.append(f"entry_id IN ({', '.join('?' for _ in selector.ids)})")
+        params.extend(selector.ids)
+    return " AND ".join(f"({c})" for c in clauses) or "FALSE", params
 
 
 def _window(since: float | None) -> tuple[str, list[Any]]:
@@ -201,26 +250,34 @@ class SQLiteStore:
             raise UsageError(f"database path {path} is not a regular file (a device or a pipe)")
         if (read_only or not create) and not path.exists():
             raise UsageError(f"there is no cache at {path} (check the path)")
-        if not read_only:
+        if not read_only and not (path.exists() and not _writable(path)):
             _create_private_file(path, create_parent)
             if private:  # what was made may have met what another user made first
                 _check_owner(path, private, None)
-        if not os.access(path, os.R_OK | (0 if read_only else os.W_OK)):
+        if not os.access(path, os.R_OK):
             raise StoreError(f"cannot read and write the database {path}: permission denied "
                              "(semcache writes on every ask; check the file's owner and mode)")
+        # A file this process may only read (its mode, its directory's, a read-only mount)
+        # is opened for reading: every write is then refused (StoreReadOnly), and an ask
+        # serves what it finds without the writes it can do without.
+        read_only = read_only or not _writable(path)
         try:
             # A log with writes in it stays as it is (mode=ro cannot fold it back); with
-            # none, a plain connection creates and removes its own, leaving no trace.
-            if read_only and Path(f"{path}-wal").exists():
-                conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
-                                       isolation_level=None)
+            # none, a plain connection creates and removes its own, leaving no trace. In
+            # a directory this process cannot write (a read-only mount), SQLite could not
+            # make its shared-memory file: with no log to read, the file is read as it is
+            # (immutable: nothing can change it through this mount).
+            wal = Path(f"{path}-wal").exists()
+            if read_only and (wal or not os.access(path.parent, os.W_OK)):
+                conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{'' if wal else '&immutable=1'}", uri=True,
+                                       timeout=BUSY_TIMEOUT_S, isolation_level=None)
             else:
                 conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             if getattr(exc, "sqlite_errorcode", 26) & 0xFF != 26:  # not SQLITE_NOTADB: the file may well be fine
                 raise store_error(exc, str(path)) from None
-            raise StoreError(f"{path} is not a usable SQLite database ({exc}); pick another --db") from None
+            raise StoreDamaged(f"{path} is not a usable SQLite database ({exc}); pick another --db") from None
         store = cls(conn, path)
         if version > SCHEMA_VERSION:
             conn.close()
@@ -230,6 +287,10 @@ class SQLiteStore:
             )
         try:
             if version < SCHEMA_VERSION:
+                if read_only and not _writable(path):
+                    conn.close()
+                    raise StoreReadOnly(f"{path} was written by an older semcache (schema {version}) and must be "
+                                        "upgraded, which needs write access to it and its directory")
                 if read_only:  # an older file is migrated first, as any command would
                     conn.close()
                     cls.open(path, warn=None).close()
@@ -303,6 +364,11 @@ class SQLiteStore:
         store = SQLiteStore(conn, self.path)
         store._prepare()
         return store
+
+    def now(self) -> float:
+        """One machine's file: its clock (a file shared over a network file system by
+        hosts whose clocks disagree is not supported; use the shared store)."""
+        return time.time()
 
     def close(self) -> None:
         self._conn.close()
@@ -498,7 +564,8 @@ class SQLiteStore:
     # -- listing and selecting ---------------------------------------------------------
 
     def entries(self, selector: Selector, now: float, sort: str = "newest", limit: int = 0,
-                with_vectors: bool = False) -> Iterator[tuple[Entry, Sequence[float] | None]]:
+                with_vectors: bool = False, damaged: Callable[[UnreadableEntry], None] | None = None,
+                ) -> Iterator[tuple[Entry, Sequence[float] | None]]:
         where, params = _where(selector, now)
         vector_sql = (", (SELECT vector FROM entry_vectors v WHERE v.entry_id = entries.id)"
                       if with_vectors else ", NULL")
@@ -509,7 +576,9 @@ class SQLiteStore:
         from semcache_cli import vectors
 
         for row in self._conn.execute(sql, params):
-            yield Entry.from_stored(row[:-1]), vectors.decode(row[-1]) if row[-1] is not None else None
+            entry = Entry.decode(row[:-1], damaged)
+            if entry is not None:
+                yield entry, vectors.decode(row[-1]) if row[-1] is not None else None
 
     def vector_of(self, entry_id: int) -> Sequence[float] | None:
         from semcache_cli import vectors
@@ -544,6 +613,27 @@ class SQLiteStore:
         with self._write():
             return int(self._conn.execute("DELETE FROM requests WHERE at < ?", (at,)).rowcount)
 
+    def delete_log_of(self, selector: Selector, entry_ids: Sequence[int], dry_run: bool = False) -> int:
+        where, params = _log_where(selector)
+        found = {r[0] for r in self._conn.execute(f"SELECT id FROM requests WHERE {where}", params)}
+        for start in range(0, len(entry_ids), DELETE_BATCH):
+            batch = list(entry_ids[start:start + DELETE_BATCH])
+            found.update(r[0] for r in self._conn.execute(
+                f"SELECT id FROM requests WHERE entry_id IN ({', '.join('?' for _ in batch)})", batch))
+        if dry_run:
+            return len(found)
+        rows = sorted(found)
+        deleted = 0
+        for start in range(0, len(rows), DELETE_BATCH):
+            batch = rows[start:start + DELETE_BATCH]
+            with self._write():
+                deleted += self._conn.execute(
+                    f"DELETE FROM requests WHERE id IN ({', '.join('?' for _ in batch)})", batch).rowcount
+        return deleted
+
+    def count_log_before(self, at: float) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM requests WHERE at < ?", (at,)).fetchone()[0])
+
     def request_log(self, since: float | None = None) -> Iterator[LogRow]:
         window, params = _window(since)
         for row in self._conn.execute(
@@ -555,7 +645,7 @@ class SQLiteStore:
     def entry_counts(self, now: float) -> EntryCounts:
         total, expired, oldest, newest = self._conn.execute(
             "SELECT count(*), count(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN 1 END), "
-            "min(created_at), max(created_at) FROM entries", (now,)
+            f"min({_NUMBER.format('created_at')}), max({_NUMBER.format('created_at')}) FROM entries", (now,)
         ).fetchone()
 
         def by(column: str) -> dict[str, int]:
@@ -563,7 +653,9 @@ class SQLiteStore:
                 f"SELECT coalesce({column}, '(none)'), count(*) FROM entries GROUP BY 1 ORDER BY 2 DESC, 1"
             ).fetchall())
 
-        return EntryCounts(total, expired, oldest, newest, by("namespace"), by("model"), by("embed_model"))
+        damaged = [r[0] for r in self._conn.execute(f"SELECT id FROM entries WHERE {_DAMAGED} ORDER BY id")]
+        return EntryCounts(total, expired, oldest, newest, by("namespace"), by("model"), by("embed_model"),
+                           len(damaged), tuple(damaged[:5]))
 
     def request_counts(self, since: float | None) -> RequestCounts:
         window, params = _window(since)
@@ -600,7 +692,8 @@ class SQLiteStore:
 
     def top_entries(self, limit: int) -> list[TopEntry]:
         return [TopEntry(*r) for r in self._conn.execute(
-            "SELECT id, hits, query FROM entries WHERE hits > 0 ORDER BY hits DESC, id LIMIT ?", (limit,))]
+            f"SELECT id, hits, query FROM entries WHERE NOT ({_DAMAGED}) AND hits > 0 ORDER BY hits DESC, id LIMIT ?",
+            (limit,))]
 
     # -- size and maintenance ----------------------------------------------------------
 
@@ -615,27 +708,29 @@ class SQLiteStore:
         return total
 
     def used_bytes(self) -> int:
-        """Pages holding data: what --vacuum would shrink the file to."""
+        """What the data takes as --vacuum packs it, estimated from the data itself, so
+        that it does not depend on how full the pages left by earlier deletions are: one
+        page for each table and index (even empty), and the entries and the request log
+        at PACKING times their bytes (the scales, a row per embedding model, ride in
+        PACKING's margin: a purge that drops one must not make its dry run wrong). The
+        same data gives the same figure, whatever the file's history: a bound planned on
+        it holds when the purge runs again."""
         page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
-        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
-        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((pages - free) * page_size)
+        trees = self._conn.execute("SELECT count(*) FROM sqlite_schema WHERE rootpage > 0").fetchone()[0]
+        entries = self._conn.execute(f"SELECT coalesce(sum({_ENTRY_SIZE}), 0) {_ENTRY_SIZE_FROM}").fetchone()[0]
+        return int(page_size * (trees + 1) + entries + self.log_bytes())
 
     def entry_sizes(self) -> list[tuple[int, int]]:
         return [(r[0], r[1]) for r in self._conn.execute(
-            f"""SELECT e.id, length(e.scope) + length(e.exact_key) + length(CAST(e.query AS BLOB))
-                    + length(CAST(e.response AS BLOB)) + coalesce(length(CAST(e.system AS BLOB)), 0)
-                    + length(e.options) + coalesce(length(e.format), 0) + coalesce(length(e.metadata), 0)
-                    + coalesce(length(v.vector) + length(v.scope), 0) + {2 * ROW_HEADER:d}
-                FROM entries e LEFT JOIN entry_vectors v ON v.entry_id = e.id
-                ORDER BY coalesce(e.last_hit_at, e.created_at), e.created_at, e.id"""
-        )]
+            f"SELECT e.id, {_ENTRY_SIZE} {_ENTRY_SIZE_FROM} "
+            "ORDER BY coalesce(e.last_hit_at, e.created_at), e.created_at, e.id")]
 
-    def log_bytes(self) -> int:
+    def log_bytes(self, before: float | None = None) -> int:
         return int(self._conn.execute(
-            f"""SELECT coalesce(sum(coalesce(length(scope), 0) + coalesce(length(exact_key), 0)
+            f"""SELECT coalesce(sum(CAST((coalesce(length(scope), 0) + coalesce(length(exact_key), 0)
                     + coalesce(length(CAST(query AS BLOB)), 0) + coalesce(length(CAST(error AS BLOB)), 0)
-                    + {ROW_HEADER + 80:d}), 0) FROM requests"""
+                    + {ROW_HEADER + 80:d}) * {PACKING} AS INTEGER)), 0) FROM requests WHERE ? IS NULL OR at < ?""",
+            (before, before),
         ).fetchone()[0])
 
     def compact(self) -> None:
