@@ -176,13 +176,21 @@ def _warn(message: str) -> None:
     _stderr(render.warning_line(message))
 
 
+# The flag of the setting an error names: the core's messages name settings, not flags.
+_FLAG_HINTS = {"db": " (--db)", "timeout": " (--timeout)", "cache_only": " and --cache-only is set"}
+
+
+def _flag_hint(exc: SemcacheError) -> str:
+    return _FLAG_HINTS.get(getattr(exc, "setting", None) or "", "")
+
+
 @contextmanager
 def _errors_to_exit() -> Iterator[None]:
     """The one place errors become a line on stderr and an exit code."""
     try:
         yield
     except SemcacheError as exc:
-        _stderr(render.error_line(str(exc)))
+        _stderr(render.error_line(str(exc) + _flag_hint(exc)))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _stderr(render.error_line("interrupted; nothing partial was stored"))

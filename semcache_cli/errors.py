@@ -42,9 +42,17 @@ EXIT_CODES_HELP = exit_codes_help(EXIT_CACHE_MISS, EXIT_UNREACHABLE, EXIT_MODEL_
 
 
 class SemcacheError(Exception):
-    """Base of every error semcache reports; the message is one line for the user."""
+    """Base of every error semcache reports; the message is one line for the user.
+
+    Messages name settings as the library knows them (the store location, the timeout),
+    never a command-line flag: `setting` says which one is at fault, and the CLI adds its
+    flag where it turns the error into an exit code."""
 
     exit_code = EXIT_RUNTIME
+
+    def __init__(self, *args: object, setting: str | None = None) -> None:
+        super().__init__(*args)
+        self.setting = setting  # db, timeout, cache_only ... (kept by pickle: it is in __dict__)
 
 
 class UsageError(SemcacheError):

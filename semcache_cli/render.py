@@ -105,7 +105,12 @@ def error_line(message: str) -> str:
 
 
 def outcome_json(outcome: Outcome) -> str:
-    data: dict[str, Any] = {
+    return json.dumps(outcome_dict(outcome), ensure_ascii=False)
+
+
+def outcome_dict(outcome: Outcome) -> dict[str, Any]:
+    """The fields of `ask --json` (and of the Python API's Answer.as_dict)."""
+    return {
         "response": outcome.response,
         "source": outcome.source,
         "hit": outcome.hit,
@@ -124,7 +129,6 @@ def outcome_json(outcome: Outcome) -> str:
         "warnings": outcome.warnings,
         "calibration": scale_dict(outcome.calibration),
     }
-    return json.dumps(data, ensure_ascii=False)
 
 
 def scale_dict(scale: Scale | None) -> dict[str, Any] | None:

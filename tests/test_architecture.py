@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "semcache_cli"
 # What each module may import of the package; keep in step with docs/architecture.md.
 ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
+    "api": {"config", "engine", "errors", "ollama", "render"},
     "cli": {"config", "errors", "render", "engine", "inspection", "purge", "stats", "replay", "copying",
             "calibrate", "storage.selector"},
     "copying": {"config", "errors", "storage", "storage.scales", "storage.selector"},

@@ -27,7 +27,8 @@ def open_store(settings: Settings, warn: Callable[[str], None] | None = None, cr
     if is_database_url(location):
         scheme = location.split("://", 1)[0].lower()
         if scheme not in ("postgresql", "postgres"):
-            raise UsageError(f"--db: {scheme}:// is not a kind of store semcache knows (a file path, or postgresql://)")
+            raise UsageError(f"{scheme}:// is not a kind of store semcache knows (a file path, or postgresql://)",
+                             setting="db")
         try:
             from semcache_cli.storage.postgres import PostgresStore
         except ImportError:  # psycopg is an optional extra; the SQLite path never imports it

@@ -96,7 +96,7 @@ def parse_url(url: str) -> tuple[str, str, str]:
         parts = urllib.parse.urlsplit(url)
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
-        raise UsageError("--db: not a usable postgresql:// URL") from None
+        raise UsageError("the store location is not a usable postgresql:// URL", setting="db") from None
     schema = DEFAULT_SCHEMA
     kept = []
     for name, value in query:
@@ -105,7 +105,8 @@ def parse_url(url: str) -> tuple[str, str, str]:
         else:
             kept.append((name, value))
     if not _SCHEMA_NAME.fullmatch(schema):
-        raise UsageError(f"--db: schema={schema!r} is not a plain lower-case name (letters, digits, _)")
+        raise UsageError(f"schema={schema!r} in the store location is not a plain lower-case name (letters, digits, _)",
+                         setting="db")
     # %20, not +, for a space: libpq decodes only %-escapes (options=-c%20work_mem%3D64MB)
     query_text = urllib.parse.urlencode(kept, quote_via=urllib.parse.quote)
     return _unsplit(parts._replace(query=query_text)), schema, masked_url(url)
@@ -151,7 +152,8 @@ def server_error(exc: BaseException, location: str, secret: str | None, timeout_
         text = text.replace(secret, "***")
     state = getattr(exc, "sqlstate", None) or ""
     if state == "57014":  # query_canceled: the statement timeout
-        return StoreUnreachable(f"the cache store {location} did not answer within {timeout_s:g} s (raise --timeout)")
+        return StoreUnreachable(f"the cache store {location} did not answer within {timeout_s:g} s (raise the timeout)",
+                                setting="timeout")
     if state == "53100":
         return StoreFull(f"the cache store {location} is out of disk space ({text}); nothing was stored")
     if state == "42501":
@@ -276,8 +278,8 @@ class PostgresStore:
         try:
             given = conninfo_to_dict(conninfo)
         except psycopg.Error as exc:
-            raise UsageError(f"--db: {location} is not a usable PostgreSQL URL ({' '.join(str(exc).split())})") \
-                from None
+            raise UsageError(f"{location} is not a usable PostgreSQL URL ({' '.join(str(exc).split())})",
+                             setting="db") from None
         # Every statement is bounded by --timeout; a user's own `options` are kept.
         options = f"{given.get('options') or ''} -c statement_timeout={int(timeout_s * 1000)}".strip()
         try:

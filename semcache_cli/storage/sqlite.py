@@ -103,7 +103,7 @@ def _create_private_file(path: Path, create_parent: bool) -> None:
     parent = path.parent
     if not parent.is_dir():
         if not create_parent:
-            raise UsageError(f"database directory {parent} does not exist (create it, or pick another --db)")
+            raise UsageError(f"database directory {parent} does not exist (create it, or pick another store)", setting="db")
         parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not path.exists():
         try:
@@ -199,13 +199,13 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             if getattr(exc, "sqlite_errorcode", 26) & 0xFF != 26:  # not SQLITE_NOTADB: the file may well be fine
                 raise store_error(exc, str(path)) from None
-            raise StoreError(f"{path} is not a usable SQLite database ({exc}); pick another --db") from None
+            raise StoreError(f"{path} is not a usable SQLite database ({exc}); pick another store", setting="db") from None
         store = cls(conn, path)
         if version > SCHEMA_VERSION:
             conn.close()
             raise StoreError(
                 f"{path} was written by a newer semcache (schema {version}, this one knows "
-                f"{SCHEMA_VERSION}); upgrade semcache or use another --db"
+                f"{SCHEMA_VERSION}); upgrade semcache or use another store", setting="db"
             )
         try:
             if version < SCHEMA_VERSION:
