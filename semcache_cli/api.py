@@ -108,8 +108,13 @@ class Cache:
         if options is not None:
             resolved.options = {**resolved.options,
                                 **{key: config.parse_option(key, value, "options") for key, value in options.items()}}
+        return cls.from_settings(resolved, on_warning)
+
+    @classmethod
+    def from_settings(cls, settings: config.Settings, on_warning: Callable[[str], None] | None = None) -> Cache:
+        """A Cache on settings resolved already (config.load_settings)."""
         cache = cls.__new__(cls)
-        cache._open(resolved, on_warning)
+        cache._open(settings, on_warning)
         return cache
 
     def _open(self, settings: config.Settings, on_warning: Callable[[str], None] | None) -> None:
@@ -139,6 +144,17 @@ class Cache:
             self._engines.append((threading.current_thread(), engine))
         self._local.engine = engine
         return engine
+
+    def release_thread(self) -> None:
+        """Close this thread's connections now (a thread that is done with the Cache);
+        its next ask opens new ones."""
+        engine: Engine | None = getattr(self._local, "engine", None)
+        if engine is None:
+            return
+        self._local.engine = None
+        with self._lock:
+            self._engines = [(thread, kept) for thread, kept in self._engines if kept is not engine]
+        engine.close()
 
     def ask(
         self,

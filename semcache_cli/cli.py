@@ -953,6 +953,78 @@ def calibrate(
             _report("\n".join(render.scale_text(row) for row in report["scales"]))
 
 
+@app.command(epilog=_epilog(
+    exit_codes_help(),
+    "semcache serve                      # then: OLLAMA_HOST=127.0.0.1:11435 your-program",
+    "semcache serve --upstream 10.0.0.5:11434 --db postgresql://cache@db.internal/semcache",
+    "SEMCACHE_SERVE_TOKEN=s3cret semcache serve --host 0.0.0.0",
+))
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; another than loopback exposes the "
+                                      "cache to the network (set SEMCACHE_SERVE_TOKEN then).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 11435,
+    upstream: Annotated[
+        str | None, typer.Option("--upstream", metavar="URL", help="The real Ollama. [default: OLLAMA_HOST]")
+    ] = None,
+    namespace: Namespace = None,
+    embed_model: EmbedModel = None,
+    ttl: Ttl = None,
+    threshold: Threshold = None,
+    min_confidence: MinConfidence = None,
+    timeout: Timeout = None,
+    guards: Guards = None,
+    margin: Margin = None,
+    scale: ScaleChoice = None,
+    max_body: Annotated[str, typer.Option("--max-body", help="Largest request body taken.")] = "32MiB",
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", min=1, help="Connections served at once; more get a 503.")
+    ] = 64,
+    log_prompts: Annotated[
+        bool, typer.Option("--log-prompts", help="Add each cached request's question to its access-log line.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No access log (warnings and errors still).")] = False,
+    db: Database = None,
+) -> None:
+    """Serve Ollama's API in front of the real Ollama, answering from the cache where it
+    is safe: point any program's OLLAMA_HOST here. docs/serve.md has what is cached."""
+    import signal
+    import threading
+
+    from semcache_cli import serve as serving
+
+    _set_quiet(quiet)
+    with _errors_to_exit():
+        settings = _settings(
+            {"namespace": namespace, "embed_model": embed_model, "ttl": ttl, "threshold": threshold,
+             "min_confidence": min_confidence, "timeout": timeout, "db": db, "guards": guards, "margin": margin,
+             "scale": scale},
+        )
+        if upstream is not None:
+            settings.ollama_url = config.parse_ollama_host(upstream)
+        token = os.environ.get("SEMCACHE_SERVE_TOKEN")
+        if token is not None:
+            token = config.valid_text(token, "SEMCACHE_SERVE_TOKEN")
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+
+        def ready(url: str) -> None:
+            _status(render.plain_line(f"serving {url} in front of Ollama at {settings.ollama_url}, cache "
+                                      f"{settings.db}"))
+            if host not in ("127.0.0.1", "localhost", "::1") and not token:
+                _warn(f"listening on {host} without SEMCACHE_SERVE_TOKEN: anyone who can reach it may use it")
+
+        def access(line: str) -> None:
+            if not _quiet:
+                _stderr(line)
+
+        options = serving.ServeOptions(
+            host=host, port=port, token=token, max_body=config.parse_size(max_body, "--max-body"),
+            max_connections=max_connections, log=access, log_prompts=log_prompts, warn=_warn, ready=ready,
+        )
+        serving.run(settings, options, stop)
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 

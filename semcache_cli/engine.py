@@ -62,6 +62,7 @@ class AskRequest:
     # How a miss is answered: (query, request, on_token) -> ollama.Generation. None: the
     # engine's own chat call; `semcache serve` forwards the client's request instead.
     generate: Callable[[str, AskRequest, Callable[[str], None]], Any] | None = None
+    semantic: bool = True  # False: the exact layer only (no embedding, no vector stored)
 
 
 @dataclass
@@ -318,7 +319,7 @@ class Engine:
         if exact is not None and exact.verdict.serve:
             return self._served(ask, exact)
 
-        if ask.vector is None and (req.lookup or req.store):
+        if ask.vector is None and req.semantic and (req.lookup or req.store):
             try:
                 ask.vector = self._embed(query, req, ask.warnings)
             except SemcacheError as exc:
