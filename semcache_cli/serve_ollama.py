@@ -313,8 +313,10 @@ class Relay:
             self._reply(response.status, content_type, data)
             text = one_line(data.decode("utf-8", "replace"))
             raise OllamaError(f"Ollama answered {response.status}: {text}")
-        generation = answer_of(self.plan, [data])
-        self._reply(200, content_type, data)
+        try:
+            generation = answer_of(self.plan, [_chunk(data)])
+        finally:  # the client gets Ollama's reply, stored or not
+            self._reply(200, content_type, data)
         return generation
 
     def _reply(self, status: int, content_type: str, data: bytes) -> None:
@@ -326,7 +328,7 @@ class Relay:
             raise ClientGone("the client went away before the reply; nothing was stored") from None
 
     def _streamed(self, response: http11.Response) -> Generation:
-        lines: list[bytes] = []
+        chunks: list[dict[str, Any]] = []
         started = False
         while True:
             try:
@@ -336,6 +338,9 @@ class Relay:
                     from None
             if not line:
                 break
+            if not line.strip():
+                continue
+            chunk = _chunk(line)  # checked before it is sent on: a client never gets a broken line
             if not started:
                 started = True
                 self.replied = True
@@ -347,27 +352,29 @@ class Relay:
                 self.send(line)
             except OSError:
                 raise ClientGone("the client went away mid-answer; nothing was stored") from None
-            lines.append(line)
+            chunks.append(chunk)
             response.deadline = time.monotonic() + min(self.upstream.timeout, IDLE_LIMIT_S)
         if not started:
             raise GenerationFailed("Ollama sent an empty reply; nothing was stored")
-        return answer_of(self.plan, lines)
+        return answer_of(self.plan, chunks)
 
 
-def answer_of(plan: Plan, lines: list[bytes]) -> Generation:
-    """The answer in Ollama's reply lines (one object when not streamed), or
+def _chunk(raw: bytes) -> dict[str, Any]:
+    try:
+        chunk = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise GenerationFailed("Ollama sent a line that is not JSON; nothing was stored") from None
+    if not isinstance(chunk, dict):
+        raise GenerationFailed("Ollama sent a line that is not a JSON object; nothing was stored")
+    return chunk
+
+
+def answer_of(plan: Plan, chunks: list[dict[str, Any]]) -> Generation:
+    """The answer in Ollama's reply chunks (one object when not streamed), or
     GenerationFailed when it must not be stored: no done:true, an error line, tool
-    calls or thinking in it, or a line that is not a JSON object."""
+    calls or thinking in it."""
     parts: list[str] = []
-    for raw in lines:
-        if not raw.strip():
-            continue
-        try:
-            chunk = json.loads(raw)
-        except ValueError:
-            raise GenerationFailed("Ollama sent a line that is not JSON; nothing was stored") from None
-        if not isinstance(chunk, dict):
-            raise GenerationFailed("Ollama sent a line that is not a JSON object; nothing was stored")
+    for chunk in chunks:
         if "error" in chunk:
             raise GenerationFailed(f"Ollama failed mid-answer: {one_line(str(chunk['error']))}; nothing was stored")
         if plan.endpoint == "chat":
