@@ -67,10 +67,10 @@ print(s.server_address[1], flush=True); s.serve_forever()
 # time (or the count) is up; prints replies/s, p50 and p99 in ms, and the errors.
 LOAD = r'''
 import json, socket, sys, threading, time
-port, seconds, total, bodies = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), json.loads(sys.stdin.read())
-requests = [(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %%d\r\n\r\n"
-             %% len(b) + b) for b in (x.encode() for x in bodies)]
-clients = %d
+port, seconds, total, clients = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+bodies = json.loads(sys.stdin.read())
+requests = [(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+             % len(b) + b) for b in (x.encode() for x in bodies)]
 lat, errors, done = [], [0], [0]
 lock = threading.Lock()
 stop = time.perf_counter() + seconds
@@ -81,7 +81,7 @@ def run(i):
         with lock:
             if total and done[0] >= total: break
             done[0] += 1
-        t = time.perf_counter(); s.sendall(requests[n %% len(requests)]); n += clients; buf = b""
+        t = time.perf_counter(); s.sendall(requests[n % len(requests)]); n += clients; buf = b""
         while b"\r\n\r\n" not in buf: buf += s.recv(65536)
         head, _, rest = buf.partition(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200"): errors[0] += 1
@@ -95,7 +95,7 @@ threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
 elapsed = time.perf_counter() - began
 lat.sort()
 print(len(lat) / elapsed, lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000, errors[0])
-''' % CLIENTS
+'''
 
 Q = "How do I reset my password?"
 FILLERS = ["please", "now", "kindly", "today", "quickly", "again", "here", "then"]
@@ -117,8 +117,10 @@ def wait_port(port: int) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
-def load(port: int, bodies: list[str], seconds: float, total: int = 0) -> tuple[float, float, float, int]:
-    out = subprocess.run([sys.executable, "-c", LOAD, str(port), str(seconds), str(total)], input=json.dumps(bodies),
+def load(port: int, bodies: list[str], seconds: float, total: int = 0,
+         clients: int = CLIENTS) -> tuple[float, float, float, int]:
+    out = subprocess.run([sys.executable, "-c", LOAD, str(port), str(seconds), str(total), str(clients)],
+                         input=json.dumps(bodies),
                          capture_output=True, text=True, check=True).stdout.split()
     return float(out[0]), float(out[1]), float(out[2]), int(out[3])
 
@@ -202,6 +204,7 @@ def main() -> None:
             floor_proc.terminate()
             floor_proc.wait()
         exact = load(port, [exact_body], args.seconds)
+        alone = load(port, [exact_body], args.seconds, clients=1)
         paraphrases = [json.dumps({"model": "llama3.2", "prompt": f"how do I reset my password {filler}",
                                    "stream": False}) for filler in FILLERS]
         kinds = [hit_kind(post(port, json.loads(body))[1]) for body in paraphrases]
@@ -212,8 +215,11 @@ def main() -> None:
         print(f"  exact hit                                {exact[0]:8,.0f} replies/s  p50 {exact[1]:5.2f} ms  "
               f"p99 {exact[2]:5.2f} ms  errors {exact[3]}   target >= 1,500/s, p50 <= 3 ms: "
               f"{exact[0] / 1500:.2f}x the rate target, {exact[0] / floor[0]:.2f}x the floor")
-        print(f"  semantic hit ({len(paraphrases)} paraphrases)      {semantic[0]:8,.0f} replies/s  p50 {semantic[1]:5.2f} ms  p99 "
-              f"{semantic[2]:5.2f} ms  errors {semantic[3]}   target >= 500/s: {semantic[0] / 500:.2f}x")
+        print(f"  exact hit, one client alone              {alone[0]:8,.0f} replies/s  p50 {alone[1]:5.2f} ms  "
+              f"p99 {alone[2]:5.2f} ms   target p50 <= 3 ms: {alone[1] / 3:.2f}x")
+        print(f"  semantic hit ({len(paraphrases)} paraphrases)      {semantic[0]:8,.0f} replies/s  "
+              f"p50 {semantic[1]:5.2f} ms  p99 {semantic[2]:5.2f} ms  errors {semantic[3]}   "
+              f"target >= 500/s: {semantic[0] / 500:.2f}x")
 
         direct, through = [], []
         to_fake, to_serve = http.client.HTTPConnection("127.0.0.1", fake_port), http.client.HTTPConnection("127.0.0.1", port)

@@ -328,8 +328,10 @@ class Handler(BaseHTTPRequestHandler):
             self._pass(body)
             return
         except SemcacheError as exc:
-            self.kind = "miss" if relay.replied else "error"
-            if relay.replied:
+            self.kind = "miss" if relay.replied or relay.pending else "error"
+            if relay.pending is not None:  # Ollama's whole reply, its answer not stored
+                self._reply(*relay.pending, {"X-Semcache": "miss"})
+            elif relay.replied:
                 self._end_stream_with_error(str(exc))
             else:
                 self._ollama_error(exc)
@@ -339,6 +341,8 @@ class Handler(BaseHTTPRequestHandler):
         if outcome.hit:
             data, content_type = serve_ollama.cached_reply(plan, outcome.response, time.perf_counter() - started)
             self._reply(200, content_type, data, _outcome_headers(outcome), chunked=plan.stream)
+        elif relay.pending is not None:
+            self._reply(*relay.pending, _outcome_headers(outcome))
         elif self._streaming:
             self._end_stream()
 
@@ -505,7 +509,11 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def _outcome_headers(outcome: Outcome) -> dict[str, str]:
-    headers = {"X-Semcache": outcome.source, "X-Semcache-Entry": str(outcome.entry_id)}
+    headers = {"X-Semcache": outcome.source if outcome.hit else "miss"}
+    if outcome.entry_id is not None:
+        headers["X-Semcache-Entry"] = str(outcome.entry_id)
+    if outcome.miss_reason:
+        headers["X-Semcache-Miss-Reason"] = outcome.miss_reason
     if outcome.similarity is not None:
         headers["X-Semcache-Similarity"] = f"{outcome.similarity:.4f}"
     return headers

@@ -291,6 +291,9 @@ class Relay:
         self.upstream, self.path, self.body, self.plan = upstream, path, body, plan
         self.start, self.send = start, send
         self.replied = False  # the client's reply has begun: an error now cannot become a 502
+        # A whole (not streamed) reply of Ollama's, to send once the answer is stored (or
+        # refused): a client that asks again at once then finds it. (status, type, body)
+        self.pending: tuple[int, str, bytes] | None = None
 
     def __call__(self, query: str, req: Any, on_token: Callable[[str], None]) -> Generation:
         response = self.upstream.request("POST", self.path, {"Content-Type": "application/json"}, self.body)
@@ -313,11 +316,8 @@ class Relay:
             self._reply(response.status, content_type, data)
             text = one_line(data.decode("utf-8", "replace"))
             raise OllamaError(f"Ollama answered {response.status}: {text}")
-        try:
-            generation = answer_of(self.plan, [_chunk(data)])
-        finally:  # the client gets Ollama's reply, stored or not
-            self._reply(200, content_type, data)
-        return generation
+        self.pending = (200, content_type, data)  # the client gets it, stored or not
+        return answer_of(self.plan, [_chunk(data)])
 
     def _reply(self, status: int, content_type: str, data: bytes) -> None:
         self.replied = True

@@ -109,7 +109,8 @@ def test_headers_say_what_happened(served: Served) -> None:
     miss = served.post("/api/generate", {"model": "llama3.2", "prompt": Q, "stream": False})
     exact = served.post("/api/generate", {"model": "llama3.2", "prompt": Q, "stream": False})
     semantic = served.post("/api/generate", {"model": "llama3.2", "prompt": PARAPHRASE, "stream": False})
-    assert miss.headers["x-semcache"] == "miss"
+    assert (miss.headers["x-semcache"], miss.headers["x-semcache-entry"]) == ("miss", "1")  # stored before the reply
+    assert miss.headers["x-semcache-miss-reason"] == "no_match"
     assert (exact.headers["x-semcache"], exact.headers["x-semcache-entry"]) == ("exact", "1")
     assert (semantic.headers["x-semcache"], semantic.headers["x-semcache-entry"]) == ("semantic", "1")
     assert 0.85 <= float(semantic.headers["x-semcache-similarity"]) < 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -629,6 +630,9 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+_PROCESS_WRITES = threading.Lock()
+
+
 class _WriteTransaction:
     """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front (waiting out the busy
     timeout) so a transaction never fails half-way on a lock upgrade. Any failure rolls
@@ -638,17 +642,28 @@ class _WriteTransaction:
         self.conn = conn
 
     def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        # The threads of one process (semcache serve, the Python API) take turns here:
+        # waiting on SQLite's lock instead, a thread sleeps in its busy handler's steps
+        # (up to 100 ms) while the lock is free again within a fraction of a millisecond.
+        _PROCESS_WRITES.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            _PROCESS_WRITES.release()
+            raise
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            try:
-                self.conn.execute("COMMIT")
-                return
-            except sqlite3.Error:
-                self._rollback()
-                raise
-        self._rollback()
+        try:
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                    return
+                except sqlite3.Error:
+                    self._rollback()
+                    raise
+            self._rollback()
+        finally:
+            _PROCESS_WRITES.release()
 
     def _rollback(self) -> None:
         if self.conn.in_transaction:
