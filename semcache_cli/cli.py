@@ -954,7 +954,8 @@ def calibrate(
 
 
 @app.command(epilog=_epilog(
-    exit_codes_help(),
+    exit_codes_help().replace("130/143 interrupted (SIGINT/SIGTERM).",
+                              "SIGTERM or SIGINT: the requests in flight finish, then exit 0."),
     "semcache serve                      # then: OLLAMA_HOST=127.0.0.1:11435 your-program",
     "semcache serve --upstream 10.0.0.5:11434 --db postgresql://cache@db.internal/semcache",
     "SEMCACHE_SERVE_TOKEN=s3cret semcache serve --host 0.0.0.0",
