@@ -22,18 +22,22 @@ import socket
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from semcache_cli import config, serve_ollama
 from semcache_cli.api import Cache
-from semcache_cli.engine import AskRequest, Outcome
+from semcache_cli.engine import AskRequest, Engine, Outcome
 from semcache_cli.errors import OllamaError, OllamaUnreachable, SemcacheError, StoreError, UsageError
 from semcache_cli.serve_ollama import PASS, SEMANTIC, ClientGone, Relay, Upstream
+from semcache_cli.storage.models import LogRow
+
+if TYPE_CHECKING:
+    from semcache_cli.storage.port import Store
 
 CACHED_PATHS = ("/api/generate", "/api/chat")
 EMBED_PATHS = ("/api/embed", "/api/embeddings")
@@ -99,6 +103,74 @@ class EmbedCache:
                 self._bytes -= len(dropped)
 
 
+class HitRecorder:
+    """Hits are counted and logged in batches, by one thread with a connection of its
+    own: a commit per hit cost an exact hit through serve about half of its time
+    (bench/serve.py). A hit is recorded within FLUSH_S; the queue is bounded, and a
+    request thread that finds it full records its hit itself."""
+
+    FLUSH_S = 0.05
+    BATCH = 512
+    LIMIT = 10_000
+
+    def __init__(self, cache: Cache, warn: Callable[[str], None]) -> None:
+        self._cache = cache
+        self._warn = warn
+        self._queue: deque[tuple[int, float, LogRow]] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="semcache-serve-hits", daemon=True)
+        self._thread.start()
+
+    def offer(self, hit: tuple[int, float, LogRow]) -> bool:
+        """Queue a hit; False when the queue is full (the caller records it)."""
+        with self._wake:
+            if len(self._queue) >= self.LIMIT or self._stopping:
+                return False
+            self._queue.append(hit)
+            return True
+
+    def _run(self) -> None:
+        store = None
+        while True:
+            with self._wake:
+                if not self._queue and not self._stopping:
+                    self._wake.wait(self.FLUSH_S)
+                batch = [self._queue.popleft() for _ in range(min(self.BATCH, len(self._queue)))]
+                done = self._stopping and not self._queue
+            if batch:
+                try:
+                    store = store or self._cache.engine().store
+                    store.record_hits(batch)
+                except SemcacheError as exc:
+                    self._warn(f"{len(batch)} hits could not be recorded ({exc}); their answers were served")
+            if done:
+                self._cache.release_thread()
+                return
+
+    def stop(self) -> None:
+        """Record what is queued, then end."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(30)
+
+
+class _DeferredHits:
+    """A thread's store, its hits handed to the HitRecorder."""
+
+    def __init__(self, store: Store, recorder: HitRecorder) -> None:
+        self._store = store
+        self._recorder = recorder
+
+    def record_hit(self, entry_id: int, now: float, request: LogRow) -> None:
+        if not self._recorder.offer((entry_id, now, request)):
+            self._store.record_hit(entry_id, now, request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True  # past the drain deadline, a stuck connection does not hold the exit
     request_queue_size = 128
@@ -109,6 +181,7 @@ class Server(ThreadingHTTPServer):
         self.options = options
         self.counters = Counters()
         self.embeds = EmbedCache()
+        self.hits = HitRecorder(cache, options.warn)
         self.slots = threading.BoundedSemaphore(options.max_connections)
         self.draining = threading.Event()
         self.lock = threading.Lock()
@@ -314,7 +387,7 @@ class Handler(BaseHTTPRequestHandler):
         )
         started = time.perf_counter()
         try:
-            outcome = self.server.cache.engine().ask(request)
+            outcome = self._engine().ask(request)
         except ClientGone:
             self.kind = "gone"
             self.close_connection = True
@@ -345,6 +418,13 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(*relay.pending, _outcome_headers(outcome))
         elif self._streaming:
             self._end_stream()
+
+    def _engine(self) -> Engine:
+        """This connection's engine, its hits recorded in batches."""
+        engine = self.server.cache.engine()
+        if not isinstance(engine.store, _DeferredHits):
+            engine.store = _DeferredHits(engine.store, self.server.hits)
+        return engine
 
     def _upstream(self) -> Upstream:
         if self.upstream is None:
@@ -560,6 +640,7 @@ def run(settings: config.Settings, options: ServeOptions, stop: threading.Event 
             server.shutdown()
             if not server.drain(settings.timeout):
                 options.warn("requests still in flight after the timeout; leaving them")
+            server.hits.stop()
             server.server_close()
     finally:
         cache.close()

@@ -18,7 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "api": {"config", "engine", "errors", "ollama", "render"},
     "cli": {"config", "errors", "render", "engine", "inspection", "purge", "stats", "replay", "copying",
             "calibrate", "storage.selector", "serve"},
-    "serve": {"api", "config", "engine", "errors", "serve_ollama", "stats"},
+    "serve": {"api", "config", "engine", "errors", "serve_ollama", "stats", "storage.models", "storage.port"},
     "serve_ollama": {"config", "errors", "http11", "ollama", "policy"},
     "copying": {"config", "errors", "storage", "storage.scales", "storage.selector"},
     "calibrate": {"config", "storage", "storage.scales"},

@@ -100,6 +100,7 @@ def test_generate_miss_then_hits_with_the_official_client(served: Served, ollama
     assert "".join(part.response for part in streamed) == ANSWER
     assert len(streamed) > 2 and streamed[-1].done and not any(part.done for part in streamed[:-1])
     assert ollama.counts["/api/generate"] == 1
+    assert wait_for(lambda: len(logged(isolated_env)) == 3)  # hits are recorded in batches, within 50 ms
     assert [row.path for row in logged(isolated_env)] == ["model", "exact", "exact"]
     assert wait_for(lambda: len(served.log) == 3)  # a line is written once its reply is sent
     assert [line.split()[3:5] for line in served.log] == [["200", "miss"], ["200", "exact"], ["200", "exact"]]
@@ -348,10 +349,11 @@ def test_access_log_has_no_prompt_unless_asked(ollama: FakeOllama, isolated_env:
         thread.join(10)
 
 
-def test_stats_endpoint(served: Served) -> None:
+def test_stats_endpoint(served: Served, isolated_env: Path) -> None:
     client = served.client()
     client.generate(model="llama3.2", prompt=Q)
     client.generate(model="llama3.2", prompt=Q)
+    assert wait_for(lambda: len(logged(isolated_env)) == 2)  # hits are recorded in batches, within 50 ms
     report = httpx.get(served.url + "/semcache/stats").json()
     assert report["requests"]["hits"]["exact"] == 1 and report["entries"]["total"] == 1
     assert report["serve"]["replies"] == {"miss": 1, "exact": 1}
@@ -413,3 +415,27 @@ def test_serves_a_postgresql_store(ollama: FakeOllama, postgres_db: str, isolate
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_every_hit_is_recorded_by_the_time_the_server_stops(ollama: FakeOllama, isolated_env: Path) -> None:
+    """Hits are recorded in batches, off the request's path: none is lost, the last
+    ones written when the server stops."""
+    server, stop, thread = start(str(isolated_env), ollama.url)
+    server.client().generate(model="llama3.2", prompt=Q)
+
+    def hits() -> None:
+        with httpx.Client(base_url=server.url) as client:
+            for _ in range(50):
+                assert client.post("/api/generate", json={"model": "llama3.2", "prompt": Q, "stream": False}
+                                   ).headers["x-semcache"] == "exact"
+
+    threads = [threading.Thread(target=hits) for _ in range(4)]
+    for worker in threads:
+        worker.start()
+    for worker in threads:
+        worker.join(20)
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert [entry.hits for entry in stored(isolated_env)] == [200]
+    assert [row.path for row in logged(isolated_env)].count("exact") == 200

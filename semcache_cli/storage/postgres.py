@@ -596,6 +596,13 @@ class PostgresStore:
             + self._insert_request, (now, entry_id, *request[:-1]))
 
     @_reconnecting
+    def record_hits(self, hits: Sequence[tuple[int, float, LogRow]]) -> None:
+        with self._conn.transaction(), self._conn.cursor() as cursor:
+            cursor.executemany(f"UPDATE {self._s}.entries SET hits = hits + 1, last_hit_at = %s WHERE id = %s",
+                               [(now, entry_id) for entry_id, now, _ in hits])
+            cursor.executemany(self._insert_request, [request[:-1] for _, _, request in hits])
+
+    @_reconnecting
     def log_request(self, request: LogRow) -> None:
         self._conn.execute(self._insert_request, request[:-1])
 

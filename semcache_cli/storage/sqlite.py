@@ -430,6 +430,12 @@ class SQLiteStore:
             self._conn.execute("UPDATE entries SET hits = hits + 1, last_hit_at = ? WHERE id = ?", (now, entry_id))
             self._conn.execute(_INSERT_REQUEST, request[:-1])
 
+    def record_hits(self, hits: Sequence[tuple[int, float, LogRow]]) -> None:
+        with self._write():
+            self._conn.executemany("UPDATE entries SET hits = hits + 1, last_hit_at = ? WHERE id = ?",
+                                   [(now, entry_id) for entry_id, now, _ in hits])
+            self._conn.executemany(_INSERT_REQUEST, [request[:-1] for _, _, request in hits])
+
     def log_request(self, request: LogRow) -> None:
         with self._write():
             self._conn.execute(_INSERT_REQUEST, request[:-1])
