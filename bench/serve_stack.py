@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
+
+from serve import wait_port  # bench/serve.py
 
 BODY = json.dumps({"model": "llama3.2", "created_at": "2026-01-01T00:00:00Z",
                    "response": "Semantic caching reuses answers to questions that mean the same." * 3,
@@ -98,12 +98,7 @@ def measure(source: str, block: bool, seconds: float, clients: int) -> tuple[flo
     server = subprocess.Popen([sys.executable, "-c", source % (BODY, block)], stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline()) if server.stdout else 0
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_port(port)
         out = subprocess.run([sys.executable, "-c", CLIENT % REQUEST, str(port), str(seconds), str(clients)],
                              capture_output=True, text=True, check=True).stdout.split()
         return float(out[0]), float(out[1])

@@ -134,6 +134,27 @@ def ollama(_server: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fak
     _server.reset()
 
 
+def in_threads(target: Any, count: int, timeout: float = 30) -> list[BaseException]:
+    """target(n) for n in range(count), each on a thread of its own, all at once; what
+    they raised."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            target(n)
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return errors
+
+
 @dataclass
 class Result:
     exit_code: int

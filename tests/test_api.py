@@ -7,11 +7,10 @@ import json
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, stored
+from conftest import REPO, in_threads, run_cli, stored
 from fake_ollama import FakeOllama
 
 from semcache_cli.api import Answer, Cache
@@ -127,19 +126,8 @@ def test_threads_share_one_cache(ollama: FakeOllama, tmp_path: Path) -> None:
     """16 threads, 4 questions, all at once: each question reaches the model once."""
     ollama.faults.delay = 0.2  # the holders are still generating when the others look
     sources: list[str] = []
-    errors: list[BaseException] = []
     with Cache(tmp_path / "a.db", ollama_host=ollama.url) as cache:
-        def worker(n: int) -> None:
-            try:
-                sources.append(cache.ask(f"question number {n % 4}").source)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        errors = in_threads(lambda n: sources.append(cache.ask(f"question number {n % 4}").source), 16)
     assert not errors
     assert ollama.generations == 4 and sorted(sources).count("model") == 4 and len(sources) == 16
     assert len(stored(tmp_path / "a.db")) == 4

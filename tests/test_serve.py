@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import ollama as ollama_lib
 import pytest
-from conftest import REPO, calibrated, claim_free, logged, stored
+from conftest import REPO, calibrated, claim_free, in_threads, logged, stored
 from fake_ollama import FakeOllama
 
 from semcache_cli import config
@@ -210,24 +210,15 @@ def test_sixteen_concurrent_clients_ask_the_model_once(served: Served, ollama: F
                                                        isolated_env: Path) -> None:
     ollama.faults.delay = 0.3
     results: list[str] = []
-    errors: list[BaseException] = []
 
     def one(n: int) -> None:
-        try:
-            client = served.client()
-            if n % 2:
-                results.append("".join(p.response for p in client.generate(model="llama3.2", prompt=Q, stream=True)))
-            else:
-                results.append(client.generate(model="llama3.2", prompt=Q).response)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        client = served.client()
+        if n % 2:
+            results.append("".join(p.response for p in client.generate(model="llama3.2", prompt=Q, stream=True)))
+        else:
+            results.append(client.generate(model="llama3.2", prompt=Q).response)
 
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(20)
-    assert not errors and results == [ANSWER] * 16
+    assert in_threads(one, 16) == [] and results == [ANSWER] * 16
     assert ollama.counts["/api/generate"] == 1 and len(stored(isolated_env)) == 1
 
 
@@ -429,11 +420,7 @@ def test_every_hit_is_recorded_by_the_time_the_server_stops(ollama: FakeOllama, 
                 assert client.post("/api/generate", json={"model": "llama3.2", "prompt": Q, "stream": False}
                                    ).headers["x-semcache"] == "exact"
 
-    threads = [threading.Thread(target=hits) for _ in range(4)]
-    for worker in threads:
-        worker.start()
-    for worker in threads:
-        worker.join(20)
+    assert in_threads(lambda _: hits(), 4) == []
     stop.set()
     thread.join(10)
     assert not thread.is_alive()
