@@ -29,7 +29,7 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from semcache_cli import config, serve_ollama
+from semcache_cli import config, serve_ollama, serve_openai
 from semcache_cli.api import Cache
 from semcache_cli.engine import AskRequest, Engine, Outcome
 from semcache_cli.errors import OllamaError, OllamaUnreachable, SemcacheError, StoreError, UsageError
@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from semcache_cli.storage.port import Store
 
 CACHED_PATHS = ("/api/generate", "/api/chat")
-EMBED_PATHS = ("/api/embed", "/api/embeddings")
+OPENAI_PATHS = (serve_openai.CHAT_PATH, serve_openai.COMPLETIONS_PATH)
+EMBED_PATHS = ("/api/embed", "/api/embeddings", "/v1/embeddings")
 STATS_PATH = "/semcache/stats"
 PASS_PIECE_BYTES = 65_536
 EMBED_CACHE_BYTES = 64 << 20  # embedding replies kept in memory, least recently used out first
@@ -283,6 +284,7 @@ class Handler(BaseHTTPRequestHandler):
         self.started = time.perf_counter()
         self.kind = "-"
         self.status = 0
+        self.shape = serve_ollama.OLLAMA
         self.query = ""
         return super().parse_request()
 
@@ -332,6 +334,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.command == "POST" and path in CACHED_PATHS:
             self._cached(path, body)
+        elif self.command == "POST" and path in OPENAI_PATHS:
+            self._openai(path, body)
         elif self.command == "POST" and path in EMBED_PATHS:
             self._embed(path, body)
         elif self.command == "GET" and path == STATS_PATH:
@@ -364,20 +368,32 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- the cache ---------------------------------------------------------------------------
 
-    def _cached(self, path: str, body: bytes) -> None:
-        settings = self.server.settings
-        try:
-            decoded = json.loads(body) if body else None
-        except (ValueError, RecursionError):
-            decoded = None
-        plan = serve_ollama.plan(path, decoded, settings.max_query_chars)
-        if plan.kind == PASS:
+    def _openai(self, path: str, body: bytes) -> None:
+        """OpenAI's surface: translated to Ollama's API when the cache may answer, its
+        replies written in OpenAI's shapes; otherwise passed through untouched."""
+        native = serve_openai.translate(path, _decoded(body))
+        if isinstance(native, str):
             self.kind = PASS
             self._pass(body)
             return
+        native_path, native_body = native
+        shape = serve_openai.OpenAIShape(path, str(native_body.get("model")))
+        self._cached(native_path, json.dumps(native_body).encode("utf-8"), shape, body)
+
+    def _cached(self, path: str, body: bytes, shape: serve_ollama.Shape = serve_ollama.OLLAMA,
+                original: bytes | None = None) -> None:
+        """/api/generate or /api/chat through the cache; `original`: the client's own
+        body, when `body` is its translation (passed through as it came)."""
+        settings = self.server.settings
+        plan = serve_ollama.plan(path, _decoded(body), settings.max_query_chars)
+        if plan.kind == PASS:
+            self.kind = PASS
+            self._pass(body if original is None else original)
+            return
+        self.shape = shape
         if self.server.options.log_prompts:
             self.query = plan.query
-        relay = Relay(self._upstream(), path, body, plan, self._start_stream, self._stream_piece)
+        relay = Relay(self._upstream(), path, body, plan, self._start_stream, self._stream_piece, shape)
         request = AskRequest(
             query=plan.query, scope=serve_ollama.scope(plan, settings.namespace), embed_model=settings.embed_model,
             threshold=settings.threshold, min_confidence=settings.min_confidence, ttl=settings.ttl,
@@ -412,7 +428,8 @@ class Handler(BaseHTTPRequestHandler):
         self.kind = outcome.source if outcome.hit else "miss"
         self.server.counters.count(self.kind)
         if outcome.hit:
-            data, content_type = serve_ollama.cached_reply(plan, outcome.response, time.perf_counter() - started)
+            data, content_type = serve_ollama.cached_reply(plan, outcome.response, time.perf_counter() - started,
+                                                           shape)
             self._reply(200, content_type, data, _outcome_headers(outcome), chunked=plan.stream)
         elif relay.pending is not None:
             self._reply(*relay.pending, _outcome_headers(outcome))
@@ -459,7 +476,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # a fixed-length reply cut short cannot be repaired
             return
         try:
-            self._stream_piece(serve_ollama.error_body(message) + b"\n")
+            self._stream_piece(self.shape.error_line(message))
             self._end_stream()
         except OSError:
             self.close_connection = True
@@ -467,7 +484,7 @@ class Handler(BaseHTTPRequestHandler):
     def _ollama_error(self, exc: SemcacheError) -> None:
         status = 502 if isinstance(exc, OllamaUnreachable) else 500 if isinstance(exc, OllamaError) else 400 \
             if isinstance(exc, UsageError) else 500
-        self._json(status, {"error": str(exc)})
+        self._reply(status, "application/json; charset=utf-8", self.shape.error(serve_ollama.error_body(str(exc))))
 
     # -- embeddings: exact replies ---------------------------------------------------------
 
@@ -586,6 +603,13 @@ class Handler(BaseHTTPRequestHandler):
         if self.query:
             line += f" {json.dumps(self.query, ensure_ascii=False)}"
         log(line)
+
+
+def _decoded(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except (ValueError, RecursionError):
+        return None
 
 
 def _outcome_headers(outcome: Outcome) -> dict[str, str]:

@@ -175,9 +175,36 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
-def cached_reply(plan: Plan, text: str, elapsed_s: float) -> tuple[bytes, str]:
-    """A cached answer as Ollama would send it: (body, content type). Streamed: NDJSON
-    pieces of the text, then the done chunk; otherwise one object."""
+class Shape:
+    """How replies are written to the client: Ollama's own (NDJSON, relayed verbatim),
+    or another API's (serve_openai.OpenAIShape) made from Ollama's chunks."""
+
+    stream_type = "application/x-ndjson"
+    verbatim = True  # a relayed line is sent as it came
+
+    def whole(self, chunk: dict[str, Any]) -> bytes:
+        return _line(chunk)[:-1]
+
+    def line(self, chunk: dict[str, Any]) -> bytes:
+        return _line(chunk)
+
+    def end(self) -> bytes:
+        return b""
+
+    def error(self, data: bytes) -> bytes:
+        return data
+
+    def error_line(self, message: str) -> bytes:
+        """The last line of a stream that broke."""
+        return error_body(message) + b"\n"
+
+
+OLLAMA = Shape()
+
+
+def cached_reply(plan: Plan, text: str, elapsed_s: float, shape: Shape = OLLAMA) -> tuple[bytes, str]:
+    """A cached answer as Ollama would send it (or in `shape`): (body, content type).
+    Streamed: pieces of the text, then the done chunk; otherwise one object."""
     created = now_text()
     nanos = max(1, int(elapsed_s * 1e9))
     final = {"done": True, "done_reason": "stop", "total_duration": nanos, "load_duration": 0,
@@ -192,10 +219,11 @@ def cached_reply(plan: Plan, text: str, elapsed_s: float) -> tuple[bytes, str]:
         return {**head, **final} if done else {**head, "done": False}
 
     if not plan.stream:
-        return _line(chunk(text, True))[:-1], "application/json; charset=utf-8"
-    lines = [_line(chunk(piece, False)) for piece in pieces(text)]
-    lines.append(_line(chunk("", True)))
-    return b"".join(lines), "application/x-ndjson"
+        return shape.whole(chunk(text, True)), "application/json; charset=utf-8"
+    lines = [shape.line(chunk(piece, False)) for piece in pieces(text)]
+    lines.append(shape.line(chunk("", True)))
+    lines.append(shape.end())
+    return b"".join(lines), shape.stream_type
 
 
 _WORDS = re.compile(r"\S*\s*")
@@ -287,8 +315,9 @@ class Relay:
     to it and raises OSError when the client is gone."""
 
     def __init__(self, upstream: Upstream, path: str, body: bytes, plan: Plan,
-                 start: Callable[[int, str, int | None], None], send: Callable[[bytes], None]) -> None:
-        self.upstream, self.path, self.body, self.plan = upstream, path, body, plan
+                 start: Callable[[int, str, int | None], None], send: Callable[[bytes], None],
+                 shape: Shape = OLLAMA) -> None:
+        self.upstream, self.path, self.body, self.plan, self.shape = upstream, path, body, plan, shape
         self.start, self.send = start, send
         self.replied = False  # the client's reply has begun: an error now cannot become a 502
         # A whole (not streamed) reply of Ollama's, to send once the answer is stored (or
@@ -313,11 +342,14 @@ class Relay:
                 from None
         content_type = response.fields.get("content-type", "application/json; charset=utf-8")
         if response.status != 200:
-            self._reply(response.status, content_type, data)
+            self._reply(response.status, content_type, self.shape.error(data))
             text = one_line(data.decode("utf-8", "replace"))
             raise OllamaError(f"Ollama answered {response.status}: {text}")
+        chunk = _chunk(data)
+        if not self.shape.verbatim:
+            data = self.shape.whole(chunk)
         self.pending = (200, content_type, data)  # the client gets it, stored or not
-        return answer_of(self.plan, [_chunk(data)])
+        return answer_of(self.plan, [chunk])
 
     def _reply(self, status: int, content_type: str, data: bytes) -> None:
         self.replied = True
@@ -341,15 +373,18 @@ class Relay:
             if not line.strip():
                 continue
             chunk = _chunk(line)  # checked before it is sent on: a client never gets a broken line
+            if "error" in chunk:  # the caller ends the client's stream with it, in the client's shape
+                raise GenerationFailed(f"Ollama failed mid-answer: {one_line(str(chunk['error']))}; nothing was stored")
             if not started:
                 started = True
                 self.replied = True
                 try:
-                    self.start(200, response.fields.get("content-type", "application/x-ndjson"), None)
+                    self.start(200, self.shape.stream_type, None)
                 except OSError:
                     raise ClientGone("the client went away; nothing was stored") from None
             try:
-                self.send(line)
+                self.send(line if self.shape.verbatim else self.shape.line(chunk) + (
+                    self.shape.end() if chunk.get("done") is True else b""))
             except OSError:
                 raise ClientGone("the client went away mid-answer; nothing was stored") from None
             chunks.append(chunk)

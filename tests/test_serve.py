@@ -426,3 +426,73 @@ def test_every_hit_is_recorded_by_the_time_the_server_stops(ollama: FakeOllama, 
     assert not thread.is_alive()
     assert [entry.hits for entry in stored(isolated_env)] == [200]
     assert [row.path for row in logged(isolated_env)].count("exact") == 200
+
+
+# -- the OpenAI-compatible surface, with the official OpenAI SDK ------------------------------
+
+
+def openai_client(served: Served, **kwargs: Any) -> Any:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0, **kwargs)
+    _closing.append(client)
+    return client
+
+
+_closing: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_openai_clients() -> Iterator[None]:
+    yield
+    while _closing:
+        _closing.pop().close()
+
+
+def test_openai_chat_streamed_and_not(served: Served, ollama: FakeOllama, isolated_env: Path) -> None:
+    client = openai_client(served)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": Q}]
+    first = client.chat.completions.create(model="llama3.2", messages=messages)
+    assert (first.choices[0].message.content, first.choices[0].finish_reason) == (ANSWER, "stop")
+    assert first.object == "chat.completion" and first.usage is not None
+    again = client.chat.completions.with_raw_response.create(model="llama3.2", messages=messages)
+    assert again.headers["x-semcache"] == "exact" and again.parse().choices[0].message.content == ANSWER
+    chunks = list(client.chat.completions.create(
+        model="llama3.2", messages=[messages[0], {"role": "user", "content": PARAPHRASE}], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ANSWER
+    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[0].object == "chat.completion.chunk"
+    assert ollama.counts["/api/chat"] == 1  # the paraphrase was a semantic hit
+    # the same question through Ollama's own API: the same scope, the same answer
+    native = served.client().chat(model="llama3.2", messages=messages)
+    assert native.message.content == ANSWER and ollama.counts["/api/chat"] == 1
+
+
+def test_openai_streamed_miss_is_relayed_as_events_and_stored(served: Served, ollama: FakeOllama,
+                                                               isolated_env: Path) -> None:
+    with httpx.stream("POST", served.url + "/v1/chat/completions", timeout=10,
+                      json={"model": "llama3.2", "messages": [{"role": "user", "content": Q}], "stream": True}) as reply:
+        assert reply.headers["content-type"] == "text/event-stream" and reply.headers["x-semcache"] == "miss"
+        events = [line for line in reply.iter_lines() if line]
+    assert events[-1] == "data: [DONE]" and all(line.startswith("data: {") for line in events[:-1])
+    text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content", "") for line in events[:-1])
+    assert text == ANSWER and [entry.response for entry in stored(isolated_env)] == [ANSWER]
+
+
+def test_openai_completions(served: Served, ollama: FakeOllama) -> None:
+    client = openai_client(served)
+    first = client.completions.create(model="llama3.2", prompt=Q)
+    second = client.completions.create(model="llama3.2", prompt=Q, stream=True)
+    assert first.choices[0].text == ANSWER and "".join(c.choices[0].text for c in second) == ANSWER
+    assert ollama.counts["/api/generate"] == 1
+
+
+def test_openai_errors_and_pass_through(served: Served, ollama: FakeOllama, isolated_env: Path) -> None:
+    from openai import NotFoundError
+
+    client = openai_client(served)
+    with pytest.raises(NotFoundError) as caught:
+        client.chat.completions.create(model="llama9", messages=[{"role": "user", "content": Q}])
+    assert "not found" in str(caught.value)
+    two = served.post("/v1/chat/completions", {"model": "llama3.2", "n": 2, "messages": [{"role": "user", "content": Q}]})
+    assert two.status_code == 404 and "x-semcache" not in two.headers  # passed through: the test server has no /v1
+    assert stored(isolated_env) == []
