@@ -182,7 +182,6 @@ class Server(ThreadingHTTPServer):
         self.options = options
         self.counters = Counters()
         self.embeds = EmbedCache()
-        self.hits = HitRecorder(cache, options.warn)
         self.slots = threading.BoundedSemaphore(options.max_connections)
         self.draining = threading.Event()
         self.lock = threading.Lock()
@@ -191,6 +190,7 @@ class Server(ThreadingHTTPServer):
         family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
         self.address_family = family
         super().__init__((options.host, options.port), Handler)
+        self.hits = HitRecorder(cache, options.warn)  # once listening: a port in use leaves no thread behind
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = super().get_request()
