@@ -496,3 +496,16 @@ def test_openai_errors_and_pass_through(served: Served, ollama: FakeOllama, isol
     two = served.post("/v1/chat/completions", {"model": "llama3.2", "n": 2, "messages": [{"role": "user", "content": Q}]})
     assert two.status_code == 404 and "x-semcache" not in two.headers  # passed through: the test server has no /v1
     assert stored(isolated_env) == []
+
+
+def test_a_port_in_use_is_a_usage_error(ollama: FakeOllama, isolated_env: Path) -> None:
+    from semcache_cli.errors import UsageError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = config.load_settings({"db": str(isolated_env)})
+        with pytest.raises(UsageError, match="cannot listen on 127.0.0.1"):
+            run(settings, ServeOptions(port=taken.getsockname()[1]), threading.Event())
+    alive = [thread.name for thread in threading.enumerate()]
+    assert "semcache-serve-hits" not in alive and "semcache-serve" not in alive
