@@ -315,6 +315,11 @@ class Handler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError, BrokenPipeError):
             self.close_connection = True
             self.kind = self.kind if self.kind != "-" else "gone"
+        except Exception as exc:  # a bug: the client gets an answer, the operator a warning
+            self.close_connection = True
+            self.server.options.warn(f"unexpected {type(exc).__name__} serving {self.command} {self.path}: {exc}")
+            if not self.status:
+                self._json(500, {"error": f"semcache serve: unexpected {type(exc).__name__}"})
         finally:
             if self.server.draining.is_set():
                 self.close_connection = True
@@ -409,21 +414,15 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         except StoreError as exc:
-            if relay.replied:
-                self._end_stream_with_error(str(exc))
+            if not relay.replied and relay.pending is None:  # before Ollama was asked: the cache is skipped
+                self.server.options.warn(f"the cache store failed ({exc}); passing the request through")
+                self.kind = PASS
+                self._pass(body if original is None else original)
                 return
-            self.server.options.warn(f"the cache store failed ({exc}); passing the request through")
-            self.kind = PASS
-            self._pass(body)
+            self._failed(relay, exc)
             return
         except SemcacheError as exc:
-            self.kind = "miss" if relay.replied or relay.pending else "error"
-            if relay.pending is not None:  # Ollama's whole reply, its answer not stored
-                self._reply(*relay.pending, {"X-Semcache": "miss"})
-            elif relay.replied:
-                self._end_stream_with_error(str(exc))
-            else:
-                self._ollama_error(exc)
+            self._failed(relay, exc)
             return
         self.kind = outcome.source if outcome.hit else "miss"
         self.server.counters.count(self.kind)
@@ -435,6 +434,17 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(*relay.pending, _outcome_headers(outcome))
         elif self._streaming:
             self._end_stream()
+
+    def _failed(self, relay: Relay, exc: SemcacheError) -> None:
+        """A cached request that failed: Ollama's whole reply if it came (its answer not
+        stored), the end of a stream already begun, or the error in the client's shape."""
+        self.kind = "miss" if relay.replied or relay.pending else "error"
+        if relay.pending is not None:
+            self._reply(*relay.pending, {"X-Semcache": "miss"})
+        elif relay.replied:
+            self._end_stream_with_error(str(exc))
+        else:
+            self._ollama_error(exc)
 
     def _engine(self) -> Engine:
         """This connection's engine, its hits recorded in batches."""
