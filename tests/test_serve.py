@@ -509,3 +509,25 @@ def test_a_port_in_use_is_a_usage_error(ollama: FakeOllama, isolated_env: Path) 
             run(settings, ServeOptions(port=taken.getsockname()[1]), threading.Event())
     alive = [thread.name for thread in threading.enumerate()]
     assert "semcache-serve-hits" not in alive and "semcache-serve" not in alive
+
+
+def test_single_flight_with_another_semcache_process(served: Served, ollama: FakeOllama, isolated_env: Path) -> None:
+    """A `semcache ask` process is answering the question; the same question through
+    serve waits for that answer instead of asking the model again."""
+    ollama.faults.delay = 1.0
+    ollama.chat_started.clear()  # set by any earlier generation
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OLLAMA_HOST": ollama.url}
+    asking = subprocess.Popen([sys.executable, "-m", "semcache_cli", "ask", Q, "--db", str(isolated_env)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert ollama.chat_started.wait(20)  # the other process holds the claim and is generating
+        reply = served.post("/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": Q}],
+                                          "stream": False})
+        assert (reply.headers["x-semcache"], reply.json()["message"]["content"]) == ("exact", ANSWER)
+        assert asking.wait(20) == 0
+    finally:
+        asking.kill()
+        asking.wait()
+        if asking.stdout is not None:
+            asking.stdout.close()
+    assert ollama.generations == 1
