@@ -181,13 +181,23 @@ def _warn(message: str) -> None:
     _stderr(render.warning_line(config.scrub_known(message)))
 
 
+# The flag of the setting an error names: the core's messages name settings, not flags.
+_FLAG_HINTS = {"db": " (--db)", "timeout": " (--timeout)", "cache_only": " and --cache-only is set"}
+
+
+def _said(exc: SemcacheError) -> str:
+    """An error's message as the command line says it: known secrets masked, and the flag
+    of the setting at fault named (the library's messages name no flag)."""
+    return config.scrub_known(str(exc)) + _FLAG_HINTS.get(getattr(exc, "setting", None) or "", "")
+
+
 @contextmanager
 def _errors_to_exit() -> Iterator[None]:
     """The one place errors become a line on stderr and an exit code."""
     try:
         yield
     except SemcacheError as exc:
-        _stderr(render.error_line(config.scrub_known(str(exc))))
+        _stderr(render.error_line(_said(exc)))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _stderr(render.error_line("interrupted; nothing partial was stored"))
@@ -222,7 +232,7 @@ def _json_failure(enabled: bool, question: list[str | None]) -> Iterator[None]:
         if not enabled or isinstance(exc, (typer.Exit, typer.Abort, BrokenPipeError)):
             raise
         if isinstance(exc, SemcacheError):
-            kind, message, code = exc.kind, str(exc), exc.exit_code
+            kind, message, code = exc.kind, _said(exc), exc.exit_code
         elif isinstance(exc, KeyboardInterrupt):
             kind, message, code = "interrupted", "interrupted; nothing partial was stored", EXIT_INTERRUPTED
         elif isinstance(exc, Terminated):
@@ -1048,6 +1058,79 @@ def calibrate(
             _report(f"no question in {report['database']} has a vector yet: nothing to calibrate")
         else:
             _report("\n".join(render.scale_text(row) for row in report["scales"]))
+
+
+@app.command(epilog=_epilog(
+    exit_codes_help().replace("130/143 interrupted (SIGINT/SIGTERM).",
+                              "SIGTERM or SIGINT: the requests in flight finish, then exit 0."),
+    "semcache serve                      # then: OLLAMA_HOST=127.0.0.1:11435 your-program",
+    "semcache serve --upstream 10.0.0.5:11434 --db postgresql://cache@db.internal/semcache",
+    "SEMCACHE_SERVE_TOKEN=s3cret semcache serve --host 0.0.0.0",
+))
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; another than loopback exposes the "
+                                      "cache to the network (set SEMCACHE_SERVE_TOKEN then).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 11435,
+    upstream: Annotated[
+        str | None, typer.Option("--upstream", metavar="URL", help="The real Ollama. [default: OLLAMA_HOST]")
+    ] = None,
+    namespace: Namespace = None,
+    embed_model: EmbedModel = None,
+    ttl: Ttl = None,
+    threshold: Threshold = None,
+    min_confidence: MinConfidence = None,
+    timeout: Timeout = None,
+    guards: Guards = None,
+    margin: Margin = None,
+    scale: ScaleChoice = None,
+    max_body: Annotated[str, typer.Option("--max-body", help="Largest request body taken.")] = "32MiB",
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", min=1, help="Connections served at once; more get a 503.")
+    ] = 64,
+    log_prompts: Annotated[
+        bool, typer.Option("--log-prompts", help="Add each cached request's question to its access-log line.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No access log (warnings and errors still).")] = False,
+    db: Database = None,
+) -> None:
+    """Serve Ollama's API in front of the real Ollama, answering from the cache where it
+    is safe: point any program's OLLAMA_HOST here. docs/serve.md has what is cached."""
+    import signal
+    import threading
+
+    from semcache_cli import serve as serving
+
+    _set_quiet(quiet)
+    with _errors_to_exit():
+        settings = _settings(
+            {"namespace": namespace, "embed_model": embed_model, "ttl": ttl, "threshold": threshold,
+             "min_confidence": min_confidence, "timeout": timeout, "db": db, "guards": guards, "margin": margin,
+             "scale": scale},
+        )
+        if upstream is not None:
+            settings.ollama_url = config.parse_ollama_host(upstream)
+        token = os.environ.get("SEMCACHE_SERVE_TOKEN")
+        if token is not None:
+            token = config.valid_text(token, "SEMCACHE_SERVE_TOKEN")
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+
+        def ready(url: str) -> None:
+            _status(render.plain_line(f"serving {url} in front of Ollama at {settings.ollama_url}, cache "
+                                      f"{settings.db}"))
+            if host not in ("127.0.0.1", "localhost", "::1") and not token:
+                _warn(f"listening on {host} without SEMCACHE_SERVE_TOKEN: anyone who can reach it may use it")
+
+        def access(line: str) -> None:
+            if not _quiet:
+                _stderr(line)
+
+        options = serving.ServeOptions(
+            host=host, port=port, token=token, max_body=config.parse_size(max_body, "--max-body"),
+            max_connections=max_connections, log=access, log_prompts=log_prompts, warn=_warn, ready=ready,
+        )
+        serving.run(settings, options, stop)
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

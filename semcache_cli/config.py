@@ -643,3 +643,28 @@ def load_settings(
         db_is_default=db_is_default,
         **resolved,
     )
+
+
+def check_setting(key: str, value: Any) -> Any:
+    """One setting's value typed and checked, as a config file's would be (ttl: None is never)."""
+    return _PARSERS[key]("never" if key == "ttl" and value is None else value, key)
+
+
+_SECONDS = {"ttl", "timeout"}  # durations a program gives as a number of seconds
+
+
+def explicit_settings(db: str, ollama_host: str, values: Mapping[str, Any],
+                      options: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from the values given and the defaults only: no config file, no
+    environment (the Python API). Each value is checked as a config file's would be, the
+    message naming its key."""
+    resolved = dict(DEFAULTS)
+    for key, value in values.items():
+        if key not in _PARSERS:
+            raise UsageError(f"unknown setting {key!r} (known: {', '.join(sorted(_PARSERS))})")
+        if key in _SECONDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = f"{value!r}s"  # a program's number is seconds, as the API says; a bare one typed is not
+        resolved[key] = check_setting(key, value)
+    typed = {key: parse_option(key, value, "options") for key, value in (options or {}).items()}
+    return Settings(db=database_setting(str(db), "db"), ollama_url=parse_ollama_host(ollama_host),
+                    options=typed, **resolved)

@@ -62,6 +62,10 @@ class AskRequest:
     store: bool = True  # False: --no-store
     cache_only: bool = False
     runtime_options: dict[str, Any] = field(default_factory=dict)  # sent to Ollama, no part of the scope
+    # How a miss is answered: (query, request, on_token) -> ollama.Generation. None: the
+    # engine's own chat call; `semcache serve` forwards the client's request instead.
+    generate: Callable[[str, AskRequest, Callable[[str], None]], Any] | None = None
+    semantic: bool = True  # False: the exact layer only (no embedding, no vector stored)
 
 
 @dataclass
@@ -349,7 +353,7 @@ class Engine:
         if exact is not None and exact.verdict.serve:
             return self._served(ask, exact)
 
-        if ask.vector is None and (req.lookup or req.store):
+        if ask.vector is None and req.semantic and (req.lookup or req.store):
             try:
                 ask.vector, ask.unembedded = self._embed(query, req, ask.warnings)
             except SemcacheError as exc:
@@ -377,7 +381,7 @@ class Engine:
         ask.detail = decision.detail
         if req.cache_only:
             self._spare(lambda: self.store.log_request(ask.log_row("miss")), "the miss was not logged")
-            raise CacheOnlyMiss(f"no cached answer ({miss_reason}) and --cache-only is set", miss_reason)
+            raise CacheOnlyMiss(f"no cached answer ({miss_reason})", miss_reason)
 
         claim: Claim | None = None
         failing = False
@@ -427,7 +431,7 @@ class Engine:
         """The miss path: ask the model, store a clean answer, log the request."""
         req = ask.req
         try:
-            generation = self._generate(ask.query, req, ask.on_token)
+            generation = self._storable((req.generate or self._generate)(ask.query, req, ask.on_token))
         except SemcacheError as exc:
             self._failed(ask, exc)
             raise
@@ -726,7 +730,11 @@ class Engine:
             messages.append({"role": "system", "content": req.scope.system})
         messages.append({"role": "user", "content": query})
         options = {**req.scope.options, **req.runtime_options}
-        generation = self.client.chat(req.scope.model, messages, options, req.scope.format, on_token)
+        return self.client.chat(req.scope.model, messages, options, req.scope.format, on_token)
+
+    @staticmethod
+    def _storable(generation: Any) -> Any:
+        """The generation, when it may be stored and served; GenerationFailed otherwise."""
         if generation.done_reason == "length":
             raise GenerationFailed("the answer was cut off at the length limit (done_reason=length); nothing was stored")
         problem = policy.poison_reason(generation.text, generation.done_reason)

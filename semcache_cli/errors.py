@@ -44,10 +44,18 @@ EXIT_CODES_HELP = exit_codes_help(EXIT_CACHE_MISS, EXIT_UNREACHABLE, EXIT_MODEL_
 
 
 class SemcacheError(Exception):
-    """Base of every error semcache reports; the message is one line for the user."""
+    """Base of every error semcache reports; the message is one line for the user.
+
+    Messages name settings as the library knows them (the store location, the timeout),
+    never a command-line flag: `setting` says which one is at fault, and the CLI adds its
+    flag where it turns the error into an exit code."""
 
     exit_code = EXIT_RUNTIME
     kind = "error"  # the error's name in JSON output (ask --json), stable for scripts
+
+    def __init__(self, *args: object, setting: str | None = None) -> None:
+        super().__init__(*args)
+        self.setting = setting  # db, timeout, cache_only ... (kept by pickle: it is in __dict__)
 
 
 class UsageError(SemcacheError):
@@ -112,7 +120,7 @@ class CacheOnlyMiss(SemcacheError):
     kind = "cache_miss"
 
     def __init__(self, message: str, miss_reason: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, setting="cache_only")
         self.miss_reason = miss_reason  # why the cache could not answer, as ask --json says it
 
     def __reduce__(self) -> tuple[type, tuple[str, str | None]]:  # to cross from a replay worker process

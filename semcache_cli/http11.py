@@ -365,6 +365,10 @@ class Response:
                 return bytes(out[:limit])
         return bytes(out)
 
+    def some(self, n: int) -> bytes:
+        """The next 1 to n bytes of the body, as soon as they come; b"" at its end."""
+        return self._piece(n, newline=False)
+
     def readline(self, limit: int) -> bytes:
         """The next line of the body with its newline (the last may lack one), b"" at its
         end; TooLarge for a line longer than `limit` bytes."""

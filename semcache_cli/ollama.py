@@ -258,7 +258,7 @@ class OllamaClient:
     def _timed_out(self) -> OllamaUnreachable:
         return OllamaUnreachable(
             f"Ollama at {self._where()} timed out after {self.timeout:g} s without replying "
-            "(a cold model load can be slow: raise --timeout)"
+            "(a cold model load can be slow: raise the timeout)", setting="timeout"
         )
 
     def _status_error(self, reply: Reply, model: str, path: str) -> OllamaError:

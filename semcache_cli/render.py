@@ -158,10 +158,14 @@ def error_line(message: str) -> str:
 def outcome_json(outcome: Outcome, question: str | None = None) -> str:
     """ask --json on success. Its first keys, `question`, `exit_code` and `error`, are in
     every object ask --json prints, so a script reads one shape (docs/json.md)."""
-    data: dict[str, Any] = {
-        "question": question,
-        "exit_code": 0,
-        "error": None,
+    data = {"question": question, "exit_code": 0, "error": None, **outcome_dict(outcome)}
+    return json.dumps(data, ensure_ascii=False)
+
+
+def outcome_dict(outcome: Outcome) -> dict[str, Any]:
+    """An answer's fields, as ask --json prints them after its first keys (and the Python
+    API's Answer.as_dict)."""
+    return {
         "response": outcome.response,
         "source": outcome.source,
         "hit": outcome.hit,
@@ -181,7 +185,6 @@ def outcome_json(outcome: Outcome, question: str | None = None) -> str:
         "warnings": outcome.warnings,
         "calibration": scale_dict(outcome.calibration),
     }
-    return json.dumps(data, ensure_ascii=False)
 
 
 def failure_json(question: str | None, kind: str, message: str, exit_code: int, miss_reason: str | None) -> str:

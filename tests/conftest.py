@@ -134,6 +134,30 @@ def ollama(_server: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fak
     _server.reset()
 
 
+def in_threads(target: Any, count: int, timeout: float = 120) -> list[BaseException]:
+    """target(n) for n in range(count), each on a thread of its own, all at once; what
+    they raised, and a TimeoutError for each still running `timeout` s after the start."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            target(n)
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    errors += [TimeoutError(f"thread {n} still running after {timeout:g} s") for n, thread in enumerate(threads)
+               if thread.is_alive()]
+    return errors
+
+
 @dataclass
 class Result:
     exit_code: int

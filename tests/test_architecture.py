@@ -15,9 +15,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "semcache_cli"
 # What each module may import of the package; keep in step with docs/architecture.md.
 ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
+    "api": {"config", "engine", "errors", "ollama", "render"},
     "cli": {"config", "errors", "inputs", "render", "engine", "inspection", "purge", "stats", "replay", "copying",
-            "calibrate", "outputs", "storage.models", "storage.selector"},
+            "calibrate", "outputs", "serve", "storage.models", "storage.selector"},
     "outputs": {"config", "errors"},
+    "serve": {"api", "config", "engine", "errors", "serve_ollama", "serve_openai", "stats", "storage.models",
+              "storage.port"},
+    "serve_openai": {"serve_ollama"},
+    "serve_ollama": {"config", "errors", "http11", "ollama", "policy"},
     "copying": {"config", "errors", "outputs", "storage", "storage.models", "storage.scales", "storage.selector"},
     "calibrate": {"config", "engine", "storage.scales"},
     "inspection": {"config", "errors", "engine", "storage", "storage.models", "storage.port", "storage.selector"},

@@ -53,7 +53,7 @@ def test_the_completion_script_of_each_shell(shell: str, marker: str, order: str
 
 def test_a_bash_completion_request_returns_commands_and_options() -> None:
     commands = semcache(_SEMCACHE_COMPLETE="complete_bash", COMP_WORDS="semcache ", COMP_CWORD="1")
-    assert commands.stdout.split() == ["ask", "purge", "stats", "replay", "copy", "inspect", "calibrate"]
+    assert commands.stdout.split() == ["ask", "purge", "stats", "replay", "copy", "inspect", "calibrate", "serve"]
     options = semcache(_SEMCACHE_COMPLETE="complete_bash", COMP_WORDS="semcache ask --n", COMP_CWORD="2")
     assert options.stdout.split() == ["--namespace", "--no-cache", "--no-store"]
     purge = semcache(_SEMCACHE_COMPLETE="complete_bash", COMP_WORDS="semcache purge -", COMP_CWORD="2")

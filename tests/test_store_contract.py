@@ -97,6 +97,21 @@ def test_a_hit_is_counted_with_its_log_row(backend_store: Store) -> None:
     assert rows[0].id is not None and rows[1].id is not None and rows[0].id < rows[1].id
 
 
+def test_hits_recorded_in_a_batch_count_as_one_by_one(backend_store: Store) -> None:
+    first, second = backend_store.store_answer(answer()), backend_store.store_answer(answer("other"))
+    backend_store.record_hits([
+        (first, NOW + 10, LogRow(at=NOW + 10, path="semantic", entry_id=first, similarity=0.9)),
+        (second, NOW + 15, LogRow(at=NOW + 15, path="exact", entry_id=second)),
+        (first, NOW + 20, LogRow(at=NOW + 20, path="exact", entry_id=first)),
+    ])
+    hit_first, hit_second = backend_store.get(first), backend_store.get(second)
+    assert hit_first is not None and (hit_first.hits, hit_first.last_hit_at) == (2, NOW + 20)
+    assert hit_second is not None and (hit_second.hits, hit_second.last_hit_at) == (1, NOW + 15)
+    assert [(r.path, r.entry_id, r.similarity) for r in backend_store.request_log()] == [
+        ("semantic", first, 0.9), ("exact", second, None), ("exact", first, None)]
+    backend_store.record_hits([])  # nothing to do is no error
+
+
 def test_an_answer_stored_with_its_log_row_gives_the_row_its_id(backend_store: Store) -> None:
     entry_id = backend_store.store_answer(answer("q1"), LogRow(at=NOW, path="model", query="q1", miss_reason="no_match"))
     (row,) = backend_store.request_log()

@@ -30,7 +30,8 @@ def open_store(settings: Settings, warn: Callable[[str], None] | None = None, cr
         if scheme not in ("postgresql", "postgres"):
             # only a scheme is shown: the text before `://` may be anything, a password too
             named = f"{scheme}://" if re.fullmatch(r"[a-z][a-z0-9+.-]{0,30}", scheme) else "this URL"
-            raise UsageError(f"--db: {named} is not a kind of store semcache knows (a file path, or postgresql://)")
+            raise UsageError(f"{named} is not a kind of store semcache knows (a file path, or postgresql://)",
+                             setting="db")
         try:
             from semcache_cli.storage.postgres import PostgresStore
         except ImportError:  # psycopg is an optional extra; the SQLite path never imports it

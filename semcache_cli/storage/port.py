@@ -74,6 +74,10 @@ class Store(Protocol):
     def record_hit(self, entry_id: int, now: float, request: LogRow) -> None:
         """Count a hit on the entry and log the request, together."""
 
+    def record_hits(self, hits: Sequence[tuple[int, float, LogRow]]) -> None:
+        """record_hit for many (entry id, time, request), in order, in one transaction
+        (semcache serve records its hits in batches: a commit each cost half a hit)."""
+
     def log_request(self, request: LogRow) -> None:
         ...
 

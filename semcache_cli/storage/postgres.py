@@ -107,7 +107,7 @@ def parse_url(url: str) -> tuple[str, str, str]:
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
-        raise UsageError("--db: not a usable postgresql:// URL") from None
+        raise UsageError("the store location is not a usable postgresql:// URL", setting="db") from None
     schema = DEFAULT_SCHEMA
     kept = []
     # Every parameter but semcache's own goes to libpq as it was written: libpq decodes
@@ -120,7 +120,8 @@ def parse_url(url: str) -> tuple[str, str, str]:
         else:
             kept.append(item)
     if not _SCHEMA_NAME.fullmatch(schema):
-        raise UsageError(f"--db: schema={schema!r} is not a plain lower-case name (letters, digits, _)")
+        raise UsageError(f"schema={schema!r} in the store location is not a plain lower-case name (letters, digits, _)",
+                         setting="db")
     return _unsplit(parts._replace(query="&".join(kept))), schema, masked_url(url)
 
 
@@ -154,7 +155,8 @@ def server_error(exc: BaseException, location: str, secrets: list[str], timeout_
         text = text.replace(secret, MASK)
     state = getattr(exc, "sqlstate", None) or ""
     if state == "57014":  # query_canceled: the statement timeout
-        return StoreUnreachable(f"the cache store {location} did not answer within {timeout_s:g} s (raise --timeout)")
+        return StoreUnreachable(f"the cache store {location} did not answer within {timeout_s:g} s (raise the timeout)",
+                                setting="timeout")
     if state == "53100":
         return StoreFull(f"the cache store {location} is out of disk space ({text}); nothing was stored")
     if state in ("42501", "25006"):  # insufficient_privilege; read_only_sql_transaction (a standby)
@@ -306,8 +308,7 @@ class PostgresStore:
             reason = " ".join(str(exc).split())
             for secret in secrets:  # libpq quotes a token it cannot decode, a password's too
                 reason = reason.replace(secret, MASK)
-            raise UsageError(f"--db: {location} is not a usable PostgreSQL URL ({reason})") \
-                from None
+            raise UsageError(f"{location} is not a usable PostgreSQL URL ({reason})", setting="db") from None
         # Every statement is bounded by --timeout; a user's own `options` are kept.
         options = f"{given.get('options') or ''} -c statement_timeout={int(timeout_s * 1000)}".strip()
         try:
@@ -640,6 +641,13 @@ class PostgresStore:
         self._conn.execute(
             f"WITH hit AS (UPDATE {self._s}.entries SET hits = hits + 1, last_hit_at = %s WHERE id = %s) "
             + self._insert_request, (now, entry_id, *request[:-1]))
+
+    @_reconnecting
+    def record_hits(self, hits: Sequence[tuple[int, float, LogRow]]) -> None:
+        with self._conn.transaction(), self._conn.cursor() as cursor:
+            cursor.executemany(f"UPDATE {self._s}.entries SET hits = hits + 1, last_hit_at = %s WHERE id = %s",
+                               [(now, entry_id) for entry_id, now, _ in hits])
+            cursor.executemany(self._insert_request, [request[:-1] for _, _, request in hits])
 
     @_reconnecting
     def log_request(self, request: LogRow) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -126,7 +127,7 @@ def _create_private_file(path: Path, create_parent: bool) -> None:
     parent = path.parent
     if not parent.is_dir():
         if not create_parent:
-            raise UsageError(f"database directory {parent} does not exist (create it, or pick another --db)")
+            raise UsageError(f"database directory {parent} does not exist (create it, or pick another store)", setting="db")
         parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not path.exists():
         try:
@@ -277,13 +278,14 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             if getattr(exc, "sqlite_errorcode", 26) & 0xFF != 26:  # not SQLITE_NOTADB: the file may well be fine
                 raise store_error(exc, str(path)) from None
-            raise StoreDamaged(f"{path} is not a usable SQLite database ({exc}); pick another --db") from None
+            raise StoreDamaged(f"{path} is not a usable SQLite database ({exc}); pick another store",
+                               setting="db") from None
         store = cls(conn, path)
         if version > SCHEMA_VERSION:
             conn.close()
             raise StoreError(
                 f"{path} was written by a newer semcache (schema {version}, this one knows "
-                f"{SCHEMA_VERSION}); upgrade semcache or use another --db"
+                f"{SCHEMA_VERSION}); upgrade semcache or use another store", setting="db"
             )
         try:
             if version < SCHEMA_VERSION:
@@ -530,6 +532,12 @@ class SQLiteStore:
             self._conn.execute("UPDATE entries SET hits = hits + 1, last_hit_at = ? WHERE id = ?", (now, entry_id))
             self._conn.execute(_INSERT_REQUEST, request[:-1])
 
+    def record_hits(self, hits: Sequence[tuple[int, float, LogRow]]) -> None:
+        with self._write():
+            self._conn.executemany("UPDATE entries SET hits = hits + 1, last_hit_at = ? WHERE id = ?",
+                                   [(now, entry_id) for entry_id, now, _ in hits])
+            self._conn.executemany(_INSERT_REQUEST, [request[:-1] for _, _, request in hits])
+
     def log_request(self, request: LogRow) -> None:
         with self._write():
             self._conn.execute(_INSERT_REQUEST, request[:-1])
@@ -759,6 +767,9 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+_PROCESS_WRITES = threading.Lock()
+
+
 class _WriteTransaction:
     """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front (waiting out the busy
     timeout) so a transaction never fails half-way on a lock upgrade. Any failure rolls
@@ -768,17 +779,28 @@ class _WriteTransaction:
         self.conn = conn
 
     def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        # The threads of one process (semcache serve, the Python API) take turns here:
+        # waiting on SQLite's lock instead, a thread sleeps in its busy handler's steps
+        # (up to 100 ms) while the lock is free again within a fraction of a millisecond.
+        _PROCESS_WRITES.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            _PROCESS_WRITES.release()
+            raise
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            try:
-                self.conn.execute("COMMIT")
-                return
-            except sqlite3.Error:
-                self._rollback()
-                raise
-        self._rollback()
+        try:
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                    return
+                except sqlite3.Error:
+                    self._rollback()
+                    raise
+            self._rollback()
+        finally:
+            _PROCESS_WRITES.release()
 
     def _rollback(self) -> None:
         if self.conn.in_transaction:
