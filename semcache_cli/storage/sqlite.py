@@ -241,7 +241,8 @@ class SQLiteStore:
         location, refused when another user could change it (ownership.py); a named
         path is only warned about."""
         path = Path(path)
-        _check_owner(path, private, warn)
+        if private:  # first: another user's directory may not even let us look inside
+            _check_owner(path, True, None)
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise StoreError(f"this Python's SQLite is {sqlite3.sqlite_version}; semcache needs "
                              f"{'.'.join(map(str, MIN_SQLITE))} or newer (RETURNING): use a newer Python build")
@@ -251,6 +252,8 @@ class SQLiteStore:
             raise UsageError(f"database path {path} is not a regular file (a device or a pipe)")
         if (read_only or not create) and not path.exists():
             raise UsageError(f"there is no cache at {path} (check the path)")
+        if not private:  # a regular file, or none yet
+            _check_owner(path, False, warn)
         if not read_only and not (path.exists() and not _writable(path)):
             _create_private_file(path, create_parent)
             if private:  # what was made may have met what another user made first
