@@ -109,7 +109,8 @@ def plan(store: Store, selector: Selector, now: float, max_entries: int | None =
                 f"{_kb(floor)} (the schema and the request log); nothing was deleted. Give a larger "
                 "bound, or trim the request log (--log-older-than)")
         more = size_excess_ids(sizes, used - freed - max_bytes, gone)
-        freed += sum(size for entry_id, size in sizes if entry_id in set(more))
+        chosen_more = set(more)
+        freed += sum(size for entry_id, size in sizes if entry_id in chosen_more)
         evict += more
     return Plan(selected, evict, store.count(), max_bytes, used, freed)
 
