@@ -1044,9 +1044,11 @@ def calibrate(
     quiet: Quiet = False,
     db: Database = None,
 ) -> None:
-    """Estimate every embedding model's similarity scale again from the vectors the cache
-    holds now. ask does this by itself as the cache grows (at 32 vectors of a model, then
-    each time they double); run it after changing the store by other means."""
+    """Estimate every embedding model's similarity scale again: its reference questions
+    embedded again (one call per model), then the scale from them and the vectors the cache
+    holds now. ask does this by itself (at a model's first question, at 32 vectors of it,
+    then each time they double); run it after changing the store by other means, or when a
+    model failed on the reference questions."""
     from semcache_cli import calibrate as calibration
 
     _set_quiet(quiet)

@@ -241,9 +241,8 @@ BACKGROUND_WORDS = ("how", "what", "when", "where", "why", "can", "do", "i", "my
 
 def calibrated(db: Path | str, embed_model: str = "nomic-embed-text", dims: int = 768, count: int = 64,
                sample: Any = None) -> None:
-    """Give the cache the calibrated scale a cache of this embedding model has once it
-    holds 32 or more questions: estimated, as the store does, from `count` unrelated
-    questions (the test server's own embedding of them, or the given `sample` of real
+    """Give the cache a calibrated scale of this embedding model, as one made from
+    reference questions: estimated, as the store does, from `count` unrelated questions (the test server's own embedding of them, or the given `sample` of real
     vectors), which are not stored. Tests of other behaviour then meet a small cache
     whose semantic layer is on; the cold start and the growth of the scale are tested
     on their own (tests/test_calibration.py)."""
@@ -256,8 +255,11 @@ def calibrated(db: Path | str, embed_model: str = "nomic-embed-text", dims: int 
         rng = np.random.default_rng(2024)
         texts = [" ".join(rng.choice(BACKGROUND_WORDS, size=int(rng.integers(4, 9)))) for _ in range(count)]
         sample = [vectors.unit_vector(list(hashed_embedding(text, dims))) for text in texts]
+    # Made from questions that are not stored, as a scale made from the reference questions
+    # is: counts the store holds (none of its own vectors yet), next made at 32 of them.
+    scale = vectors.estimate(sample, len(sample), 0)._replace(vectors=0, reference=len(sample), distinct=0)
     with cache_at(db) as store:
-        store.save_calibration(policy.canonical_model(embed_model), vectors.estimate(sample, len(sample), 0))
+        store.save_calibration(policy.canonical_model(embed_model), scale)
 
 
 def clinc_sample(table: dict[str, Any], size: int = 2048) -> Any:
@@ -283,7 +285,8 @@ def neutral_scale(db: Path | str, embed_model: str = "all-minilm", dims: int = 3
             for axis in range(dims - vectors.directions_for(dims), dims)]
     with cache_at(db) as store:
         store.save_calibration(policy.canonical_model(embed_model),
-                               vectors.Calibration(dims, 64, 0, tuple(axes), (0.0,) * len(axes), 0.0, 0.9, 50.0, 0.0))
+                               vectors.Calibration(dims, 0, 0, tuple(axes), (0.0,) * len(axes), 0.0, 0.9, 50.0, 0.0,
+                                                   reference=64))
 
 
 def restore(db: Path | str, entry: Entry, **changes: object) -> None:
