@@ -14,7 +14,10 @@ branch's (after), each beside the guards switched off:
    differ refused >= 95%, paraphrases served >= 90%.
 3. The guards' cost per candidate pair (target <= 0.2 ms).
 
-    python bench/guards.py [--snips DIR] [--before REF]   # REF: main (default)
+    python bench/guards.py [--snips DIR] [--before REF]
+
+REF (default main) is the commit whose guards are "before": once this work is merged into
+main, pass the commit before it (f905eed, where docs/guards.md's figures come from).
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def compare(name: str, items: list[ReplayQuery], matrix: np.ndarray, before: Cal
     runs = {}
     if before is not None:
         with guarded_by(before):
-            runs["before (main)"] = insert_on_miss(items, matrix, guarded=True, same=same)
+            runs["before"] = insert_on_miss(items, matrix, guarded=True, same=same)
     with guarded_by(CHECK, seen):
         runs["after"] = insert_on_miss(items, matrix, guarded=True, same=same)
     print(f"\n{name}: {len(items):,} queries, insert on miss at the defaults")
@@ -129,7 +132,7 @@ def pairs(before: Callable[..., Any] | None, matrix: np.ndarray) -> bool:
     runs = {}
     if before is not None:
         with guarded_by(before):
-            runs["before (main)"] = hard_cases(BASE, matrix)
+            runs["before"] = hard_cases(BASE, matrix)
     runs["after"] = hard_cases(BASE, matrix)
     print("\nhard-case pairs (tests/data), each alone in a cache with CLINC's scale, at the defaults")
     ok = True
@@ -150,8 +153,7 @@ def main() -> None:
     parser.add_argument("--before", default="main", help="git ref of the guards to compare with")
     args = parser.parse_args()
     before = main_guards(args.before)
-    if before is None:
-        print(f"no guards at {args.before!r}: after figures only")
+    print(f"before: the guards at {args.before}" if before else f"no guards at {args.before!r}: after figures only")
     items, texts, matrix, index = clinc()
     per_item = matrix[[index[item.query] for item in items]].astype(np.float32)
     seen: list[tuple[str, str]] = []
@@ -172,7 +174,7 @@ def cost(seen: list[tuple[str, str]], before: Callable[..., Any] | None) -> bool
     """Per candidate pair, over the pairs the CLINC run judged, each question new to the
     caches (as a process meets them): the best of five rounds, beside main's guards."""
     enabled = tuple(guards.GUARDS)
-    timed = {"after": CHECK, **({"before (main)": before} if before is not None else {})}
+    timed = {"after": CHECK, **({"before": before} if before is not None else {})}
     best: dict[str, float] = {}
     for _ in range(5):
         for label, check in timed.items():
