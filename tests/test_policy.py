@@ -113,3 +113,11 @@ def test_expired_or_poisoned_is_never_served(similarity: float, age: float, ttl:
         assert not verdict.serve
     if verdict.serve:
         assert verdict.confidence >= min_confidence
+
+
+@given(st.text())
+def test_the_stored_question_has_the_key_of_the_asked_one(text: str) -> None:
+    # ask stores and sends policy.trim(question): trimming twice, or before normalising,
+    # changes nothing, so a stored question's key is the one its asker's text got
+    assert policy.trim(policy.trim(text)) == policy.trim(text)
+    assert policy.normalise(policy.trim(text)) == policy.normalise(text)
