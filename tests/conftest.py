@@ -218,8 +218,9 @@ BACKGROUND_WORDS = ("how", "what", "when", "where", "why", "can", "do", "i", "my
 def calibrated(db: Path | str, embed_model: str = "nomic-embed-text", dims: int = 768, count: int = 64,
                sample: Any = None) -> None:
     """Give the cache a calibrated scale of this embedding model, as one made from
-    reference questions: estimated, as the store does, from `count` unrelated questions (the test server's own embedding of them, or the given `sample` of real
-    vectors), which are not stored. Tests of other behaviour then meet a small cache
+    reference questions: estimated, as the store does, from `count` unrelated questions
+    (the test server's own embedding of them, or the given `sample` of real vectors),
+    which are not stored. Tests of other behaviour then meet a small cache
     whose semantic layer is on; the cold start and the growth of the scale are tested
     on their own (tests/test_calibration.py)."""
     import numpy as np
