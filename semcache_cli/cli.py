@@ -1028,10 +1028,10 @@ def _inspect_similar(settings: config.Settings, text: str, format: Any, limit: i
         return
     _write_table(render.SIMILAR_COLUMNS,
                  (render.similar_row(judged, served, rank, considered, now) for rank, judged in ranked), ("query",))
-    scale = render.scale_line(explanation)
-    if scale is not None:
-        _report(scale)
     _report(render.decision_line(explanation, request))
+    scale = render.scale_line(explanation)
+    if scale is not None:  # a status, beside the table: on stderr
+        _status(render.plain_line(scale))
 
 
 @app.command(epilog=_epilog(

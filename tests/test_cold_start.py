@@ -59,10 +59,10 @@ def test_a_brand_new_cache_serves_a_paraphrase_on_its_second_ask(ollama: FakeOll
     assert scale["made_from"] == {"reference_questions": REFERENCE, "cache_vectors": 0}
     assert scale["degraded"] == "made mostly from reference questions (0 of the cache's own vectors)"
     assert len(json.loads(run_cli("inspect", "--json").stdout)) == 1
-    explained = run_cli("inspect", "--similar", PARAPHRASE).stdout.splitlines()
-    assert explained[-2] == (f"similarity scale (ready) made from {REFERENCE} reference questions and 0 of the cache's "
-                             "distinct vectors")
-    assert explained[-1].startswith("ask would serve entry 1 (semantic hit")
+    explained = run_cli("inspect", "--similar", PARAPHRASE)
+    assert explained.stderr == (f"semcache: similarity scale (ready) made from {REFERENCE} reference questions and 0 of "
+                                "the cache's distinct vectors\n")
+    assert explained.stdout.splitlines()[-1].startswith("ask would serve entry 1 (semantic hit")
 
 
 @needs_data

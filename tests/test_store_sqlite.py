@@ -40,7 +40,8 @@ def test_fresh_database_is_private_wal_and_versioned(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     applied = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'semcache'")]
     assert applied == ["m001_initial", "m002_claims", "m003_request_query", "m004_search_chunks", "m005_short_keys",
-                       "m006_claims_without_rowid", "m007_calibrations", "m008_exact_keys"]
+                       "m006_claims_without_rowid", "m007_calibrations", "m008_reference_vectors",
+                       "m009_exact_keys"]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"entries", "entry_vectors", "requests", "claims"} <= tables
 
@@ -64,6 +65,7 @@ def test_a_version_1_file_is_upgraded_in_place_keeping_its_entries(tmp_path: Pat
     conn.execute("DROP TABLE claims")
     conn.execute("DROP TABLE search_chunks")
     conn.execute("DROP TABLE calibrations")
+    conn.execute("DROP TABLE reference_vectors")
     conn.execute("DROP INDEX entry_vectors_model")
     conn.execute("ALTER TABLE requests DROP COLUMN query")
     conn.execute("ALTER TABLE requests DROP COLUMN cosine")
@@ -169,9 +171,10 @@ def test_a_file_from_before_the_calibrated_scale_gets_one_for_each_model(tmp_pat
     store.close()
     conn = sqlite3.connect(path)  # back to schema 6, as semcache before the scale wrote it
     conn.execute("DROP TABLE calibrations")
+    conn.execute("DROP TABLE reference_vectors")
     conn.execute("DROP INDEX entry_vectors_model")
     conn.execute("ALTER TABLE requests DROP COLUMN cosine")
-    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm007_calibrations'")
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name IN ('m007_calibrations', 'm008_reference_vectors')")
     conn.execute("PRAGMA user_version = 6")
     conn.commit()
     conn.close()
