@@ -104,6 +104,20 @@ def validate_query(query: str, max_chars: int) -> str:
     return text
 
 
+def _check_text(req: AskRequest) -> None:
+    """Every text of the request that reaches the store is text a store can keep (no
+    NUL, no lone surrogate), checked before the model is called: callers check their own
+    input, and this keeps a caller that did not from paying for an answer the store
+    then refuses."""
+    from semcache_cli.config import valid_text
+
+    for value, what in ((req.scope.namespace, "the namespace"), (req.scope.model, "the model"),
+                        (req.scope.system, "the system prompt"), (req.embed_model, "the embedding model"),
+                        *((v, f"the metadata's {k!r}") for k, v in (req.metadata or {}).items())):
+        if isinstance(value, str):
+            valid_text(value, what)
+
+
 def embedding_text(embed_model: str, query: str) -> str:
     """nomic-embed-text was trained with task prefixes; Ollama does not add them."""
     if policy.canonical_model(embed_model).startswith("nomic-embed-text"):
@@ -308,6 +322,7 @@ class Engine:
         """One ask. `vector`: the query's unit vector when the caller embedded it already
         (replay batches embeddings); otherwise it is embedded here when needed."""
         query = validate_query(req.query, req.max_query_chars)
+        _check_text(req)
         scope_hash, key, now = req.scope.hash, policy.exact_key(query), self.clock()
         log = LogRow(at=now, path="", namespace=req.scope.namespace, model=req.scope.model,
                      embed_model=req.embed_model, scope=scope_hash, exact_key=key, query=query)

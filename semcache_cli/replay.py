@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from semcache_cli import policy
+from semcache_cli.config import valid_text
 from semcache_cli.engine import (
     SEMANTIC_CANDIDATES,
     Judged,
@@ -85,7 +86,7 @@ def parse_lines(raw_lines: Iterable[bytes], max_chars: int) -> tuple[list[Replay
         try:
             item = _parse_json_line(number, line) if jsonl else ReplayQuery(number, line)
             queries.append(replace(item, query=_checked(item.query, max_chars)))
-        except ValueError as exc:
+        except (ValueError, UsageError) as exc:
             bad.append(BadLine(number, str(exc)))
     return queries, bad
 
@@ -95,17 +96,23 @@ def _parse_json_line(number: int, line: str) -> ReplayQuery:
         obj = json.loads(line)
     except ValueError:
         raise ValueError("not valid JSON") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise ValueError("not valid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     query = obj.get("query", obj.get("text"))
     if not isinstance(query, str):
         raise ValueError('no "query" (or "text") string')
+    # JSON's \\ud800 escapes make lone surrogates, which no store can encode, and \\u0000 a
+    # NUL, which PostgreSQL refuses (after the model was called) and SQLite would keep:
+    # either is this line's fault alone.
+    valid_text(query, '"query"' if "query" in obj else '"text"')
     extra = {}
     for name in _FIELDS:
         value = obj.get(name)
         if value is not None and not isinstance(value, str):
             raise ValueError(f'"{name}" is not a string')
-        extra[name] = value
+        extra[name] = valid_text(value, f'"{name}"') if value is not None else None
     return ReplayQuery(number, query, **extra)
 
 
