@@ -405,3 +405,26 @@ def test_the_engine_refuses_unstorable_text_before_calling_the_model(ollama: Fak
             run_ask(config.Settings(**{**settings.__dict__, field: value}), "a question")
         assert str(caught.value) == message
     assert ollama.generations == 0 and stored(isolated_env) == []
+
+
+# -- replay --simulate streams (item 20) -------------------------------------------------
+
+def test_simulate_streams_past_a_first_block_without_vectors(ollama: FakeOllama, tmp_path: Path) -> None:
+    import numpy as np
+
+    unusable = [f"unembeddable question {n}" for n in range(300)]  # more than one embedding batch
+    for text in unusable:
+        ollama.table[text] = np.zeros(384, dtype=np.float32)
+    usable = [f"how do I reset my password number {n % 40}" for n in range(120)]
+    path = tmp_path / "q.txt"
+    path.write_text("\n".join(unusable + unusable[:5] + usable) + "\n")
+    out = tmp_path / "rows.jsonl"
+    result = run_proc("replay", str(path), "--simulate", "--embed-model", "all-minilm", "--thresholds", "0.8,0.9",
+                      "--shuffle", "3", "--json", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    reports = json.loads(result.stdout)["reports"]
+    assert [r["queries"] for r in reports] == [425, 425]
+    for report in reports:  # the repeats are exact hits whatever the vectors; 40 distinct usable questions
+        assert report["hits"]["exact"] == 5 + 80 and report["hits"]["total"] >= 85
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 850 and {r["threshold"] for r in rows} == {0.8, 0.9}
