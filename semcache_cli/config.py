@@ -127,7 +127,7 @@ def parse_duration(text: str, what: str = "duration") -> float:
             pos += 1
     total = sum(float(number) * _UNIT_SECONDS[unit or "s"] for number, unit in parts)
     if not cleaned or pos != len(cleaned) or not math.isfinite(total):
-        raise UsageError(f"{what}: {text!r} is not a duration (use {DURATION_FORMS})")
+        raise UsageError(f"{what}: {text!r} is not a duration (use e.g. 90s, 10m, 2h, 7d)")
     bare = [number for number, unit in parts if unit is None]
     if bare and len(parts) == 1:
         raise UsageError(f"{what}: {bare[0]!r} has no unit: write {bare[0]}s, {bare[0]}m, {bare[0]}h or {bare[0]}d "
@@ -156,7 +156,7 @@ def parse_size(text: str, what: str = "size") -> int:
     megabytes would be 500 bytes, a bound that evicts everything."""
     match = _SIZE.fullmatch(text.strip())
     if not match:
-        raise UsageError(f"{what}: {text!r} is not a size (use {SIZE_FORMS})")
+        raise UsageError(f"{what}: {text!r} is not a size (use e.g. 500MB, 2GB, 64MiB)")
     if match.group(2) is None:
         raise UsageError(f"{what}: {text.strip()!r} has no unit: write {match.group(1)}MB, {match.group(1)}GB, "
                          f"or {match.group(1)}B for bytes ({SIZE_FORMS})")
