@@ -181,6 +181,11 @@ def _warn(message: str) -> None:
     _stderr(render.warning_line(config.scrub_known(message)))
 
 
+def _note(message: str) -> None:
+    """Something worth knowing with nothing to fix (the one-off cost of a cold start)."""
+    _status(f"semcache: {config.scrub_known(message)}")
+
+
 # The flag of the setting an error names: the core's messages name settings, not flags.
 _FLAG_HINTS = {"db": " (--db)", "timeout": " (--timeout)", "cache_only": " and --cache-only is set"}
 
@@ -522,7 +527,7 @@ def ask(
                 settings, text, config.parse_format(format),
                 lookup=not no_cache, store=not no_store, cache_only=cache_only,
                 on_token=None if json_output else writer,
-                warn=_warn,
+                warn=_warn, note=_note,
             )
         except BaseException:
             writer.partial()

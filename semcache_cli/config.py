@@ -135,7 +135,7 @@ def parse_duration(text: str, what: str = "duration") -> float:
             pos += 1
     total = sum(float(number) * _UNIT_SECONDS[unit or "s"] for number, unit in parts)
     if not cleaned or pos != len(cleaned) or not math.isfinite(total):
-        raise UsageError(f"{what}: {text!r} is not a duration (use {DURATION_FORMS})")
+        raise UsageError(f"{what}: {text!r} is not a duration (use e.g. 90s, 10m, 2h, 7d)")
     bare = [number for number, unit in parts if unit is None]
     if bare and len(parts) == 1:
         raise UsageError(f"{what}: {bare[0]!r} has no unit: write {bare[0]}s, {bare[0]}m, {bare[0]}h or {bare[0]}d "
@@ -164,7 +164,7 @@ def parse_size(text: str, what: str = "size") -> int:
     megabytes would be 500 bytes, a bound that evicts everything."""
     match = _SIZE.fullmatch(text.strip())
     if not match:
-        raise UsageError(f"{what}: {text!r} is not a size (use {SIZE_FORMS})")
+        raise UsageError(f"{what}: {text!r} is not a size (use e.g. 500MB, 2GB, 64MiB)")
     if match.group(2) is None:
         raise UsageError(f"{what}: {text.strip()!r} has no unit: write {match.group(1)}MB, {match.group(1)}GB, "
                          f"or {match.group(1)}B for bytes ({SIZE_FORMS})")
@@ -306,8 +306,11 @@ def parse_option(key: str, raw: Any, what: str = "-o") -> Any:
         close = difflib.get_close_matches(key, OPTION_TYPES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UsageError(f"{what}: unknown option {key!r} ({hint}Ollama's options: {', '.join(sorted(OPTION_TYPES))})")
-    if kind is list:
-        return list(raw) if isinstance(raw, list) else [str(raw)]
+    if kind is list:  # stop: strings, each one text a store and a server can take
+        items = list(raw) if isinstance(raw, list) else [str(raw)]
+        if not all(isinstance(item, str) for item in items):
+            raise UsageError(f"{what}: {key} takes strings, got {raw!r}")
+        return [valid_text(item, f"{what}: {key}") for item in items]
     if kind is bool:
         return _switch(raw, f"{what}: {key}")
     try:
@@ -402,8 +405,12 @@ def parse_ollama_host(raw: str | None) -> str:
     return f"{scheme}://{host}:{port}/{path}" if path else f"{scheme}://{host}:{port}"
 
 
+MAX_FORMAT_DEPTH = 64  # nesting of a --format schema; real ones are a few levels deep
+
+
 def parse_format(raw: str | None) -> Any:
-    """--format: 'json', or a JSON schema object for structured output."""
+    """--format: 'json', or a JSON schema object for structured output, nested at most
+    MAX_FORMAT_DEPTH deep, every string in it text a store and a server can take."""
     if raw is None:
         return None
     if raw.strip() == "json":
@@ -414,9 +421,29 @@ def parse_format(raw: str | None) -> Any:
         schema = json.loads(raw)
     except ValueError:
         schema = None
+    except RecursionError:  # json.loads recurses once per level
+        raise UsageError(f"--format: the schema is nested more than {MAX_FORMAT_DEPTH} levels deep") from None
     if not isinstance(schema, dict):
         raise UsageError("--format: use 'json' or a JSON schema object")
+    _check_schema(schema)
     return schema
+
+
+def _check_schema(schema: dict[str, Any]) -> None:
+    """Depth and text of every value, walked without recursion."""
+    pending: list[tuple[Any, int]] = [(schema, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_FORMAT_DEPTH:
+            raise UsageError(f"--format: the schema is nested more than {MAX_FORMAT_DEPTH} levels deep")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                valid_text(key, "--format")
+                pending.append((item, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            valid_text(value, "--format")
 
 
 def default_db_path() -> Path:
@@ -457,6 +484,8 @@ def load_config_file(path: Path, named: bool = False) -> dict[str, Any]:
             raise UsageError(f"config file {path}: larger than {MAX_CONFIG_BYTES // 1_000_000} MB, which no "
                              "config file is")
         data = tomllib.loads(raw.decode("utf-8"))
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise UsageError(f"config file {path}: nested too deeply") from None
     except (OSError, ValueError) as exc:  # ValueError: TOMLDecodeError, or bytes that are not UTF-8
         reason = exc.strerror if isinstance(exc, OSError) else " ".join(str(exc).split()) or "not TOML"
         if isinstance(exc, UnicodeDecodeError):

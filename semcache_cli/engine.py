@@ -111,6 +111,20 @@ def validate_query(query: str, max_chars: int) -> str:
     return text
 
 
+def _check_text(req: AskRequest) -> None:
+    """Every text of the request that reaches the store is text a store can keep (no
+    NUL, no lone surrogate), checked before the model is called: callers check their own
+    input, and this keeps a caller that did not from paying for an answer the store
+    then refuses."""
+    from semcache_cli.config import valid_text
+
+    for value, what in ((req.scope.namespace, "the namespace"), (req.scope.model, "the model"),
+                        (req.scope.system, "the system prompt"), (req.embed_model, "the embedding model"),
+                        *((v, f"the metadata's {k!r}") for k, v in (req.metadata or {}).items())):
+        if isinstance(value, str):
+            valid_text(value, what)
+
+
 def embedding_text(embed_model: str, query: str) -> str:
     """nomic-embed-text was trained with task prefixes; Ollama does not add them."""
     if policy.canonical_model(embed_model).startswith("nomic-embed-text"):
@@ -279,6 +293,9 @@ class _Asking:
         return self.log._replace(path=path, latency_ms=self.timer.total()["total"], **values)
 
 
+REFERENCE_CLAIM_SCOPE = "reference"  # claims on embedding the reference questions (no scope hash is this)
+
+
 class Engine:
     """The pipeline over one store, which it owns: `with open_engine(settings) as engine`
     closes the store and the Ollama connection."""
@@ -290,6 +307,7 @@ class Engine:
         clock: Callable[[], float] | None = None,
         warn: Callable[[str], None] = lambda _: None,
         read_only: bool = False,
+        note: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.store = store
         self.read_only = read_only  # explanations: a scale made for one is not kept
@@ -297,6 +315,7 @@ class Engine:
         self._client: OllamaClient | None = None
         self.clock = clock or store.now  # the store's clock: a shared store's server's
         self.warn = warn
+        self.note = note  # what a person may like to know, with nothing to fix (-q silences it)
         self._unreadable: set[int] = set()  # entries already warned about
         self._scales: dict[tuple[str, int], Calibration | None] = {}  # per (embedding model, dims)
         self._said_unusable: set[tuple[str, int]] = set()
@@ -340,6 +359,7 @@ class Engine:
         """One ask. `vector`: the query's unit vector when the caller embedded it already
         (replay batches embeddings); otherwise it is embedded here when needed."""
         query = validate_query(req.query, req.max_query_chars)
+        _check_text(req)
         scope_hash, key, now = req.scope.hash, policy.exact_key(query), self.clock()
         # --no-store keeps nothing of the question: its log row counts the ask, without
         # the question's text or its key (a hash of it, which a guess could be checked on).
@@ -626,12 +646,40 @@ class Engine:
     def _reference(self, key: tuple[str, int]) -> Any:
         """The reference questions embedded with the model, in one batched call, and kept
         (unless this engine only reads); None, said once, when the embedding model fails
-        on them: the model then calibrates from its own vectors, as before them."""
-        from semcache_cli import vectors
+        on them: the model then calibrates from its own vectors, as before them. One
+        process at a time embeds them (a claim, as for a question): the others, a replay's
+        workers or parallel asks on a new cache, wait for its rows rather than embed them
+        all again."""
+        from semcache_cli.singleflight import POLL_S, Claim
         from semcache_cli.storage import scales
 
         if key in self._reference_failed:
             return None
+        if self.read_only or self.store_read_only:
+            return self._embed_reference(key)
+        claim = Claim(self.store, REFERENCE_CLAIM_SCOPE, f"{key[0]}/{key[1]}")
+        deadline, delays = time.monotonic() + self.client.timeout, iter(POLL_S)
+        try:
+            while self._spare(claim.try_take, "the reference questions embedded here too") is False:
+                if time.monotonic() >= deadline:
+                    break  # the holder is stuck: embed them here
+                time.sleep(next(delays, POLL_S[-1]))
+                kept = scales.reference_rows(self.store, *key)
+                if kept is not None:
+                    return kept
+                if scales.reference_failed(self.store, *key):
+                    self._reference_failed.add(key)
+                    return None
+            kept = scales.reference_rows(self.store, *key)  # kept between our look and the claim
+            return kept if kept is not None else self._embed_reference(key)
+        finally:
+            if claim.held:
+                self._spare(claim.release, "the claim on the reference questions runs out by itself")
+
+    def _embed_reference(self, key: tuple[str, int]) -> Any:
+        from semcache_cli import vectors
+        from semcache_cli.storage import scales
+
         fallback = f"its semantic hits start at {vectors.CALIBRATION_MIN_VECTORS} stored questions"
         started = time.perf_counter()
         questions = scales.reference_questions()
@@ -644,12 +692,12 @@ class Engine:
         if matrix is None:  # kept as failed: not tried again by every ask, until `semcache calibrate`
             self._reference_failed.add(key)
             if not self.read_only:
-                scales.keep_reference(self.store, *key, None)
+                self._spare(lambda: scales.keep_reference(self.store, *key, None), "the failure was not kept")
             self.warn(f"could not calibrate {key[0]} on the reference questions ({problem}); {fallback}")
             return None
         if not self.read_only:
-            scales.keep_reference(self.store, *key, matrix)
-        self.warn(f"calibrated {key[0]} from {len(questions)} reference questions, embedded once in "
+            self._spare(lambda: scales.keep_reference(self.store, *key, matrix), "their vectors were not kept")
+        self.note(f"calibrated {key[0]} from {len(questions)} reference questions, embedded once in "
                   f"{time.perf_counter() - started:.1f} s")
         return matrix
 
@@ -744,14 +792,14 @@ class Engine:
 
 
 def open_engine(settings: Settings, warn: Callable[[str], None] = lambda _: None, read_only: bool = False,
-                create: bool = True) -> Engine:
+                create: bool = True, note: Callable[[str], None] = lambda _: None) -> Engine:
     """The settings' store and (lazily) the Ollama client, wired into an engine that owns
     both. read_only: for explanations, which never create or change a store; create=False:
     a store that must exist."""
     from semcache_cli.storage import open_store
 
     store = open_store(settings, warn=warn, create=create, read_only=read_only)
-    return Engine(store, lambda: _client(settings), warn=warn, read_only=read_only)
+    return Engine(store, lambda: _client(settings), warn=warn, read_only=read_only, note=note)
 
 
 def _client(settings: Settings) -> OllamaClient:
@@ -791,6 +839,7 @@ def run_ask(
     cache_only: bool = False,
     on_token: Callable[[str], None] | None = None,
     warn: Callable[[str], None] = lambda _: None,
+    note: Callable[[str], None] = lambda _: None,
 ) -> Outcome:
     """One `semcache ask`: open, ask, close. The cache is an optimisation: when its store
     turns out damaged (at opening, or during the lookup, before any of the answer was
@@ -807,7 +856,7 @@ def run_ask(
         on_token(token)
 
     try:
-        with open_engine(settings, warn) as engine:
+        with open_engine(settings, warn, note=note) as engine:
             return engine.ask(request, tokens)
     except StoreDamaged as exc:
         if settings.strict_cache or cache_only or written:

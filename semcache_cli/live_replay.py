@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -88,7 +88,7 @@ class LiveEmbeddings:
             return None if self._done else NOT_YET
 
 
-def run_live(settings: Settings, items: list[ReplayQuery], embeddings: LiveEmbeddings, jobs: int,
+def run_live(settings: Settings, items: Sequence[ReplayQuery], embeddings: LiveEmbeddings, jobs: int,
              on_row: Callable[[Row], None], stop: threading.Event, warn: Callable[[str], None]) -> None:
     """Each query through `Engine.ask` in up to `jobs` worker processes; rows reported as
     they finish."""

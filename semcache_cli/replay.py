@@ -21,13 +21,15 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from semcache_cli import policy
+from semcache_cli.config import valid_text
 from semcache_cli.engine import (
     SEMANTIC_CANDIDATES,
+    AskRequest,
     Judged,
     calibrating_said,
     decide,
@@ -37,7 +39,7 @@ from semcache_cli.engine import (
 )
 from semcache_cli.errors import UsageError
 from semcache_cli.live_replay import LiveEmbeddings, run_live
-from semcache_cli.replay_core import ReplayQuery, Row, Stopped, embed_batches, settings_for, usable
+from semcache_cli.replay_core import Queries, ReplayQuery, Row, Stopped, embed_batches, settings_for, usable
 from semcache_cli.storage.models import Entry
 from semcache_cli.vectors import (
     CALIBRATION_SAMPLE,
@@ -66,11 +68,11 @@ class BadLine:
 
 # -- input ---------------------------------------------------------------------------------
 
-def parse_lines(raw_lines: Iterable[bytes], max_chars: int) -> tuple[list[ReplayQuery], list[BadLine]]:
+def parse_lines(raw_lines: Iterable[bytes], max_chars: int) -> tuple[Queries, list[BadLine]]:
     """Plain text (one query a line) or JSONL (`query` or `text`, optional label, model,
     system, namespace), decided by the first non-blank line. Blank lines are skipped;
     every other line that cannot be used is reported with its number."""
-    queries: list[ReplayQuery] = []
+    queries = Queries()
     bad: list[BadLine] = []
     jsonl: bool | None = None
     for number, raw in enumerate(raw_lines, start=1):
@@ -86,7 +88,7 @@ def parse_lines(raw_lines: Iterable[bytes], max_chars: int) -> tuple[list[Replay
         try:
             item = _parse_json_line(number, line) if jsonl else ReplayQuery(number, line)
             queries.append(replace(item, query=_checked(item.query, max_chars)))
-        except ValueError as exc:
+        except (ValueError, UsageError) as exc:
             bad.append(BadLine(number, str(exc)))
     return queries, bad
 
@@ -96,17 +98,23 @@ def _parse_json_line(number: int, line: str) -> ReplayQuery:
         obj = json.loads(line)
     except ValueError:
         raise ValueError("not valid JSON") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise ValueError("not valid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     query = obj.get("query", obj.get("text"))
     if not isinstance(query, str):
         raise ValueError('no "query" (or "text") string')
+    # JSON's \\ud800 escapes make lone surrogates, which no store can encode, and \\u0000 a
+    # NUL, which PostgreSQL refuses (after the model was called) and SQLite would keep:
+    # either is this line's fault alone.
+    valid_text(query, '"query"' if "query" in obj else '"text"')
     extra = {}
     for name in _FIELDS:
         value = obj.get(name)
         if value is not None and not isinstance(value, str):
             raise ValueError(f'"{name}" is not a string')
-        extra[name] = value
+        extra[name] = valid_text(value, f'"{name}"') if value is not None else None
     return ReplayQuery(number, query, **extra)
 
 
@@ -121,18 +129,21 @@ def _checked(query: str, max_chars: int) -> str:
     return text
 
 
-def from_log(settings: Settings, since: float | None) -> list[ReplayQuery]:
+def from_log(settings: Settings, since: float | None) -> Queries:
     """The logged questions in the order they were asked (bypasses and errors too: they
     are real traffic). The system prompt and options are not logged: they come from the
     current settings."""
     from semcache_cli.storage import open_store
 
     store = open_store(settings, read_only=True)
+    queries = Queries()
     try:
         if since is not None:  # a time of this machine's clock, on the store's (a shared store's server's)
             since += store.now() - time.time()
-        return [ReplayQuery(row.id or 0, row.query, namespace=row.namespace, model=row.model)
-                for row in store.request_log(since) if row.query is not None]
+        for row in store.request_log(since):
+            if row.query is not None:
+                queries.append(ReplayQuery(row.id or 0, row.query, namespace=row.namespace, model=row.model))
+        return queries
     finally:
         store.close()
 
@@ -230,118 +241,160 @@ def embed_all(client: Any, embed_model: str, texts: list[str], progress: Callabl
 
 # -- simulate ------------------------------------------------------------------------------
 
-def simulate(items: list[ReplayQuery], matrix: np.ndarray, settings: Settings, threshold: float,
-             progress: Callable[[int], None] = lambda _: None,
-             reference: np.ndarray | None = None) -> tuple[Report, list[Row]]:
-    """Insert on miss, in the given order, per scope; nothing outside memory. Each query's
-    candidates (the exact match, then its nearest stored queries) are judged and decided
-    by the engine's own `judge` and `decide`, as `ask` would; the scale made from the
-    model's `reference` vectors (storage.scales.reference_matrix), as ask makes it, or
-    from the cache's own alone (None)."""
+def simulate(items: Sequence[ReplayQuery], blocks: Iterable[np.ndarray], settings: Settings,
+             thresholds: list[float], on_row: Callable[[Row], None] = lambda _: None,
+             progress: Callable[[int], None] = lambda _: None, reference: np.ndarray | None = None) -> list[Report]:
+    """Insert on miss, in the given order, per scope, one simulated cache per threshold;
+    nothing outside memory. `blocks` are the queries' vectors in order, a block at a time
+    (embed_batches), consumed as they come: nothing holds every query's vector, and each
+    row goes to on_row as it is decided, so memory grows with the entries a simulated
+    cache stores, not with the queries. Each query's candidates (the exact match, then
+    its nearest stored queries) are judged and decided by the engine's own `judge` and
+    `decide`, as `ask` would; the scale is made from the model's `reference` vectors
+    (storage.scales.reference_matrix) and the cache's own, as ask makes it, or from the
+    cache's own alone (None)."""
     import numpy as np
 
-    report = Report("simulate", threshold)
-    rows: list[Row | None] = [None] * len(items)
-    start = time.perf_counter()
-    scope_of = [_scope_key(settings_for(settings, item)) for item in items]  # answers never cross scopes
-    keys = [policy.exact_key(item.query) for item in items]
-    now = time.time()
-    entries: dict[int, Entry] = {}
-
-    def entry(index: int) -> Entry:
-        """The stored query `index` as an entry of its own answer, stored just now."""
-        if index not in entries:
-            entries[index] = Entry(index, "", keys[index], "", "", None, {}, None, items[index].query,
-                                   f"the answer to line {items[index].line}", None, None, now, settings.ttl,
-                                   policy.expires_at(now, settings.ttl), 0, None, None, None, None, "stop", {})
-        return entries[index]
-
-    has_vector = usable(matrix) if len(matrix) else np.zeros(0, dtype=bool)
-    # One per embedding model, across scopes, as the store keeps it; none on the raw cosine.
-    scale = _OnlineScale(matrix, reference if settings.scale != "cosine" else None)
-    scopes = {key: _SimulatedScope(np.empty((size, matrix.shape[1]), dtype=np.float32))
-              for key, size in Counter(scope_of).items()}
-    # In input order, so the scale grows as a real cache's would; the similarities of a
-    # block's queries to their scope's earlier rows and to each other are matrix products.
-    for block_start in range(0, len(items), SIM_BLOCK):
-        block = range(block_start, min(len(items), block_start + SIM_BLOCK))
-        groups: dict[tuple[str | None, ...], list[int]] = {}
-        for index in block:
-            groups.setdefault(scope_of[index], []).append(index)
-        for key, members in groups.items():
-            scopes[key].begin(members, np.where(has_vector[members][:, None], matrix[members], 0.0))
-        for index in block:
-            item, own = items[index], scopes[scope_of[index]]
-            pos = own.position[index]
-            request = request_from(settings_for(settings, item), item.query)
-            request.threshold = threshold
-            candidates: list[Judged] = []
-            if keys[index] in own.exact:
-                candidates.append(judge("exact", entry(own.exact[keys[index]]), 1.0, request, now))
-            # As ask: the raw top RERANK, scored on the model's scale, the best judged in turn
-            # (or the top by cosine, when chosen); without a vector, before the scale exists
-            # or on an unusable model, the exact layer only.
-            cold = scale.current is None and settings.scale != "cosine"
-            if has_vector[index] and not cold and (scale.current is None or scale.current.problem is None):
-                pool = _nearest(own.before[pos] if own.before is not None else None, own.stored_index,
-                                own.within[pos, own.new_rows] if own.new_rows else None,
-                                [own.block[r] for r in own.new_rows], RERANK)
-                ranked = [(i, c, c) for i, c in pool[:SEMANTIC_CANDIDATES]] if settings.scale == "cosine" \
-                    else scale.rescore(index, pool, SEMANTIC_CANDIDATES)
-                candidates += [judge("semantic", entry(i), similarity, request, now, cosine)
-                               for i, similarity, cosine in ranked]
-            decision = decide(candidates, settings.margin)
-            miss_reason = calibrating_said(decision.miss_reason, has_vector[index] and cold)
-            served = decision.served
-            row = Row(item.line, item.query, item.label, served.source if served else "miss",
-                      miss_reason=miss_reason, matched=served.entry.id if served else None,
-                      similarity=decision.similarity, confidence=decision.confidence, cosine=decision.cosine,
-                      miss_detail=decision.detail)
-            if served is None:
-                own.exact[keys[index]] = index
-                if has_vector[index]:  # stored without a vector: the exact layer finds it, nothing else
-                    own.new_rows.append(pos)
-                    scale.stored(index)
-            else:
-                row.matched_label = items[served.entry.id].label
-                row.matched = items[served.entry.id].line
-            row.threshold = threshold
-            rows[index] = row
-        for key in groups:
-            scopes[key].end()
+    runs = [_Simulation(settings, threshold, reference) for threshold in thresholds]
+    now, start, first = time.time(), time.perf_counter(), 0
+    for block in blocks:
+        members = range(first, first + len(block))
+        group = [items[i] for i in members]
+        keys = [policy.exact_key(item.query) for item in group]
+        scopes = [_scope_key(settings_for(settings, item)) for item in group]  # answers never cross scopes
+        has_vector = usable(block) if block.size else np.zeros(len(block), dtype=bool)
+        vectors = np.where(has_vector[:, None], block, 0.0).astype(np.float32)
+        for run in runs:
+            for row in run.block(list(members), group, keys, scopes, vectors, has_vector, now):
+                on_row(row)
+        first += len(block)
         progress(len(block))
-    final = [row for row in rows if row is not None]
-    for row in final:
-        report.add(row)
-    report.seconds = time.perf_counter() - start
-    return report, final
+    for run in runs:
+        run.report.seconds = time.perf_counter() - start
+    return [run.report for run in runs]
 
 
 def _scope_key(own: Settings) -> tuple[str | None, ...]:
     return (own.namespace, policy.canonical_model(own.model), own.system)
 
 
-class _SimulatedScope:
-    """One scope of the simulated cache: its stored vectors (rows, and the item each
-    is), its exact keys, and the block of queries being decided."""
+class _Simulation:
+    """One threshold's simulated cache: its scopes, the embedding model's scale as it
+    grows, the entries stored so far (as `judge` sees them) and the report."""
 
-    def __init__(self, stored: np.ndarray) -> None:
-        self.stored = stored
-        self.stored_index: list[int] = []
+    def __init__(self, settings: Settings, threshold: float, reference: np.ndarray | None = None) -> None:
+        self.settings, self.threshold = settings, threshold
+        self.report = Report("simulate", threshold)
+        self.scopes: dict[tuple[str | None, ...], _SimulatedScope] = {}
+        # One per embedding model, across scopes, as the store keeps it; none on the raw cosine.
+        self.scale = _OnlineScale(reference if settings.scale != "cosine" else None)
+        self.entries: dict[int, Entry] = {}  # stored queries, by item index
+        self.lines: dict[int, tuple[int, str | None]] = {}  # their line and label
+
+    def block(self, members: list[int], group: list[ReplayQuery], keys: list[str],
+              scopes: list[tuple[str | None, ...]], vectors: np.ndarray, has_vector: np.ndarray,
+              now: float) -> Iterator[Row]:
+        settings, threshold = self.settings, self.threshold
+        by_scope: dict[tuple[str | None, ...], list[int]] = {}
+        for pos, key in enumerate(scopes):
+            by_scope.setdefault(key, []).append(pos)
+        for key, positions in by_scope.items():
+            own = self.scopes.setdefault(key, _SimulatedScope(vectors.shape[1]))
+            own.begin([members[p] for p in positions], vectors[positions])
+        requests: dict[tuple[str | None, ...], AskRequest] = {}  # one a scope: only the query changes
+        for pos, item in enumerate(group):
+            index, own = members[pos], self.scopes[scopes[pos]]
+            at = own.position[index]
+            request = requests.get(scopes[pos])
+            if request is None:
+                request = requests[scopes[pos]] = request_from(settings_for(settings, item), item.query)
+                request.threshold = threshold
+            request.query = item.query
+            candidates: list[Judged] = []
+            if keys[pos] in own.exact:
+                candidates.append(judge("exact", self.entries[own.exact[keys[pos]]], 1.0, request, now))
+            # As ask: the raw top RERANK, scored on the model's scale, the best judged in turn
+            # (or the top by cosine, when chosen); without a vector, before the scale exists
+            # or on an unusable model, the exact layer only.
+            scale = self.scale
+            cold = scale.current is None and settings.scale != "cosine"
+            if has_vector[pos] and not cold and (scale.current is None or scale.current.problem is None):
+                pool = _nearest(own.before[at] if own.before is not None else None, own.stored_index,
+                                own.within[at, own.new_rows] if own.new_rows else None,
+                                [own.block[r] for r in own.new_rows], RERANK)
+                ranked = [(i, c, c) for i, c in pool[:SEMANTIC_CANDIDATES]] if settings.scale == "cosine" \
+                    else scale.rescore(own.vectors[at], pool, own, SEMANTIC_CANDIDATES)
+                candidates += [judge("semantic", self.entries[i], similarity, request, now, cosine)
+                               for i, similarity, cosine in ranked]
+            decision = decide(candidates, settings.margin)
+            miss_reason = calibrating_said(decision.miss_reason, bool(has_vector[pos]) and cold)
+            served = decision.served
+            row = Row(item.line, item.query, item.label, served.source if served else "miss",
+                      miss_reason=miss_reason, matched=served.entry.id if served else None,
+                      similarity=decision.similarity, confidence=decision.confidence, cosine=decision.cosine,
+                      miss_detail=decision.detail)
+            if served is None:
+                self.entries[index] = Entry(index, "", keys[pos], "", "", None, {}, None, item.query,
+                                            f"the answer to line {item.line}", None, None, now, settings.ttl,
+                                            policy.expires_at(now, settings.ttl), 0, None, None, None, None, "stop",
+                                            {})
+                self.lines[index] = (item.line, item.label)
+                own.exact[keys[pos]] = index
+                if has_vector[pos]:  # stored without a vector: the exact layer finds it, nothing else
+                    scale.stored(own, own.store(at))
+            else:
+                row.matched, row.matched_label = self.lines[served.entry.id]
+            row.threshold = threshold
+            self.report.add(row)
+            yield row
+        for key in by_scope:
+            self.scopes[key].end()
+
+
+class _SimulatedScope:
+    """One scope of a simulated cache: its stored vectors (rows, grown as it stores, and
+    the item each is), its exact keys, and the block of queries being decided."""
+
+    def __init__(self, dims: int) -> None:
+        import numpy as np
+
+        self.stored = np.empty((64, dims), dtype=np.float32)
+        self.rows = 0  # rows of `stored` in use
+        self.stored_index: list[int] = []  # the item of each row stored before this block
         self.exact: dict[str, int] = {}
+        self.row_of: dict[int, int] = {}  # item index -> its row
 
     def begin(self, members: list[int], vectors: np.ndarray) -> None:
+        import numpy as np
+
         m = len(self.stored_index)
+        if not self.rows and self.stored.shape[1] != vectors.shape[1]:  # the first blocks had no vector
+            self.stored = np.empty((64, vectors.shape[1]), dtype=np.float32)
         self.block, self.vectors = members, vectors
         self.position = {index: pos for pos, index in enumerate(members)}
         self.before = vectors @ self.stored[:m].T if m else None
         self.within = vectors @ vectors.T
         self.new_rows: list[int] = []  # positions in the block stored so far
 
+    def store(self, pos: int) -> int:
+        """Store the block's query at `pos`: its row (the row is read by the scale at once;
+        this block's own search keeps using `within`)."""
+        import numpy as np
+
+        row = self.rows
+        if row == len(self.stored):
+            grown = np.empty((2 * len(self.stored), self.stored.shape[1]), dtype=np.float32)
+            grown[:row] = self.stored
+            self.stored = grown
+        self.stored[row] = self.vectors[pos]
+        self.rows += 1
+        self.row_of[self.block[pos]] = row
+        self.new_rows.append(pos)
+        return row
+
     def end(self) -> None:
-        for pos in self.new_rows:
-            self.stored[len(self.stored_index)] = self.vectors[pos]
-            self.stored_index.append(self.block[pos])
+        self.stored_index.extend(self.block[pos] for pos in self.new_rows)  # in row order
+        self.before = self.within = None  # a block's products: freed before the next
 
 
 class _OnlineScale:
@@ -351,42 +404,46 @@ class _OnlineScale:
     CALIBRATION_MIN_VECTORS and each time they double, from a uniform sample of their
     distinct rows."""
 
-    def __init__(self, matrix: np.ndarray, reference: np.ndarray | None = None) -> None:
+    def __init__(self, reference: np.ndarray | None = None) -> None:
         import numpy as np
 
-        self.matrix = matrix
         self.reference = reference
-        self.members: list[int] = []  # item index of every stored vector, across scopes
+        self.members: list[tuple[_SimulatedScope, int]] = []  # (scope, row) of every stored vector, across scopes
         self.current: Calibration | None = None
-        self.projections: np.ndarray | None = None  # of every item's vector, on current's directions
+        self.directions: np.ndarray | None = None  # current's, float64
         self._rng = np.random.default_rng(0)
-        if reference is not None and len(matrix):
-            self._made(estimate_from(reference, np.empty((0, matrix.shape[1])), 0, 0))
+        if reference is not None:
+            self._made(estimate_from(reference, np.empty((0, reference.shape[1])), 0, 0))
 
-    def stored(self, index: int) -> None:
-        self.members.append(index)
+    def stored(self, scope: _SimulatedScope, row: int) -> None:
+        import numpy as np
+
+        self.members.append((scope, row))
         count = len(self.members)
         if count >= next_estimate_at(self.current):
             picked = self._rng.choice(count, size=min(count, 2 * CALIBRATION_SAMPLE), replace=False)
-            own = distinct_rows(self.matrix[[self.members[i] for i in picked]].astype("f8"), CALIBRATION_SAMPLE)
-            self._made(estimate_from(self.reference, own, count, 0))
+            sample = np.stack([self.members[i][0].stored[self.members[i][1]] for i in picked]).astype("f8")
+            self._made(estimate_from(self.reference, distinct_rows(sample, CALIBRATION_SAMPLE), count, 0))
 
     def _made(self, scale: Calibration) -> None:
         import numpy as np
 
         self.current = scale
-        self.projections = self.matrix.astype(np.float64) @ np.asarray(scale.directions, np.float64).T
+        self.directions = np.asarray(scale.directions, np.float64)
 
-    def rescore(self, index: int, pool: list[tuple[int, float]], limit: int) -> list[tuple[int, float, float]]:
+    def rescore(self, vector: np.ndarray, pool: list[tuple[int, float]], scope: _SimulatedScope,
+                limit: int) -> list[tuple[int, float, float]]:
         """engine.rescore, on arrays: (item index, calibrated similarity, cosine), best first."""
         import numpy as np
 
-        assert self.current is not None and self.projections is not None
+        assert self.current is not None and self.directions is not None
         if not pool:
             return []
         ids = [i for i, _ in pool]
         cosines = np.array([c for _, c in pool])
-        scores = calibrated_many(cosines, self.projections[index], self.projections[ids], self.current)
+        mine = vector.astype(np.float64) @ self.directions.T
+        theirs = scope.stored[[scope.row_of[i] for i in ids]].astype(np.float64) @ self.directions.T
+        scores = calibrated_many(cosines, mine, theirs, self.current)
         order = sorted(range(len(ids)), key=lambda k: (-scores[k], -cosines[k]))[:limit]
         return [(ids[k], float(scores[k]), float(cosines[k])) for k in order]
 
@@ -409,7 +466,7 @@ def _nearest(before: np.ndarray | None, before_index: list[int], within: np.ndar
 
 # -- live and dry run ----------------------------------------------------------------------
 
-def run_dry(settings: Settings, items: list[ReplayQuery], vectors: np.ndarray | None,
+def run_dry(settings: Settings, items: Sequence[ReplayQuery], vectors: np.ndarray | None,
             on_row: Callable[[Row], None], stop: threading.Event) -> None:
     """What each query would get from the cache as it is now: reads only."""
     has_vector = usable(vectors) if vectors is not None else None
@@ -463,32 +520,31 @@ class Plan:
     shuffle: int | None = None
 
 
-def execute(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: ProgressFactory,
+def execute(settings: Settings, items: Sequence[ReplayQuery], plan: Plan, progress: ProgressFactory,
             on_row: Callable[[Row], None], warn: Callable[[str], None], stop: threading.Event) -> list[Report]:
     """Order, embed, run: one Report per threshold (one for live and dry runs)."""
     if plan.shuffle is not None:
         import numpy as np
 
         order = np.random.default_rng(plan.shuffle).permutation(len(items))
-        items = [items[int(i)] for i in order]
-    reports: list[Report] = []
+        items = items.taken(order.tolist()) if isinstance(items, Queries) else [items[int(i)] for i in order]
+    if plan.mode == "simulate":  # embedded a block at a time, each simulated as it comes
+        from semcache_cli.ollama import OllamaClient
+
+        client = OllamaClient(settings.ollama_url, settings.timeout)
+        texts = items.texts if isinstance(items, Queries) else [item.query for item in items]
+        try:
+            reference = _reference_for(client, settings, warn) if len(items) else None
+            return simulate(items, embed_batches(client, settings.embed_model, texts), settings, plan.thresholds,
+                            on_row, progress(f"simulating {len(plan.thresholds)} threshold"
+                                             f"{'s' if len(plan.thresholds) > 1 else ''}", len(items)), reference)
+        finally:
+            client.close()
     if plan.mode == "live":  # embedded while the first queries are asked
         embeddings = LiveEmbeddings(settings, [item.query for item in items],
                                     progress(f"embedding with {settings.embed_model}", len(items)), warn, stop)
     else:
         vectors = _embed_for(settings, items, progress)
-    if plan.mode == "simulate":
-        import numpy as np
-
-        matrix = vectors if vectors is not None else np.empty((0, 0), dtype=np.float32)  # no queries
-        reference = _reference_for(settings, matrix.shape[1], warn) if len(matrix) else None
-        for threshold in plan.thresholds:
-            report, rows = simulate(items, matrix, settings, threshold,
-                                    progress(f"simulating at {threshold:.2f}", len(items)), reference)
-            for row in rows:
-                on_row(row)
-            reports.append(report)
-        return reports
 
     report = Report(plan.mode, settings.threshold)
     advance = progress("replaying" if plan.mode == "live" else "looking up", len(items))
@@ -513,6 +569,26 @@ def execute(settings: Settings, items: list[ReplayQuery], plan: Plan, progress: 
     return [report]
 
 
+def _reference_for(client: Any, settings: Settings, warn: Callable[[str], None]) -> np.ndarray | None:
+    """The reference questions' vectors, as ask embeds them at a model's first semantic
+    lookup (None: the model failed on them, and the simulated cache calibrates as ask
+    would then, from its own vectors)."""
+    import numpy as np
+
+    from semcache_cli.errors import SemcacheError
+    from semcache_cli.storage import scales
+
+    if settings.scale == "cosine":
+        return None
+    try:
+        embedded = np.concatenate(list(embed_batches(client, settings.embed_model, list(scales.reference_questions()))))
+    except SemcacheError as exc:
+        warn(f"could not embed the reference questions ({exc}); the simulated scale starts at the cache's own vectors")
+        return None
+    rows = [row if np.isfinite(row).all() and row.any() else None for row in embedded]
+    return scales.reference_matrix(rows, embedded.shape[1])
+
+
 def _checkpoint(settings: Settings) -> None:
     """Fold the write-ahead log into the store (and truncate it) once a live replay has
     written: many answers fill SQLite's WAL up to its checkpoint size (16 MB at 16 KB
@@ -523,31 +599,7 @@ def _checkpoint(settings: Settings) -> None:
         store.checkpoint()
 
 
-def _reference_for(settings: Settings, dims: int, warn: Callable[[str], None]) -> np.ndarray | None:
-    """The reference questions' vectors, as ask embeds them at a model's first semantic
-    lookup (None: the model failed on them, and the simulated cache calibrates as ask
-    would then, from its own vectors)."""
-    import numpy as np
-
-    from semcache_cli.errors import SemcacheError
-    from semcache_cli.ollama import OllamaClient
-    from semcache_cli.storage import scales
-
-    if settings.scale == "cosine":
-        return None
-    client = OllamaClient(settings.ollama_url, settings.timeout)
-    try:
-        embedded = embed_all(client, settings.embed_model, list(scales.reference_questions()), lambda _: None)
-    except SemcacheError as exc:
-        warn(f"could not embed the reference questions ({exc}); the simulated scale starts at the cache's own vectors")
-        return None
-    finally:
-        client.close()
-    rows = [row if np.isfinite(row).all() else None for row in embedded]
-    return scales.reference_matrix(rows, dims)
-
-
-def _embed_for(settings: Settings, items: list[ReplayQuery], progress: ProgressFactory) -> np.ndarray | None:
+def _embed_for(settings: Settings, items: Sequence[ReplayQuery], progress: ProgressFactory) -> np.ndarray | None:
     """All embeddings up front, in batches (simulate and dry run: both need them all)."""
     from semcache_cli.ollama import OllamaClient
 

@@ -4,9 +4,10 @@ embeddings batched through /api/embed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from semcache_cli.engine import embedding_text
 from semcache_cli.errors import EmbedInputTooLong, SemcacheError
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 EMBED_BATCH = 256
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReplayQuery:
     line: int
     query: str
@@ -27,6 +28,57 @@ class ReplayQuery:
     model: str | None = None
     system: str | None = None
     namespace: str | None = None
+
+
+class Queries(Sequence[ReplayQuery]):
+    """Many queries, kept by column: a replay of a million queries holds their texts, an
+    array of line numbers and a few shared labels (about 100 MB), not a million objects
+    (about 450 MB). Items are made when read; the rare per-line model, system and
+    namespace are kept aside."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self._lines = array("q")
+        self._labels: list[str | None] = []
+        self._shared: dict[str, str] = {}  # one string per distinct label
+        self._overrides: dict[int, tuple[str | None, str | None, str | None]] = {}
+
+    def append(self, item: ReplayQuery) -> None:
+        if item.model or item.system or item.namespace:
+            self._overrides[len(self.texts)] = (item.model, item.system, item.namespace)
+        self.texts.append(item.query)
+        self._lines.append(item.line)
+        self._labels.append(None if item.label is None else self._shared.setdefault(item.label, item.label))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @overload
+    def __getitem__(self, index: int) -> ReplayQuery: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ReplayQuery]: ...
+
+    def __getitem__(self, index: int | slice) -> ReplayQuery | list[ReplayQuery]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        model, system, namespace = self._overrides.get(index, (None, None, None))
+        return ReplayQuery(self._lines[index], self.texts[index], self._labels[index], model, system, namespace)
+
+    def __iter__(self) -> Iterator[ReplayQuery]:
+        return (self[i] for i in range(len(self)))
+
+    def has_labels(self) -> bool:
+        return any(label is not None for label in self._labels)
+
+    def taken(self, order: Sequence[int]) -> Queries:
+        """The same queries in another order (a shuffle)."""
+        other = Queries()
+        for i in order:
+            other.append(self[int(i)])
+        return other
 
 
 def settings_for(settings: Settings, item: ReplayQuery) -> Settings:

@@ -127,7 +127,7 @@ def test_purge_bounds_entries_size_and_log(pg: str) -> None:
     report = json.loads(run_cli("purge", "--max-entries", "3", "--json").stdout)
     assert report["evicted"] == 2 and ids["old"] in {e.id for e in stored(pg)}
     bound = before // 2
-    sized = json.loads(run_cli("purge", "--max-size", str(bound), "--json").stdout)
+    sized = json.loads(run_cli("purge", "--max-size", f"{bound}B", "--json").stdout)
     assert sized["bytes_in_use"] <= bound and sized["remaining"] >= 1 and ids["old"] in {e.id for e in stored(pg)}
     with cache_at(pg) as store:
         store.log_request(logged(pg)[0]._replace(at=time.time() - 100 * DAY))

@@ -167,7 +167,7 @@ def big_cache(isolated_env: Path) -> Path:
 
 def test_max_size_evicts_least_recently_used_until_under(big_cache: Path) -> None:
     bound = in_use(big_cache) // 2
-    result = run_cli("purge", "--max-size", str(bound), "--json")
+    result = run_cli("purge", "--max-size", f"{bound}B", "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["bytes_in_use"] == in_use(big_cache) <= bound
@@ -191,7 +191,7 @@ def test_max_size_dry_run_and_units(big_cache: Path) -> None:
 
 def test_max_size_with_vacuum_bounds_the_file(big_cache: Path) -> None:
     bound = in_use(big_cache) // 3
-    result = run_proc("purge", "--max-size", str(bound), "--vacuum")
+    result = run_proc("purge", "--max-size", f"{bound}B", "--vacuum")
     assert result.exit_code == 0, result.stderr
     assert big_cache.stat().st_size <= bound
     assert not Path(f"{big_cache}-wal").exists() or Path(f"{big_cache}-wal").stat().st_size == 0

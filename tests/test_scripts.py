@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO, cache_at, calibrated, run_proc, stored
 from fake_ollama import FakeOllama
 
-from semcache_cli import policy
+from semcache_cli import config, policy
+from semcache_cli.engine import run_ask
+from semcache_cli.errors import UsageError
 from semcache_cli.storage.models import NewEntry
 
 
@@ -292,3 +295,136 @@ def test_exports_hold_every_entry_and_the_table_says_when_it_stops(isolated_env:
     whole = run_proc("inspect", "--limit", "45")
     assert len(whole.stdout.splitlines()) == 1 + 45 and whole.stderr == ""
     assert run_proc("inspect", "-q").stderr == ""
+
+
+# -- hostile input (item 19) -------------------------------------------------------------
+
+HOSTILE_LINES = [
+    '{"query": "first good question"}',
+    '{"query": "bad namespace", "namespace": "\\ud800"}',
+    '{"query": "bad system", "system": "be brief\\u0000then long"}',
+    '{"query": "bad label", "label": "\\udfff"}',
+    '{"query": "bad query \\u0000"}',
+    '{"query": "deep", "label": ' + "[" * 50_000 + "]" * 50_000 + "}",
+    '{"query": "second good question"}',
+]
+
+
+def hostile_file(tmp_path: Path) -> Path:
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join(HOSTILE_LINES) + "\n")
+    return path
+
+
+def test_hostile_jsonl_lines_are_bad_lines_not_an_abort(ollama: FakeOllama, isolated_env: Path,
+                                                       tmp_path: Path) -> None:
+    path = hostile_file(tmp_path)
+    result = run_proc("replay", str(path), "--json")
+    assert result.exit_code == 0, result.stderr
+    warnings = result.stderr.splitlines()
+    assert warnings == [
+        f"semcache: warning: {path}: line 2: \"namespace\": not valid UTF-8; skipped",
+        f"semcache: warning: {path}: line 3: \"system\": contains a NUL byte; skipped",
+        f"semcache: warning: {path}: line 4: \"label\": not valid UTF-8; skipped",
+        f"semcache: warning: {path}: line 5: \"query\": contains a NUL byte; skipped",
+        f"semcache: warning: {path}: line 6: not valid JSON (nested too deeply); skipped",
+    ]
+    [report] = json.loads(result.stdout)["reports"]
+    assert (report["queries"], report["bad_lines"], report["errors"]) == (2, 5, 0)
+    assert sorted(entry.query for entry in stored(isolated_env)) == ["first good question", "second good question"]
+    assert ollama.generations == 2
+
+
+def test_strict_refuses_hostile_jsonl_before_anything_is_stored(ollama: FakeOllama, isolated_env: Path,
+                                                               tmp_path: Path) -> None:
+    result = run_proc("replay", str(hostile_file(tmp_path)), "--strict")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (f"semcache: error: 5 bad lines in {tmp_path / 'hostile.jsonl'} and "
+                                              "--strict is set; nothing was replayed")
+    assert stored(isolated_env) == [] and ollama.generations == 0
+
+
+def test_a_nul_in_system_never_reaches_postgresql(ollama: FakeOllama, postgres_db: str, tmp_path: Path) -> None:
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"query": "a question", "system": "a\\u0000b"}\n{"query": "another question"}\n')
+    result = run_proc("replay", str(path), "--db", postgres_db, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "line 1: \"system\": contains a NUL byte; skipped" in result.stderr
+    assert "cannot reach the cache store" not in result.stderr
+    assert [entry.query for entry in stored(postgres_db)] == ["another question"]
+    assert ollama.generations == 1  # the model was never asked the refused line
+
+
+def test_a_deep_or_bad_format_is_a_usage_error(ollama: FakeOllama) -> None:
+    for schema, message in [
+        ("[" * 30_000 + "]" * 30_000, "--format: the schema is nested more than 64 levels deep"),
+        ('{"a": ' * 65 + "1" + "}" * 65, "--format: the schema is nested more than 64 levels deep"),
+        ('{"type": "object", "description": "\\ud800"}', "--format: not valid UTF-8"),
+        ('{"type": "object", "description": "a\\u0000b"}', "--format: contains a NUL byte"),
+    ]:
+        result = run_proc("ask", "q", "--format", schema)
+        assert (result.exit_code, result.stderr) == (2, f"semcache: error: {message}\n"), schema[:40]
+    nested = '{"a": ' * 63 + "1" + "}" * 63  # 64 levels: allowed
+    assert run_proc("ask", "q", "--format", nested).exit_code == 0
+    assert ollama.generations == 1
+
+
+def test_every_other_input_path_refuses_the_same_classes(ollama: FakeOllama, isolated_env: Path,
+                                                        tmp_path: Path) -> None:
+    assert run_proc("ask", "seed").exit_code == 0
+    bad = os.fsdecode(b"\xff")  # a byte that is not UTF-8, as argv hands it over
+    for args, message in [
+        (["inspect", "--grep", bad], "the grep to select: not valid UTF-8"),
+        (["purge", "--grep", bad, "--dry-run"], "the grep to select: not valid UTF-8"),
+        (["purge", "-n", bad, "--dry-run"], "the namespace to select: not valid UTF-8"),
+        (["purge", "-m", bad, "--dry-run"], "the model to select: not valid UTF-8"),
+        (["purge", "--embed-model", bad, "--dry-run"], "the embed model to select: not valid UTF-8"),
+        (["ask", "q", "-o", "stop", bad], "-o: stop: not valid UTF-8"),
+    ]:
+        proc = subprocess.run([sys.executable, "-m", "semcache_cli", *map(os.fsencode, args)], capture_output=True,
+                              cwd=REPO, stdin=subprocess.DEVNULL, timeout=60)
+        assert (proc.returncode, proc.stderr.decode()) == (2, f"semcache: error: {message}\n"), args
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 5_000 + "1" + "]" * 5_000 + "\n")
+    result = run_proc("stats", env={"SEMCACHE_CONFIG": str(deep)})
+    assert (result.exit_code, result.stderr) == (2, f"semcache: error: config file {deep}: nested too deeply\n")
+    numbers = tmp_path / "stop.toml"
+    numbers.write_text("[options]\nstop = [1, 2]\n")
+    result = run_proc("ask", "q", env={"SEMCACHE_CONFIG": str(numbers)})
+    assert (result.exit_code, result.stderr) == (2, f"semcache: error: {numbers}: options: stop takes strings, "
+                                                    "got [1, 2]\n")
+    assert ollama.generations == 1
+
+
+def test_the_engine_refuses_unstorable_text_before_calling_the_model(ollama: FakeOllama, isolated_env: Path) -> None:
+    settings = config.load_settings({})
+    for field, value, message in [("system", "a\x00b", "the system prompt: contains a NUL byte"),
+                                  ("namespace", "\ud800", "the namespace: not valid UTF-8")]:
+        # a caller that did not check its own input (the library, not the CLI)
+        with pytest.raises(UsageError) as caught:
+            run_ask(config.Settings(**{**settings.__dict__, field: value}), "a question")
+        assert str(caught.value) == message
+    assert ollama.generations == 0 and stored(isolated_env) == []
+
+
+# -- replay --simulate streams (item 20) -------------------------------------------------
+
+def test_simulate_streams_past_a_first_block_without_vectors(ollama: FakeOllama, tmp_path: Path) -> None:
+    import numpy as np
+
+    unusable = [f"unembeddable question {n}" for n in range(300)]  # more than one embedding batch
+    for text in unusable:
+        ollama.table[text] = np.zeros(384, dtype=np.float32)
+    usable = [f"how do I reset my password number {n % 40}" for n in range(120)]
+    path = tmp_path / "q.txt"
+    path.write_text("\n".join(unusable + unusable[:5] + usable) + "\n")
+    out = tmp_path / "rows.jsonl"
+    result = run_proc("replay", str(path), "--simulate", "--embed-model", "all-minilm", "--thresholds", "0.8,0.9",
+                      "--shuffle", "3", "--json", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    reports = json.loads(result.stdout)["reports"]
+    assert [r["queries"] for r in reports] == [425, 425]
+    for report in reports:  # the repeats are exact hits whatever the vectors; 40 distinct usable questions
+        assert report["hits"]["exact"] == 5 + 80 and report["hits"]["total"] >= 85
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 850 and {r["threshold"] for r in rows} == {0.8, 0.9}

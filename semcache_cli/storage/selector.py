@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from semcache_cli import policy
+from semcache_cli.config import valid_text
 
 
 @dataclass
@@ -24,6 +25,10 @@ class Selector:
     unused_since: float | None = None  # last used (hit, or stored) at or before this time
 
     def __post_init__(self) -> None:
+        for name in ("namespace", "model", "embed_model", "grep"):  # text no store could be asked about
+            value = getattr(self, name)
+            if value is not None:
+                valid_text(value, f"the {name.replace('_', ' ')} to select")
         # `llama3.2` names the entries stored as `llama3.2:latest`
         self.model = policy.canonical_model(self.model) if self.model else None
         self.embed_model = policy.canonical_model(self.embed_model) if self.embed_model else None
