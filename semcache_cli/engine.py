@@ -277,8 +277,10 @@ class Engine:
         clock: Callable[[], float] = time.time,
         warn: Callable[[str], None] = lambda _: None,
         read_only: bool = False,
+        notice: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.store = store
+        self.notice = notice  # what `ask` says once beside its status (a model's scale just made)
         self.read_only = read_only  # explanations: a scale made for one is not kept
         self._client_factory = client_factory
         self._client: OllamaClient | None = None
@@ -597,8 +599,8 @@ class Engine:
             return None
         if not self.read_only:
             scales.keep_reference(self.store, *key, matrix)
-        self.warn(f"calibrated {key[0]} from {len(questions)} reference questions, embedded once in "
-                  f"{time.perf_counter() - started:.1f} s")
+        self.notice(f"calibrated {key[0]} from {len(questions)} reference questions, embedded once in "
+                    f"{time.perf_counter() - started:.1f} s")
         return matrix
 
     def recalibrate(self) -> list[tuple[str, Calibration]]:
@@ -682,7 +684,7 @@ class Engine:
 
 
 def open_engine(settings: Settings, warn: Callable[[str], None] = lambda _: None, read_only: bool = False,
-                create: bool = True) -> Engine:
+                create: bool = True, notice: Callable[[str], None] = lambda _: None) -> Engine:
     """The settings' store and (lazily) the Ollama client, wired into an engine that owns
     both. read_only: for explanations, which never create or change a store; create=False:
     a store that must exist."""
@@ -695,7 +697,7 @@ def open_engine(settings: Settings, warn: Callable[[str], None] = lambda _: None
 
         return OllamaClient(settings.ollama_url, settings.timeout)
 
-    return Engine(store, client, warn=warn, read_only=read_only)
+    return Engine(store, client, warn=warn, read_only=read_only, notice=notice)
 
 
 def request_from(settings: Settings, query: str, format: Any = None, *, lookup: bool = True, store: bool = True,
@@ -733,5 +735,5 @@ def run_ask(
     """One `semcache ask`: open, ask, close."""
     request = request_from(settings, query, format, lookup=lookup, store=store, cache_only=cache_only)
     validate_query(request.query, request.max_query_chars)  # before touching the database
-    with open_engine(settings, warn) as engine:
+    with open_engine(settings, warn, notice=warn) as engine:  # said beside the status line, once
         return engine.ask(request, on_token or (lambda _: None))
