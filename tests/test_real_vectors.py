@@ -15,6 +15,7 @@ from fake_ollama import FakeOllama, load_clinc_table
 from semcache_cli import config, vectors
 from semcache_cli.engine import open_engine, request_from
 from semcache_cli.errors import CacheOnlyMiss
+from semcache_cli.storage import scales
 
 pytestmark = pytest.mark.skipif(not (SHARED_DATA / "clinc150.jsonl").exists(), reason="shared/data not present")
 
@@ -27,6 +28,10 @@ def clinc() -> tuple[list[dict], dict[str, np.ndarray]]:
 @pytest.fixture
 def table_server(ollama: FakeOllama, clinc: tuple[list[dict], dict[str, np.ndarray]]) -> Iterator[FakeOllama]:
     ollama.table.update(clinc[1])
+    # The reference questions' real all-MiniLM vectors too: the cold start of the scale, as
+    # all-minilm itself would embed them (bench/reference_vectors.py).
+    reference = np.load(Path(__file__).parent / "data" / "reference_questions.minilm.npy").astype(np.float32)
+    ollama.table.update(zip(scales.reference_questions(), reference, strict=True))
     yield ollama
 
 
