@@ -106,8 +106,7 @@ class UnreadableEntry(StoreError):
     kind = "unreadable_entry"
 
     def __init__(self, entry_id: int, fields: tuple[str, ...] = (), repaired: Any = None) -> None:
-        said = f": {', '.join(fields)}" if fields else ""
-        super().__init__(f"entry {entry_id} of the cache cannot be read (its stored fields are damaged{said})")
+        super().__init__(f"entry {entry_id} of the cache cannot be read (its stored fields are damaged)")
         self.entry_id = entry_id
         self.fields = fields
         self.repaired: Any = repaired  # a storage.models.Entry (not imported: errors imports nothing)

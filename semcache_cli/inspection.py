@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from semcache_cli.errors import UnreadableEntry, UsageError
+from semcache_cli.errors import UsageError
 from semcache_cli.storage import open_store
 from semcache_cli.storage.models import SORTS, Damaged, Entry
 from semcache_cli.storage.selector import Selector
@@ -31,17 +31,10 @@ def on_store_clock(store: Store, now: float) -> float:
     return now + (store.now() - time.time())
 
 
-def get_entry(store: Store, entry_id: int, warn: Callable[[str], None] = lambda _: None,
-              ) -> tuple[Entry, Sequence[float] | None]:
-    """The entry and its vector; a damaged one is shown repaired, with a warning, when
-    only its counters and notes are damaged."""
-    try:
-        entry = store.get(entry_id)
-    except UnreadableEntry as exc:
-        if exc.repaired is None:
-            raise
-        warn(Damaged.of(exc).warning(store.location, "shown") or "")
-        entry = exc.repaired
+def get_entry(store: Store, entry_id: int) -> tuple[Entry, Sequence[float] | None]:
+    """The entry and its vector; a damaged one is an error that says so (a listing shows
+    it repaired, or leaves it out, and goes on)."""
+    entry = store.get(entry_id)
     if entry is None:
         raise UsageError(f"no entry {entry_id} in {store.location} (semcache inspect lists them)")
     return entry, store.vector_of(entry_id)
@@ -49,7 +42,7 @@ def get_entry(store: Store, entry_id: int, warn: Callable[[str], None] = lambda 
 
 def show(settings: Settings, entry_id: int, warn: Callable[[str], None]) -> tuple[Entry, Sequence[float] | None]:
     with open_store(settings, warn, read_only=True) as store:
-        return get_entry(store, entry_id, warn)
+        return get_entry(store, entry_id)
 
 
 def listing(settings: Settings, selector: Selector, now: float, sort: str, limit: int, with_vectors: bool,

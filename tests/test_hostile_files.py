@@ -84,11 +84,15 @@ def test_text_that_is_not_utf8_in_the_file_is_damage_and_nothing_is_written(olla
     assert run_cli("ask", "-q", Q).exit_code == 0
     damage(isolated_env, "UPDATE entries SET response = CAST(X'54686973206973fffe' AS TEXT)")
     before = digest(isolated_env)
-    result = run_proc("ask", Q)
+    result = run_proc("ask", Q, "--strict-cache")  # issue 23: an error only when asked to be strict
     assert result.exit_code == 1
     assert one_line_error(result.stderr) == (
         f"semcache: error: the cache database {isolated_env} is damaged (text in it is not valid UTF-8); move it "
         "aside (semcache starts a new one) or restore a backup")
+    assert digest(isolated_env) == before
+    result = run_proc("ask", Q)  # otherwise the model answers, with one warning, and nothing is written
+    assert result.exit_code == 0 and result.stdout == f"This is the answer to: {Q}\n"
+    assert result.stderr.count("semcache: warning: ") == 1 and "is damaged (text in it is not valid UTF-8)" in result.stderr
     assert digest(isolated_env) == before
 
 

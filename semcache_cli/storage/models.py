@@ -102,12 +102,6 @@ class Damaged:
     def __init__(self) -> None:
         self.met: list[UnreadableEntry] = []
 
-    @classmethod
-    def of(cls, exc: UnreadableEntry) -> Damaged:
-        damaged = cls()
-        damaged(exc)
-        return damaged
-
     def __call__(self, exc: UnreadableEntry) -> None:
         self.met.append(exc)
 
