@@ -91,7 +91,8 @@ def plan(store: Store, selector: Selector, now: float, max_entries: int | None =
          max_bytes: int | None = None, log_before: float | None = None) -> Plan:
     """The entries a purge deletes. A size bound that deleting every entry (and the log
     rows that go) would still not meet is refused here, before anything is deleted: the
-    rest is the schema and the request log, which eviction cannot shrink."""
+    rest is the schema, the request log and the reference questions' vectors, which
+    eviction cannot shrink."""
     selected = store.select_ids(selector, now) if not selector.is_empty() else []
     evict = lru_excess_ids(store, max_entries, set(selected)) if max_entries is not None else []
     used = store.used_bytes()
@@ -106,8 +107,8 @@ def plan(store: Store, selector: Selector, now: float, max_entries: int | None =
         if floor > max_bytes:
             raise UsageError(
                 f"--max-size {_kb(max_bytes)} cannot be met: with no entries at all the cache would still take "
-                f"{_kb(floor)} (the schema and the request log); nothing was deleted. Give a larger "
-                "bound, or trim the request log (--log-older-than)")
+                f"{_kb(floor)} (the schema, the request log, the reference questions' vectors); nothing was "
+                "deleted. Give a larger bound, or trim the request log (--log-older-than)")
         more = size_excess_ids(sizes, used - freed - max_bytes, gone)
         chosen_more = set(more)
         freed += sum(size for entry_id, size in sizes if entry_id in chosen_more)

@@ -16,6 +16,13 @@ import pytest
 from conftest import REPO, claim_free, logged, run_cli, run_proc, stored
 from fake_ollama import BUSY_TEXT, FakeOllama
 
+
+@pytest.fixture(autouse=True)
+def _no_reference_bootstrap(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about Ollama's faults: a new cache's one-off embedding of the reference
+    questions (tests/test_cold_start.py) would add a request and a status line to each."""
+    monkeypatch.setenv("SEMCACHE_SCALE", "cosine")
+
 Q = "how do faults show"
 
 

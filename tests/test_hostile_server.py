@@ -24,6 +24,13 @@ from hypothesis import strategies as st
 from semcache_cli.errors import GenerationFailed, ModelNotFound, OllamaError, OllamaUnreachable
 from semcache_cli.ollama import MAX_ANSWER_CHARS, MAX_LINE_BYTES, Generation, OllamaClient
 
+
+@pytest.fixture(autouse=True)
+def _no_reference_bootstrap(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about a hostile server's replies: a new cache's one-off embedding of the reference
+    questions (tests/test_cold_start.py) would add a request and a status line to each."""
+    monkeypatch.setenv("SEMCACHE_SCALE", "cosine")
+
 Q = "how do hostile servers look"
 USER = [{"role": "user", "content": Q}]
 MiB = 1 << 20

@@ -55,10 +55,11 @@ def test_max_size_dry_run_is_what_the_real_run_does(ollama: FakeOllama, isolated
     answered_cache(ollama)
     with cache_at(isolated_env) as store:
         before, sizes = store.used_bytes(), store.entry_sizes()  # sizes: least recently used first
-    bound = before * 45 // 100
-    dry = purge_json("--max-size", str(bound), "--dry-run")
+    fixed = before - sum(size for _, size in sizes)  # the schema, the log, the reference questions' vectors
+    bound = fixed + (before - fixed) * 45 // 100
+    dry = purge_json("--max-size", f"{bound}B", "--dry-run")
     assert len(stored(isolated_env)) == 66  # a dry run changes nothing
-    real = purge_json("--max-size", str(bound))
+    real = purge_json("--max-size", f"{bound}B")
     for name in ("evicted", "remaining", "bytes_freed", "bytes_in_use"):
         assert dry[name] == real[name], name
     assert 0 < real["evicted"] < 66 and real["bytes_in_use"] <= bound
@@ -70,9 +71,9 @@ def test_max_size_dry_run_is_what_the_real_run_does(ollama: FakeOllama, isolated
     assert real["bytes_in_use"] + evicted[-1][1] > bound
     with cache_at(isolated_env) as store:
         assert store.used_bytes() == real["bytes_in_use"]
-    again = purge_json("--max-size", str(bound))
+    again = purge_json("--max-size", f"{bound}B")
     assert again["evicted"] == 0 and again["bytes_freed"] == 0 and {e.id for e in stored(isolated_env)} == kept
-    vacuumed = purge_json("--max-size", str(bound), "--vacuum")
+    vacuumed = purge_json("--max-size", f"{bound}B", "--vacuum")
     assert vacuumed["evicted"] == 0 and isolated_env.stat().st_size <= bound  # --vacuum shrinks the file under it
 
 

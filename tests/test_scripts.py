@@ -99,7 +99,8 @@ def test_a_missing_embedding_model_is_not_no_match(ollama: FakeOllama, isolated_
 def test_one_of_a_thing_is_singular(ollama: FakeOllama, isolated_env: Path) -> None:
     assert run_proc("ask", "What is semantic caching?").exit_code == 0
     calibrate = run_proc("calibrate")
-    assert calibrate.stdout.startswith("nomic-embed-text:latest (768 dims): 1 vector, calibrating")
+    assert calibrate.stdout.startswith("nomic-embed-text:latest (768 dims): 1 vector, ")  # and its scale
+    assert "1 vectors" not in calibrate.stdout
     refused = run_proc("purge", "--all")
     assert refused.exit_code == 2 and "this would delete the 1 entry;" in refused.stderr
     purged = run_proc("purge", "--all", "--yes", "--dry-run")
@@ -220,9 +221,9 @@ def test_json_for_a_miss_under_cache_only(ollama: FakeOllama) -> None:
     assert result.exit_code == 3
     assert json.loads(result.stdout) == {
         "question": "Never asked before", "exit_code": 3,
-        "error": {"kind": "cache_miss", "message": "no cached answer (calibrating) and --cache-only is set"},
-        "response": None, "source": None, "hit": False, "miss_reason": "calibrating"}
-    assert result.stderr.endswith("semcache: error: no cached answer (calibrating) and --cache-only is set\n")
+        "error": {"kind": "cache_miss", "message": "no cached answer (no_match) and --cache-only is set"},
+        "response": None, "source": None, "hit": False, "miss_reason": "no_match"}
+    assert result.stderr.endswith("semcache: error: no cached answer (no_match) and --cache-only is set\n")
 
 
 def test_json_for_errors(ollama: FakeOllama, tmp_path: Path) -> None:

@@ -6,9 +6,18 @@ JSON; piped, the exact bytes come out, as scripts need them."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from conftest import run_in_terminal, run_proc
 from fake_ollama import FakeOllama
+
+
+@pytest.fixture(autouse=True)
+def _no_reference_bootstrap(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about what reaches a terminal: a new cache's one-off embedding of the reference
+    questions (tests/test_cold_start.py) would add a request and a status line to each."""
+    monkeypatch.setenv("SEMCACHE_SCALE", "cosine")
 
 # What an answer planted by someone, or a model led astray, could hold: a clipboard write
 # (OSC 52), a window title (OSC 0), a hyperlink (OSC 8), a screen clear and a colour (CSI),

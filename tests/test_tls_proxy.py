@@ -26,6 +26,13 @@ from fake_ollama import FakeOllama
 
 from semcache_cli import http11
 
+
+@pytest.fixture(autouse=True)
+def _no_reference_bootstrap(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the requests that reach a proxy or a TLS server: a new cache's one-off embedding of the reference
+    questions (tests/test_cold_start.py) would add a request and a status line to each."""
+    monkeypatch.setenv("SEMCACHE_SCALE", "cosine")
+
 Q = "is this answer private"
 ANSWER = f"This is the answer to: {Q}\n"
 PROXY_VARIABLES = [f"{name}_proxy" for name in ("http", "https", "all", "no")]

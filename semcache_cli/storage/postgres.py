@@ -963,15 +963,16 @@ def _m004_padded_codes(s: str, vector: str) -> list[str]:
 
 @_migration
 def _m005_reference_vectors(s: str, vector: str) -> list[str]:
+    # (IF NOT EXISTS: a store whose version was set back, as the tests do, runs it again)
     # The reference questions' vectors of each embedding model (one row: all or none),
     # the cold start of its scale; and what each scale was made from. Apart from
     # entries: never served, listed or counted as one.
     return [
-        f"""CREATE TABLE {s}.reference_vectors (
+        f"""CREATE TABLE IF NOT EXISTS {s}.reference_vectors (
             embed_model text NOT NULL, dims integer NOT NULL, fingerprint text NOT NULL, vectors bytea NOT NULL,
             PRIMARY KEY (embed_model, dims))""",
-        f"ALTER TABLE {s}.calibrations ADD COLUMN reference integer NOT NULL DEFAULT 0",
-        f"ALTER TABLE {s}.calibrations ADD COLUMN distinct_vectors integer NOT NULL DEFAULT 0",
+        f"ALTER TABLE {s}.calibrations ADD COLUMN IF NOT EXISTS reference integer NOT NULL DEFAULT 0",
+        f"ALTER TABLE {s}.calibrations ADD COLUMN IF NOT EXISTS distinct_vectors integer NOT NULL DEFAULT 0",
     ]
 
 

@@ -729,7 +729,11 @@ class SQLiteStore:
         page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
         trees = self._conn.execute("SELECT count(*) FROM sqlite_schema WHERE rootpage > 0").fetchone()[0]
         entries = self._conn.execute(f"SELECT coalesce(sum({_ENTRY_SIZE}), 0) {_ENTRY_SIZE_FROM}").fetchone()[0]
-        return int(page_size * (trees + 1) + entries + self.log_bytes())
+        # The reference questions' vectors (a model's cold start: ~1 MB at 768 dims) are
+        # a fixed cost of the store, no entry: nothing a purge can evict, but in the file.
+        reference = self._conn.execute("SELECT coalesce(sum(length(vectors) + length(fingerprint) + 64), 0) "
+                                       "FROM reference_vectors").fetchone()[0]
+        return int(page_size * (trees + 1) + entries + reference * PACKING + self.log_bytes())
 
     def entry_sizes(self) -> list[tuple[int, int]]:
         return [(r[0], r[1]) for r in self._conn.execute(
