@@ -735,5 +735,9 @@ def run_ask(
     """One `semcache ask`: open, ask, close."""
     request = request_from(settings, query, format, lookup=lookup, store=store, cache_only=cache_only)
     validate_query(request.query, request.max_query_chars)  # before touching the database
-    with open_engine(settings, warn, notice=warn) as engine:  # said beside the status line, once
-        return engine.ask(request, on_token or (lambda _: None))
+    notices: list[str] = []  # said once the ask succeeds: a failed ask says its error alone
+    with open_engine(settings, warn, notice=notices.append) as engine:
+        outcome = engine.ask(request, on_token or (lambda _: None))
+    for notice in notices:
+        warn(notice)
+    return outcome
