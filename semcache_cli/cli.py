@@ -463,7 +463,7 @@ def ask(
                 settings, text, config.parse_format(format),
                 lookup=not no_cache, store=not no_store, cache_only=cache_only,
                 on_token=None if json_output else writer,
-                warn=_warn,
+                warn=_warn, notice=lambda said: _status(render.plain_line(said)),
             )
         except BaseException:
             writer.partial()

@@ -731,13 +731,15 @@ def run_ask(
     cache_only: bool = False,
     on_token: Callable[[str], None] | None = None,
     warn: Callable[[str], None] = lambda _: None,
+    notice: Callable[[str], None] = lambda _: None,
 ) -> Outcome:
-    """One `semcache ask`: open, ask, close."""
+    """One `semcache ask`: open, ask, close. `notice`: what it says beside its status line
+    (a model's scale made from the reference questions), once the ask succeeded."""
     request = request_from(settings, query, format, lookup=lookup, store=store, cache_only=cache_only)
     validate_query(request.query, request.max_query_chars)  # before touching the database
     notices: list[str] = []  # said once the ask succeeds: a failed ask says its error alone
     with open_engine(settings, warn, notice=notices.append) as engine:
         outcome = engine.ask(request, on_token or (lambda _: None))
-    for notice in notices:
-        warn(notice)
+    for said in notices:
+        notice(said)
     return outcome

@@ -21,7 +21,7 @@ def test_piped_stdout_carries_only_the_answer(ollama: FakeOllama) -> None:
     assert (miss.exit_code, miss.stdout) == (0, ANSWER + "\n")
     # A new cache: the model's scale made from the reference questions, said once, then the miss.
     said, status = miss.stderr.splitlines()
-    assert said.startswith("semcache: warning: calibrated nomic-embed-text:latest from 320 reference questions")
+    assert said.startswith("semcache: calibrated nomic-embed-text:latest from 320 reference questions")
     assert status.startswith("semcache: miss (no_match)")
     hit = run_proc("ask", "what is   semantic caching")
     assert (hit.exit_code, hit.stdout) == (0, ANSWER + "\n")
