@@ -597,6 +597,11 @@ class Engine:
                 scales.keep_reference(self.store, *key, None)
             self.warn(f"could not calibrate {key[0]} on the reference questions ({problem}); {fallback}")
             return None
+        if len(matrix) < vectors.REFERENCE_LEAST:  # one vector for every question: no background to
+            self._reference_failed.add(key)  # calibrate on; its own vectors will say it is unusable at 32
+            if not self.read_only:
+                scales.keep_reference(self.store, *key, None)
+            return None
         if not self.read_only:
             scales.keep_reference(self.store, *key, matrix)
         self.notice(f"calibrated {key[0]} from {len(questions)} reference questions, embedded once in "
