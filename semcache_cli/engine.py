@@ -695,6 +695,11 @@ class Engine:
                 self._spare(lambda: scales.keep_reference(self.store, *key, None), "the failure was not kept")
             self.warn(f"could not calibrate {key[0]} on the reference questions ({problem}); {fallback}")
             return None
+        if len(matrix) < vectors.REFERENCE_LEAST:  # one vector for every question: no background to
+            self._reference_failed.add(key)  # calibrate on; its own vectors will say it is unusable at 32
+            if not self.read_only:
+                scales.keep_reference(self.store, *key, None)
+            return None
         if not self.read_only:
             self._spare(lambda: scales.keep_reference(self.store, *key, matrix), "their vectors were not kept")
         self.note(f"calibrated {key[0]} from {len(questions)} reference questions, embedded once in "
@@ -848,6 +853,7 @@ def run_ask(
     request = request_from(settings, query, format, lookup=lookup, store=store, cache_only=cache_only)
     validate_query(request.query, request.max_query_chars)  # before touching the database
     on_token = on_token or (lambda _: None)
+    notes: list[str] = []  # said once the ask succeeded: a failed ask says its error alone
     written = False
 
     def tokens(token: str) -> None:
@@ -856,12 +862,15 @@ def run_ask(
         on_token(token)
 
     try:
-        with open_engine(settings, warn, note=note) as engine:
-            return engine.ask(request, tokens)
+        with open_engine(settings, warn, note=notes.append) as engine:
+            outcome = engine.ask(request, tokens)
     except StoreDamaged as exc:
         if settings.strict_cache or cache_only or written:
             raise
         return without_cache(settings, request, on_token, warn, exc)
+    for said in notes:
+        note(said)
+    return outcome
 
 
 def without_cache(settings: Settings, request: AskRequest, on_token: Callable[[str], None],

@@ -130,7 +130,7 @@ def purge(
     if dry_run:  # the figures the real run reports, unless the store changes in between
         log_rows = store.count_log_before(now - log_older_than) if log_older_than is not None else 0
         if names_content(selector):
-            log_rows += store.delete_log_of(selector, selected, dry_run=True)
+            log_rows += store.delete_log_of(selector, selected, now, dry_run=True)
         return PurgeReport(True, len(selected), 0, len(evict), chosen.total - len(selected) - len(evict),
                            chosen.freed, log_rows, False, chosen.used - chosen.freed, chosen.max_bytes)
 
@@ -144,7 +144,7 @@ def purge(
         scales.shrunk(store, groups)
     # What a content selector names goes from the request log too: a question purged by
     # --grep or --namespace must not stay readable there (replay --from-log).
-    log_rows = store.delete_log_of(selector, selected) if names_content(selector) else 0
+    log_rows = store.delete_log_of(selector, selected, now) if names_content(selector) else 0
     log_rows += store.delete_log_before(now - log_older_than) if log_older_than is not None else 0
     if vacuum:
         store.vacuum()

@@ -38,10 +38,9 @@ def test_the_reference_questions_are_many_varied_and_distinct() -> None:
 def test_a_brand_new_cache_serves_a_paraphrase_on_its_second_ask(ollama: FakeOllama, isolated_env: Path) -> None:
     first = run_cli("ask", Q)
     assert first.exit_code == 0
-    said = [line for line in first.stderr.splitlines() if "reference questions" in line]
-    # status, not a warning: nothing to fix, and -q (a cron job) keeps it quiet
-    assert len(said) == 1 and said[0].startswith(f"semcache: calibrated {NOMIC} from {REFERENCE} reference "
-                                                 "questions, embedded once in ")
+    said, status = first.stderr.splitlines()  # said once, beside the status line (-q: neither)
+    assert said.startswith(f"semcache: calibrated {NOMIC} from {REFERENCE} reference questions, embedded once in ")
+    assert status.startswith("semcache: miss (no_match)")
     assert ollama.counts["/api/embed"] == 2  # the question, then the reference questions in one batch
     hit = run_proc("ask", PARAPHRASE, "--json")  # another process: the scale is kept
     assert hit.exit_code == 0 and hit.stderr.startswith("semcache: semantic hit · entry 1 · similarity ")

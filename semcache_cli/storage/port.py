@@ -156,10 +156,12 @@ class Store(Protocol):
     def delete_log_before(self, at: float) -> int:
         ...
 
-    def delete_log_of(self, selector: Selector, entry_ids: Sequence[int], dry_run: bool = False) -> int:
+    def delete_log_of(self, selector: Selector, entry_ids: Sequence[int], before: float,
+                      dry_run: bool = False) -> int:
         """Delete the request-log rows a content selector (namespace, model, embedding
         model, text, ids) names by their own fields, and those of the entries
-        `entry_ids` (a hit on a paraphrase); dry_run: only count them. Returns how many."""
+        `entry_ids` (a hit on a paraphrase) logged up to `before` (an id freed by the purge
+        may be another entry's by now); dry_run: only count them. Returns how many."""
 
     def count_log_before(self, at: float) -> int:
         """How many request-log rows delete_log_before(at) would delete."""

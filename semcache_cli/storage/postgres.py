@@ -726,14 +726,15 @@ class PostgresStore:
     def delete_log_before(self, at: float) -> int:
         return int(self._conn.execute(f"DELETE FROM {self._s}.requests WHERE at < %s", (at,)).rowcount)
 
-    def delete_log_of(self, selector: Selector, entry_ids: Sequence[int], dry_run: bool = False) -> int:
+    def delete_log_of(self, selector: Selector, entry_ids: Sequence[int], before: float,
+                      dry_run: bool = False) -> int:
         where, params = _log_where(selector)
-        where = f"({where}) OR entry_id = ANY(%s)"
+        where = f"({where}) OR (at <= %s AND entry_id = ANY(%s))"
         if dry_run:
             return int(_one(self._conn.execute(f"SELECT count(*) FROM {self._s}.requests WHERE {where}",
-                                               [*params, list(entry_ids)]))[0])
+                                               [*params, before, list(entry_ids)]))[0])
         return int(self._conn.execute(f"DELETE FROM {self._s}.requests WHERE {where}",
-                                      [*params, list(entry_ids)]).rowcount)
+                                      [*params, before, list(entry_ids)]).rowcount)
 
     def count_log_before(self, at: float) -> int:
         return int(_one(self._conn.execute(f"SELECT count(*) FROM {self._s}.requests WHERE at < %s", (at,)))[0])

@@ -624,13 +624,15 @@ class SQLiteStore:
         with self._write():
             return int(self._conn.execute("DELETE FROM requests WHERE at < ?", (at,)).rowcount)
 
-    def delete_log_of(self, selector: Selector, entry_ids: Sequence[int], dry_run: bool = False) -> int:
+    def delete_log_of(self, selector: Selector, entry_ids: Sequence[int], before: float,
+                      dry_run: bool = False) -> int:
         where, params = _log_where(selector)
         found = {r[0] for r in self._conn.execute(f"SELECT id FROM requests WHERE {where}", params)}
         for start in range(0, len(entry_ids), DELETE_BATCH):
             batch = list(entry_ids[start:start + DELETE_BATCH])
             found.update(r[0] for r in self._conn.execute(
-                f"SELECT id FROM requests WHERE entry_id IN ({', '.join('?' for _ in batch)})", batch))
+                f"SELECT id FROM requests WHERE at <= ? AND entry_id IN ({', '.join('?' for _ in batch)})",
+                [before, *batch]))
         if dry_run:
             return len(found)
         rows = sorted(found)
