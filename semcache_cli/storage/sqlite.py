@@ -761,6 +761,9 @@ class SQLiteStore:
 
     def vacuum(self) -> None:
         self._conn.execute("VACUUM")
+        # In WAL mode the packed file reaches the disk at a checkpoint; without one now it
+        # waits for the last connection to close, and not at all while another is open.
+        self.checkpoint()
 
     def checkpoint(self) -> None:
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
