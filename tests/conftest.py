@@ -134,6 +134,17 @@ def ollama(_server: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fak
     _server.reset()
 
 
+def wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
+    """Poll `condition` until it holds, failing after `timeout` s: a wait with a deadline,
+    never a sleep that races."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def in_threads(target: Any, count: int, timeout: float = 120) -> list[BaseException]:
     """target(n) for n in range(count), each on a thread of its own, all at once; what
     they raised, and a TimeoutError for each still running `timeout` s after the start."""

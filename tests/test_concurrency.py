@@ -9,8 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,15 +16,6 @@ from conftest import REPO, cache_at, claim_free, run_cli, stored
 from fake_ollama import FakeOllama
 
 LONG_ANSWER = " ".join(f"word{i}" for i in range(40))
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def asker(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -8,24 +8,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, calibrated, claim_free, postgres_url, start_postgres, stored
+from conftest import REPO, calibrated, claim_free, postgres_url, start_postgres, stored, wait_for
 from fake_ollama import FakeOllama
 
 LONG_ANSWER = " ".join(f"word{i}" for i in range(40))
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def machine(tmp_path: Path, name: str, db: str, ollama: FakeOllama) -> dict[str, str]:

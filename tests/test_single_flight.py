@@ -10,11 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BACKENDS, REPO, claim_free, db_rows, logged, run_cli, stored
+from conftest import BACKENDS, REPO, claim_free, db_rows, logged, run_cli, stored, wait_for
 from fake_ollama import FakeOllama
 
 LONG_ANSWER = " ".join(f"word{i}" for i in range(40))
@@ -31,15 +31,6 @@ def shared_db(request: pytest.FixtureRequest, isolated_env: Path, monkeypatch: p
 
 def on_postgres(db: str) -> bool:
     return db.startswith("postgresql://")
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def asker(*args: str) -> subprocess.Popen[bytes]:
