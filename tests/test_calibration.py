@@ -320,6 +320,7 @@ def simulate_on(variant_name: str, clinc: tuple, ollama: FakeOllama, tmp_path: P
     return json.loads(result.stdout)["reports"][0]
 
 
+@pytest.mark.slow  # 22,500 CLINC queries replayed on 13 variants of their vectors
 @needs_data
 def test_the_default_threshold_means_the_same_on_other_models(clinc: tuple, ollama: FakeOllama,
                                                               tmp_path: Path) -> None:

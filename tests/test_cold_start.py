@@ -65,6 +65,7 @@ def test_a_brand_new_cache_serves_a_paraphrase_on_its_second_ask(ollama: FakeOll
     assert explained.stdout.splitlines()[-1].startswith("ask would serve entry 1 (semantic hit")
 
 
+@pytest.mark.slow  # a new cache per pair on 13 variants
 @needs_data
 def test_a_close_paraphrase_is_served_on_a_brand_new_caches_second_ask_on_every_variant(
         ollama: FakeOllama, tmp_path: Path, isolated_env: Path) -> None:

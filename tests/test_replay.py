@@ -326,6 +326,7 @@ def test_from_log_replays_real_traffic(ollama: FakeOllama, isolated_env: Path) -
 BASELINE = {0.80: (53.7, 1.54), 0.85: (43.0, 0.68), 0.90: (30.1, 0.27), 0.95: (14.0, 0.08)}
 
 
+@pytest.mark.slow  # 22,500 CLINC queries simulated at four thresholds
 @pytest.mark.skipif(not (SHARED_DATA / "clinc150.jsonl").exists(), reason="shared/data not present")
 def test_simulate_reproduces_the_clinc_baseline(ollama: FakeOllama, tmp_path: Path, isolated_env: Path) -> None:
     rows, table = load_clinc_table(str(SHARED_DATA))
