@@ -118,7 +118,7 @@ def status_line(outcome: Outcome) -> str:
 # links, CSI moves the cursor and clears the screen), DEL, the C1 controls (0x9B is a
 # one-character CSI), and the invisible marks that reorder what is shown (bidirectional
 # overrides and isolates). On a terminal they are shown as symbols instead: C0 and DEL as
-# their Unicode control pictures (ESC is ␛), the rest as <U+XXXX>.
+# their Unicode control pictures (ESC is ␛), the rest as their code point (CSI is <U+009B>).
 _HIDDEN_MARKS = [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 _TERMINAL_SAFE = str.maketrans({
     **{code: chr(0x2400 + code) for code in range(0x20) if code not in (0x09, 0x0A)},
